@@ -1,0 +1,288 @@
+"""Clipped policy-gradient family: GPPO (Klear-Reasoner), PPO/GRPO, DAPO clip-higher (spec 3, 4.2).
+
+Importance ratio delta = pi_theta / pi_old, advantage A, sg = stop-gradient. GPPO keeps the PPO
+clip *values* but lets the clipped tokens carry a bounded gradient:
+
+    J_GPPO = 1/sum_j T_j sum_{j,t} min(delta A, clip(delta, b1 (1-eps_l) delta/sg(delta),
+                                                           b2 (1+eps_h) delta/sg(delta)) A)
+
+Per-token loss L = -(.) (spec 3.1 case table; gradients w.r.t. log pi_theta):
+
+    region                       value                    gradient             (PPO gradient)
+    A > 0, delta > 1 + eps_h     -b2 (1 + eps_h) A         -b2 (1 + eps_h) A    (0)
+    A < 0, delta < 1 - eps_l     -b1 (1 - eps_l) A         -b1 (1 - eps_l) A    (0)
+    otherwise                    -delta A                  -delta A
+    A < 0 and loss > -c A        -c A  (dual clip)         0
+
+With b1 = b2 = 1 the forward value equals PPO with clip-higher; only the backward differs.
+clip_mode="ppo" is the ordinary clipped surrogate: symmetric PPO/GRPO when eps_low == eps_high,
+DAPO clip-higher when eps_high > eps_low. Original GRPO = ppo + seq-mean-token-mean + KL in the
+loss (k3); Dr.GRPO = scale_by_std False + seq-mean-token-sum-norm.
+
+KL. kl_placement="loss": + kl_coef * reduce(k) with k from rlft.ops.kl against
+model.reference_logits (only called when kl_coef > 0). kl_placement="reward" (InstructGPT): the
+loss never sees the reference; the rollout stage must shape batch['advantages'] with
+rlft.ops.advantages.kl_in_reward_advantages (A_t - kl_coef * sum_{s>=t} k_s, behaviour log-probs).
+
+Normalisers. Every term uses the step-global `StepCounts`, so micro-batches and ranks sum to the
+full-batch loss. The auxiliary NLL on fully-correct responses (Klear's `positive_loss_coeff`) is
+a token sum over positive sequences divided by the step's *total* token count `num_tokens`
+(StepCounts carries no global count of positive tokens); relative to Klear's token-mean over
+positive tokens only, this scales the term by (positive tokens / all tokens) — tune aux_nll_coef
+accordingly.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+import torch
+from pydantic import Field, model_validator
+
+from rlft.algorithms.base import AlgorithmSpec, PolicyModel, StepCounts, count_label_tokens
+from rlft.ops.advantages import broadcast_to_tokens, group_relative_advantages
+from rlft.ops.kl import kl_penalty
+from rlft.ops.logprobs import token_entropy, token_logprobs
+from rlft.ops.reductions import aggregate, token_mean
+from rlft.schema import Section
+
+
+class GPPOConfig(Section):
+    name: Literal["gppo"] = "gppo"
+    clip_mode: Literal["gppo", "ppo"] = Field(
+        "gppo", description="gppo: gradient-preserving clip; ppo: ordinary clip (zero gradient outside the bounds)."
+    )
+    eps_low: float = Field(0.2, ge=0.0, lt=1.0, description="Lower clip range: ratio bound 1 - eps_low.")
+    eps_high: float = Field(0.28, ge=0.0, description="Upper clip range: ratio bound 1 + eps_high (clip-higher).")
+    beta1: float = Field(1.0, ge=0.0, description="GPPO weight of the low-side bound (A < 0, ratio < 1 - eps_low).")
+    beta2: float = Field(1.0, ge=0.0, description="GPPO weight of the high-side bound (A > 0, ratio > 1 + eps_high).")
+    dual_clip_c: float | None = Field(
+        10.0, gt=1.0, description="Dual-clip constant c: for A < 0 the loss is capped at -c*A (None: off)."
+    )
+    reduction: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = Field(
+        "token-mean",
+        description="token-mean (DAPO/GPPO), seq-mean-token-mean (GRPO), seq-mean-token-sum-norm (Dr.GRPO).",
+    )
+    max_len: int | None = Field(
+        None, ge=1, description="Constant T_max for seq-mean-token-sum-norm (the rollout max response length)."
+    )
+    kl_coef: float = Field(0.0, ge=0.0, description="KL penalty coefficient beta against the reference (0: no KL).")
+    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="Schulman KL estimator per token.")
+    k3_clamp: float | None = Field(
+        10.0, gt=0.0, description="Clamp k3 to [-c, c] as veRL's low_var_kl (None: unclamped)."
+    )
+    kl_placement: Literal["loss", "reward"] = Field(
+        "loss", description="loss: beta*KL term in the loss (GRPO); reward: shaped into advantages at rollout time."
+    )
+    aux_nll_coef: float = Field(
+        0.0, ge=0.0, description="Weight of the auxiliary NLL on fully-correct responses (Klear uses 0.1)."
+    )
+    group_size: int = Field(8, ge=1, description="Rollouts per prompt (the GRPO group).")
+    scale_by_std: bool = Field(True, description="Divide group advantages by their std (False: Dr.GRPO).")
+    dynamic_sampling: bool = Field(False, description="Drop groups whose rewards are all equal (DAPO).")
+    positive_reward_threshold: float = Field(
+        1.0, description="A response is fully correct (aux NLL target) when its reward is >= this."
+    )
+
+    @model_validator(mode="after")
+    def _max_len_for_sum_norm(self) -> "GPPOConfig":
+        if self.reduction == "seq-mean-token-sum-norm" and self.max_len is None:
+            raise ValueError("reduction 'seq-mean-token-sum-norm' needs max_len (the constant T_max)")
+        return self
+
+
+class ClipRegions(NamedTuple):
+    """Per-token bool indicators of where the surrogate is not the plain -delta*A."""
+
+    low: torch.Tensor  # A < 0 and delta < 1 - eps_low
+    high: torch.Tensor  # A > 0 and delta > 1 + eps_high
+    dual: torch.Tensor  # A < 0 and the dual clip -c*A is active
+
+
+def importance_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor) -> torch.Tensor:
+    """delta = pi_theta / pi_old = exp(log pi_theta - log pi_old), differentiable in logprobs."""
+    return torch.exp(logprobs - old_logprobs)
+
+
+def clip_regions(delta: torch.Tensor, advantages: torch.Tensor, eps_low: float, eps_high: float) -> tuple:
+    """(low, high): the two regions where PPO's min picks the constant bound."""
+    low = (advantages < 0) & (delta < 1.0 - eps_low)
+    high = (advantages > 0) & (delta > 1.0 + eps_high)
+    return low, high
+
+
+def dual_clip(loss: torch.Tensor, advantages: torch.Tensor, c: float | None) -> tuple:
+    """For A < 0 cap the loss at -c*A (a constant: zero gradient there). Returns (loss, dual mask)."""
+    if c is None:
+        return loss, torch.zeros_like(advantages, dtype=torch.bool)
+    cap = -c * advantages
+    dual = (advantages < 0) & (loss > cap)
+    return torch.where(dual, cap, loss), dual
+
+
+def gppo_token_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    eps_low: float,
+    eps_high: float,
+    beta1: float = 1.0,
+    beta2: float = 1.0,
+    dual_clip_c: float | None = None,
+) -> tuple[torch.Tensor, ClipRegions]:
+    """Per-token GPPO loss (general beta) and its clip regions; explicit masks, no tensor-bound clamp."""
+    log_ratio = logprobs - old_logprobs
+    delta = torch.exp(log_ratio)
+    low, high = clip_regions(delta, advantages, eps_low, eps_high)
+    # delta / sg(delta), written as exp(x - sg(x)) so it never divides by an underflowed 0:
+    # value 1, gradient 1 w.r.t. log pi_theta, so the bound keeps its value and gains a gradient.
+    unit = torch.exp(log_ratio - log_ratio.detach())
+    loss = -delta * advantages
+    loss = torch.where(low, -beta1 * (1.0 - eps_low) * unit * advantages, loss)
+    loss = torch.where(high, -beta2 * (1.0 + eps_high) * unit * advantages, loss)
+    loss, dual = dual_clip(loss, advantages, dual_clip_c)
+    return loss, ClipRegions(low, high, dual)
+
+
+def ppo_token_loss(
+    logprobs: torch.Tensor,
+    old_logprobs: torch.Tensor,
+    advantages: torch.Tensor,
+    eps_low: float,
+    eps_high: float,
+    dual_clip_c: float | None = None,
+) -> tuple[torch.Tensor, ClipRegions]:
+    """Textbook clipped surrogate -min(delta A, clip(delta, 1-eps_l, 1+eps_h) A), plus dual clip."""
+    delta = importance_ratio(logprobs, old_logprobs)
+    low, high = clip_regions(delta, advantages, eps_low, eps_high)
+    clipped = delta.clamp(1.0 - eps_low, 1.0 + eps_high)  # constant bounds: zero gradient outside
+    loss = torch.maximum(-delta * advantages, -clipped * advantages)
+    loss, dual = dual_clip(loss, advantages, dual_clip_c)
+    return loss, ClipRegions(low, high, dual)
+
+
+def policy_token_loss(
+    cfg: GPPOConfig, logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor
+) -> tuple[torch.Tensor, ClipRegions]:
+    """The configured surrogate (gppo or ppo)."""
+    if cfg.clip_mode == "gppo":
+        return gppo_token_loss(
+            logprobs, old_logprobs, advantages, cfg.eps_low, cfg.eps_high, cfg.beta1, cfg.beta2, cfg.dual_clip_c
+        )
+    return ppo_token_loss(logprobs, old_logprobs, advantages, cfg.eps_low, cfg.eps_high, cfg.dual_clip_c)
+
+
+# ---- rollout-side helpers (pure): what the learner puts into the batch -------------------------
+
+
+def token_advantages(rewards: torch.Tensor, token_mask: torch.Tensor, cfg: GPPOConfig) -> torch.Tensor:
+    """GRPO / Dr.GRPO advantages of consecutive groups of cfg.group_size, broadcast to tokens [N, T]."""
+    advantages = group_relative_advantages(rewards, group_size=cfg.group_size, scale_by_std=cfg.scale_by_std)
+    return broadcast_to_tokens(advantages, token_mask)
+
+
+def positive_sequences(rewards: torch.Tensor, cfg: GPPOConfig) -> torch.Tensor:
+    """batch['positive']: 1.0 for fully-correct responses (reward >= threshold), else 0.0."""
+    return (rewards >= cfg.positive_reward_threshold).to(torch.float32)
+
+
+# ---- the learner contract ------------------------------------------------------------------------
+
+
+def count_tokens(batch: dict[str, torch.Tensor]) -> tuple[float, float]:
+    """(valid response tokens after the causal shift, sequences): the step-global normalisers."""
+    return count_label_tokens(batch)
+
+
+def _reduce(values: torch.Tensor, mask: torch.Tensor, cfg: GPPOConfig, counts: StepCounts) -> torch.Tensor:
+    return aggregate(
+        values,
+        mask,
+        cfg.reduction,
+        num_tokens=counts.num_tokens,
+        num_sequences=counts.num_sequences,
+        max_len=float(cfg.max_len or 1),
+    )
+
+
+def _kl_in_loss(model, batch, logprobs, mask, cfg, counts) -> tuple[torch.Tensor, torch.Tensor]:
+    """(beta * reduced KL, masked KL sum) against the reference policy."""
+    with torch.no_grad():
+        ref_logprobs, _ = token_logprobs(model.reference_logits(batch), batch["labels"])
+    kl = kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator, cfg.k3_clamp)
+    return cfg.kl_coef * _reduce(kl, mask, cfg, counts), (kl.detach() * mask).sum()
+
+
+METRIC_KEYS = (
+    "pg_loss_sum",
+    "clip_low_tokens",
+    "clip_high_tokens",
+    "dual_clip_tokens",
+    "kl_sum",
+    "entropy_sum",
+    "tokens",
+    "aux_nll_sum",
+    "positive_tokens",
+)
+
+
+def _positive_mask(batch: dict[str, torch.Tensor], mask: torch.Tensor, required: bool) -> torch.Tensor:
+    """Token mask of the fully-correct sequences (batch['positive'] [B]); zeros if absent and not needed."""
+    if "positive" not in batch and not required:
+        return torch.zeros_like(mask)
+    return mask * batch["positive"].to(mask.dtype).unsqueeze(-1)
+
+
+@torch.no_grad()
+def _metrics(logits, logprobs, mask, token_loss, regions, kl_sum, positive_mask) -> dict[str, float]:
+    sums = torch.stack([
+        (token_loss * mask).sum(),
+        (regions.low * mask).sum(),
+        (regions.high * mask).sum(),
+        (regions.dual * mask).sum(),
+        kl_sum,
+        (token_entropy(logits) * mask).sum(),
+        mask.sum(),
+        (-logprobs * positive_mask).sum(),
+        positive_mask.sum(),
+    ])
+    return dict(zip(METRIC_KEYS, sums.tolist()))  # one device sync for all metrics
+
+
+def micro_batch_loss(
+    model: PolicyModel, batch: dict[str, torch.Tensor], cfg: GPPOConfig, counts: StepCounts
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Policy loss (+ beta*KL if placed in the loss) (+ aux NLL on positives) of one micro-batch.
+
+    Metrics are sums over this micro-batch (add across micro-batches/ranks, divide by counts);
+    kl_sum is 0 unless the KL is in the loss.
+    """
+    logits = model.logits(batch)
+    logprobs, mask = token_logprobs(logits, batch["labels"])
+    # Off-mask logprobs are 0: zero old_logprobs there too so delta = 1 whatever the batch holds.
+    old_logprobs = torch.where(mask > 0, batch["old_logprobs"].to(logprobs.dtype), 0.0)
+    advantages = batch["advantages"].to(logprobs.dtype) * mask
+    token_loss, regions = policy_token_loss(cfg, logprobs, old_logprobs, advantages)
+    loss = _reduce(token_loss, mask, cfg, counts)
+    kl_sum = torch.zeros((), device=logprobs.device)
+    if cfg.kl_coef > 0 and cfg.kl_placement == "loss":
+        kl_loss, kl_sum = _kl_in_loss(model, batch, logprobs, mask, cfg, counts)
+        loss = loss + kl_loss
+    positive_mask = _positive_mask(batch, mask, required=cfg.aux_nll_coef > 0)
+    if cfg.aux_nll_coef > 0:
+        # Normalised by the step's total token count (see the module docstring).
+        loss = loss + cfg.aux_nll_coef * token_mean(-logprobs, positive_mask, counts.num_tokens)
+    metrics = _metrics(logits.detach(), logprobs.detach(), mask, token_loss.detach(), regions, kl_sum, positive_mask)
+    return loss, metrics
+
+
+# needs_reference is a plain bool: True so a reference is available; the learner checks
+# cfg.kl_coef (and kl_placement) itself before building one.
+SPEC = AlgorithmSpec(
+    name="gppo",
+    config_cls=GPPOConfig,
+    data_kind="rollouts",
+    micro_batch_loss=micro_batch_loss,
+    count_tokens=count_tokens,
+    needs_reference=True,
+)

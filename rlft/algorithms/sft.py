@@ -1,0 +1,47 @@
+"""Supervised fine-tuning: negative log-likelihood of the response tokens.
+
+    L_SFT = -(1 / N) * sum_{i,t} m_it * log pi_theta(y_it | x_i, y_i,<t)
+
+with N the number of response tokens in the whole optimisation step (token-mean), or the
+per-sequence mean averaged over sequences (seq-mean-token-mean), both normalised globally.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field
+
+from rlft.algorithms.base import AlgorithmSpec, PolicyModel, StepCounts
+from rlft.ops.logprobs import token_logprobs
+from rlft.ops.reductions import aggregate
+from rlft.schema import Section
+
+
+class SFTConfig(Section):
+    name: Literal["sft"] = "sft"
+    reduction: Literal["token-mean", "seq-mean-token-mean"] = Field(
+        "token-mean", description="How token losses are averaged (normalisers are step-global)."
+    )
+
+
+def sft_loss(
+    logprobs: torch.Tensor, mask: torch.Tensor, reduction: str, counts: StepCounts
+) -> torch.Tensor:
+    """Mean negative log-likelihood of the masked tokens with step-global normalisers."""
+    return aggregate(
+        -logprobs, mask, reduction, num_tokens=counts.num_tokens, num_sequences=counts.num_sequences
+    )
+
+
+def micro_batch_loss(
+    model: PolicyModel, batch: dict[str, torch.Tensor], cfg: SFTConfig, counts: StepCounts
+) -> tuple[torch.Tensor, dict[str, float]]:
+    logits = model.logits(batch)
+    logprobs, mask = token_logprobs(logits, batch["labels"])
+    loss = sft_loss(logprobs, mask, cfg.reduction, counts)
+    return loss, {"nll_sum": float(-(logprobs * mask).sum().item()), "tokens": float(mask.sum().item())}
+
+
+SPEC = AlgorithmSpec(name="sft", config_cls=SFTConfig, data_kind="sft", micro_batch_loss=micro_batch_loss)

@@ -1,0 +1,88 @@
+"""Command line: `rlft train|eval|plot|doctor`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from rlft.config import load_config
+    from rlft.controller import train
+
+    cfg = load_config(args.config, args.overrides)
+    train(cfg, show_progress=not args.quiet)
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from rlft.config import load_config
+    from rlft.evaluate import evaluate_checkpoint
+    from rlft.progress import print_summary
+
+    cfg = load_config(args.config, args.overrides)
+    print_summary(evaluate_checkpoint(cfg, args.checkpoint, show_progress=not args.quiet), title="eval")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from rlft.tracking import plot_run
+
+    for path in plot_run(Path(args.run_dir)):
+        print(path)
+    return 0
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from rlft.doctor import devices, package_versions, run_checks
+    from rlft.progress import print_summary
+
+    print_summary(package_versions(), title="versions")
+    print_summary(devices(), title="devices")
+    checks = run_checks()
+    print_summary(checks, title="checks")
+    return 0 if all(v.startswith("ok") for v in checks.values()) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlft", description="Distributed RL post-training for language models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    train = sub.add_parser("train", help="run a recipe")
+    train.add_argument("config", help="recipe YAML, e.g. configs/sft_tiny_arith.yaml")
+    train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(func=_cmd_train)
+    ev = sub.add_parser("eval", help="score a checkpoint on the recipe's held-out split")
+    ev.add_argument("config")
+    ev.add_argument("overrides", nargs="*")
+    ev.add_argument("--checkpoint", help="checkpoint folder (default: the base model)")
+    ev.add_argument("--quiet", action="store_true")
+    ev.set_defaults(func=_cmd_eval)
+    plot = sub.add_parser("plot", help="write PNG plots of a run's metrics")
+    plot.add_argument("run_dir")
+    plot.set_defaults(func=_cmd_plot)
+    doctor = sub.add_parser("doctor", help="report versions, devices and whether Ray/DeepSpeed/vLLM work")
+    doctor.set_defaults(func=_cmd_doctor)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    from rlft.config import ConfigError
+    from rlft.data.jsonl import DataError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, FileNotFoundError, FileExistsError) as err:
+        print(f"rlft: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""YAML recipe -> typed, validated config.
+
+Sections are pydantic models (rlft.schema.Section) that forbid unknown keys; each field's
+default lives on the field. `task` and `algorithm` are named sections: their `name` picks the
+config class from the task / algorithm registry. Every error names the file and the dotted key
+and, for unknown names, suggests the closest valid one.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError
+
+from rlft.algorithms import ALGORITHMS
+from rlft.data.models import KNOWN_MODELS, ModelConfig
+from rlft.data.tasks import TASKS
+from rlft.schema import Section
+
+
+class ConfigError(ValueError):
+    """A recipe or override is invalid; the message names the file and key."""
+
+
+class RunConfig(Section):
+    name: str = Field("run", description="Run name; outputs go to <output_dir>/<name>/.")
+    output_dir: str = Field("runs", description="Folder that holds run folders.")
+    seed: int = Field(0, description="Seed for data order, sampling and initialisation.")
+    overwrite: bool = Field(True, description="Reuse an existing run folder (else: error).")
+
+
+class RuntimeConfig(Section):
+    mode: Literal["inline", "local", "cluster"] = Field(
+        "local", description="inline: plain objects in one process; local: Ray actors on this machine."
+    )
+    ray_address: str | None = Field(None, description="Ray cluster address for cluster mode.")
+    num_cpus: int | None = Field(None, description="CPUs the local Ray cluster may use (None: all).")
+
+
+class LearnerConfig(Section):
+    count: int = Field(2, ge=1, description="Number of DeepSpeed learner ranks.")
+    zero_stage: Literal[0, 1, 2] = Field(2, description="DeepSpeed ZeRO stage.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when a GPU is visible.")
+    backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl on cuda, gloo on cpu.")
+    cpus_per_rank: float = Field(1.0, gt=0, description="Ray CPUs reserved per learner rank.")
+    gpus_per_rank: float = Field(0.0, ge=0, description="Ray GPUs reserved per learner rank.")
+    threads_per_rank: int | None = Field(None, description="torch threads per rank (None: cpus_per_rank).")
+
+
+class PeftConfig(Section):
+    method: Literal["full", "lora", "pissa"] = Field("lora", description="What is trained.")
+    r: int = Field(8, ge=1, description="Adapter rank.")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha (scaling alpha/r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Linear layers that get adapters.",
+    )
+    pissa_niter: int | None = Field(
+        4, description="PiSSA fast-SVD iterations (None: exact SVD)."
+    )
+
+
+class TrainConfig(Section):
+    steps: int = Field(100, ge=1, description="Optimizer steps.")
+    batch_size: int = Field(64, ge=1, description="Sequences per optimizer step, over all ranks.")
+    micro_batch_size: int = Field(16, ge=1, description="Sequences per forward/backward on one rank.")
+    lr: float = Field(1e-4, gt=0, description="Peak learning rate (AdamW).")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    schedule: Literal["constant", "cosine", "linear"] = Field("constant", description="LR decay after warm-up.")
+    grad_clip: float = Field(1.0, ge=0, description="Max global grad norm (0: off).")
+    max_length: int = Field(256, ge=8, description="Prompt+response tokens kept per sequence.")
+    eval_every: int = Field(0, ge=0, description="Evaluate every N steps (0: only at the end).")
+    save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
+    log_every: int = Field(1, ge=1, description="Log train metrics every N steps.")
+
+
+class EvalConfig(Section):
+    num_examples: int = Field(200, ge=0, description="Held-out examples scored per evaluation.")
+    max_new_tokens: int = Field(32, ge=1, description="Greedy tokens generated per example.")
+    batch_size: int = Field(64, ge=1, description="Prompts per generation batch.")
+
+
+class DataConfig(Section):
+    chat_template: Literal["auto", "always", "never"] = Field(
+        "auto", description="Wrap prompts in the tokenizer's chat template (auto: when it has one)."
+    )
+
+
+class TrackingConfig(Section):
+    wandb: Literal["auto", "online", "offline", "disabled"] = Field(
+        "auto", description="auto: online when wandb is logged in, else offline."
+    )
+    project: str = Field("rlft", description="wandb project.")
+    plots: bool = Field(True, description="Write PNG plots at the end of the run.")
+
+
+class RLFTConfig(Section):
+    run: RunConfig = RunConfig()
+    runtime: RuntimeConfig = RuntimeConfig()
+    model: ModelConfig = ModelConfig()
+    peft: PeftConfig = PeftConfig()
+    task: Any = Field(..., description="Task section; `name` picks the task.")
+    algorithm: Any = Field(..., description="Algorithm section; `name` picks the algorithm.")
+    train: TrainConfig = TrainConfig()
+    learner: LearnerConfig = LearnerConfig()
+    eval: EvalConfig = EvalConfig()
+    data: DataConfig = DataConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.output_dir) / self.run.name
+
+
+NAMED_SECTIONS = {"task": TASKS, "algorithm": ALGORITHMS}
+
+
+def _suggest(name: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _fields_at(model_cls: type[Section] | None, loc: tuple) -> list[str]:
+    """Valid field names of the nested section addressed by loc (for suggestions)."""
+    for key in loc:
+        if model_cls is None:
+            return []
+        field = model_cls.model_fields.get(str(key))
+        ann = getattr(field, "annotation", None) if field else None
+        model_cls = ann if isinstance(ann, type) and issubclass(ann, Section) else None
+    return list(model_cls.model_fields) if model_cls else []
+
+
+def _format_errors(err: ValidationError, model_cls: type[Section], source: str, prefix: tuple) -> str:
+    lines = []
+    for e in err.errors():
+        loc = tuple(prefix) + tuple(e["loc"])
+        key = ".".join(str(p) for p in loc)
+        if e["type"] == "extra_forbidden":
+            hint = _suggest(str(loc[-1]), _fields_at(model_cls, tuple(e["loc"])[:-1]))
+            lines.append(f"{source}: unknown key '{key}'{hint}")
+        elif e["type"] == "missing":
+            lines.append(f"{source}: missing required key '{key}'")
+        else:
+            lines.append(f"{source}: key '{key}': {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _validate_named(raw: Any, kind: str, source: str) -> Section:
+    registry = NAMED_SECTIONS[kind]
+    if not isinstance(raw, dict) or "name" not in raw:
+        raise ConfigError(f"{source}: section '{kind}' needs a 'name' (one of {sorted(registry)})")
+    name = raw["name"]
+    if name not in registry:
+        hint = _suggest(str(name), sorted(registry))
+        raise ConfigError(
+            f"{source}: unknown {kind} name {name!r} at key '{kind}.name'{hint}; "
+            f"valid: {', '.join(sorted(registry))}"
+        )
+    cls = registry[name].config_cls
+    try:
+        return cls.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, cls, source, (kind,))) from None
+
+
+def _check_model_name(cfg: RLFTConfig, source: str) -> None:
+    name = cfg.model.name
+    if name in KNOWN_MODELS or os.path.exists(name) or "/" in name:
+        return
+    hint = _suggest(name, sorted(KNOWN_MODELS))
+    raise ConfigError(
+        f"{source}: unknown model name {name!r} at key 'model.name'{hint}; give one of "
+        f"{sorted(KNOWN_MODELS)}, a local HF folder, or a hub id (org/name)"
+    )
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'a.b.c=value' -> (['a','b','c'], value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. train.lr=1e-4")
+    key, value = text.split("=", 1)
+    parts = [p for p in key.strip().split(".") if p]
+    if not parts:
+        raise ConfigError(f"override {text!r}: empty key")
+    return parts, yaml.safe_load(value) if value.strip() else ""
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: '{part}' is not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def config_from_dict(raw: dict, source: str = "<dict>") -> RLFTConfig:
+    raw = dict(raw)
+    named = {kind: _validate_named(raw.pop(kind, None), kind, source) for kind in NAMED_SECTIONS}
+    try:
+        cfg = RLFTConfig.model_validate({**raw, **named})
+    except ValidationError as err:
+        raise ConfigError(_format_errors(err, RLFTConfig, source, ())) from None
+    _check_model_name(cfg, source)
+    return cfg
+
+
+def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> RLFTConfig:
+    """Read a recipe, apply dotted overrides, validate. Errors name the file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of sections")
+    raw = apply_overrides(raw, overrides or [])
+    source = str(path) + (f" (with overrides {' '.join(overrides)})" if overrides else "")
+    return config_from_dict(raw, source)
+
+
+def dump_config(cfg: RLFTConfig) -> str:
+    """Resolved config as YAML (every default filled in)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

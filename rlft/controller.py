@@ -1,0 +1,188 @@
+"""The controller: the only code that knows the order of calls (DESIGN section 1).
+
+It creates the roles through rlft.runtime, feeds the learner group step by step, evaluates,
+checkpoints and logs. It holds no model weights (only a tokenizer).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from rlft import runtime
+from rlft.algorithms import ALGORITHMS
+from rlft.algorithms.base import StepCounts
+from rlft.config import RLFTConfig, dump_config
+from rlft.data.collate import encode_prompt, encode_sft, pad_rows, shard_micro_batches, uses_chat_template
+from rlft.data.models import resolve_model
+from rlft.data.sampler import EpochSampler
+from rlft.data.tasks import Example, build_task
+from rlft.progress import progress_bar, print_summary
+from rlft.roles.learner import LearnerActor
+from rlft.tracking import Tracker, plot_run
+
+log = logging.getLogger(__name__)
+
+
+class Controller:
+    def __init__(self, cfg: RLFTConfig, show_progress: bool = True):
+        self.cfg = cfg
+        self.show_progress = show_progress
+        self.spec = ALGORITHMS[cfg.algorithm.name]
+        self.run_dir = cfg.run_dir
+        self.learners: runtime.RoleGroup | None = None
+
+    # ----------------------------------------------------------------- set-up
+    def _prepare_run_dir(self) -> None:
+        if self.run_dir.exists() and any(self.run_dir.iterdir()) and not self.cfg.run.overwrite:
+            raise FileExistsError(f"{self.run_dir} exists; set run.overwrite=true or pick another run.name")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
+        handler = logging.FileHandler(self.run_dir / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("rlft").addHandler(handler)
+        logging.getLogger("rlft").setLevel(logging.INFO)
+
+    def setup(self) -> None:
+        from transformers import AutoTokenizer
+
+        cfg = self.cfg
+        self._prepare_run_dir()
+        self.model_path = resolve_model(cfg.model)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        self.chat = uses_chat_template(self.tokenizer, cfg.data.chat_template)
+        self.task = build_task(cfg.task)
+        self.train_examples = self.task.split("train")
+        self.eval_examples = self.task.split("eval")[: cfg.eval.num_examples]
+        self.tracker = Tracker(self.run_dir, cfg.run.name, cfg.model_dump(mode="json"), cfg.tracking.wandb, cfg.tracking.project)
+        runtime.start(cfg.runtime.mode, address=cfg.runtime.ray_address, num_cpus=cfg.runtime.num_cpus)
+        self.learners = self._start_learners()
+
+    def _start_learners(self) -> runtime.RoleGroup:
+        cfg = self.cfg
+        mode = cfg.runtime.mode
+        ranks = runtime.collective_group_size(mode, cfg.learner.count)
+        grad_accum = cfg.train.batch_size // (ranks * cfg.train.micro_batch_size)
+        addr, port = runtime.node_address(mode), runtime.free_port()
+        threads = None if mode == "inline" else (cfg.learner.threads_per_rank or max(1, int(cfg.learner.cpus_per_rank)))
+        args = [
+            (cfg, str(self.model_path), rank, ranks, addr, port, grad_accum, threads, str(self.run_dir))
+            for rank in range(ranks)
+        ]
+        group = runtime.RoleGroup.create(
+            LearnerActor, mode, args, num_cpus=cfg.learner.cpus_per_rank, num_gpus=cfg.learner.gpus_per_rank, name="learner"
+        )
+        info = group.call("setup")
+        log.info("learner group ready: %s", info[0])
+        self.learner_info = info[0]
+        return group
+
+    # ----------------------------------------------------------------- steps
+    def _sft_rows(self, examples: list[Example]) -> list[dict[str, list[int]]]:
+        rows = []
+        for ex in examples:
+            if ex.response is None:
+                raise ValueError(f"task {self.task.name!r} has no reference responses; SFT needs them")
+            rows.append(encode_sft(self.tokenizer, ex.prompt, ex.response, self.cfg.train.max_length, self.chat))
+        return rows
+
+    def train_step(self, examples: list[Example]) -> dict[str, float]:
+        """Tokenise, split over ranks and micro-batches, and run one optimizer step."""
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        shards = shard_micro_batches(self._sft_rows(examples), len(self.learners), self.cfg.train.micro_batch_size)
+        batches = [[pad_rows(mb, pad_id) for mb in shard] for shard in shards]
+        tokens = sequences = 0.0
+        for shard in batches:
+            for mb in shard:
+                t, s = self.spec.count_tokens(mb)
+                tokens, sequences = tokens + t, sequences + s
+        counts = StepCounts(num_tokens=tokens, num_sequences=sequences)
+        results = self.learners.call_each("train_step", [(shard, counts) for shard in batches])
+        merged = {k: sum(r[k] for r in results) for k in results[0] if k not in ("grad_norm", "lr")}
+        merged["grad_norm"], merged["lr"], merged["tokens"] = results[0]["grad_norm"], results[0]["lr"], tokens
+        return merged
+
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Greedy completions on held-out examples, scored by the task's checker."""
+        cfg = self.cfg.eval
+        if not self.eval_examples:
+            return {}
+        prompts = [encode_prompt(self.tokenizer, ex.prompt, self.chat) for ex in self.eval_examples]
+        completions: list[str] = []
+        with progress_bar(f"eval @ step {step}", len(prompts), self.show_progress) as advance:
+            for start in range(0, len(prompts), cfg.batch_size):
+                chunk = prompts[start : start + cfg.batch_size]
+                ids = self.learners.call_one(0, "generate", chunk, cfg.max_new_tokens, cfg.batch_size)
+                completions += self.tokenizer.batch_decode(ids, skip_special_tokens=True)
+                advance(len(chunk))
+        scores = [self.task.score(ex, text) for ex, text in zip(self.eval_examples, completions)]
+        self.last_samples = list(zip(self.eval_examples[:3], completions[:3]))
+        return {"eval/accuracy": sum(scores) / len(scores), "eval/examples": float(len(scores))}
+
+    def checkpoint(self, tag: str) -> Path:
+        out = self.run_dir / "checkpoints" / tag
+        self.learners.call("save", str(out))
+        return out
+
+    # ----------------------------------------------------------------- the loop
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.setup()
+        try:
+            return self._run_sft()
+        finally:
+            self.close()
+
+    def _run_sft(self) -> dict[str, Any]:
+        cfg = self.cfg
+        sampler = EpochSampler(len(self.train_examples), cfg.run.seed)
+        start = time.time()
+        metrics: dict[str, float] = {}
+        with progress_bar("train", cfg.train.steps, self.show_progress) as advance:
+            for step in range(1, cfg.train.steps + 1):
+                t0 = time.time()
+                out = self.train_step(sampler.next_batch(self.train_examples, cfg.train.batch_size))
+                seconds = time.time() - t0
+                metrics = {
+                    "train/loss": out["loss"], "train/grad_norm": out["grad_norm"], "train/lr": out["lr"],
+                    "perf/step_seconds": seconds, "perf/train_tokens_per_s": out["tokens"] / seconds,
+                }
+                if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+                    self.tracker.log(metrics, step)
+                if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != cfg.train.steps:
+                    self.tracker.log(self.evaluate(step), step)
+                if cfg.train.save_every and step % cfg.train.save_every == 0:
+                    self.checkpoint(f"step_{step}")
+                advance(1, loss=out["loss"])
+        eval_metrics = self.evaluate(cfg.train.steps)
+        self.tracker.log(eval_metrics, cfg.train.steps)
+        final = self.checkpoint("final")
+        summary = {
+            "run_dir": str(self.run_dir), "steps": cfg.train.steps, "train/loss": metrics.get("train/loss"),
+            **eval_metrics, "checkpoint": str(final), "seconds": round(time.time() - start, 1),
+            "trainable_params": self.learner_info["trainable_params"], "learner_ranks": len(self.learners),
+        }
+        return summary
+
+    def close(self) -> None:
+        if self.learners is not None:
+            try:
+                self.learners.call("close")
+            finally:
+                self.learners.shutdown()
+                self.learners = None
+        if hasattr(self, "tracker"):
+            self.tracker.finish()
+            if self.cfg.tracking.plots:
+                plot_run(self.run_dir)
+        runtime.stop(self.cfg.runtime.mode)
+
+
+def train(cfg: RLFTConfig, show_progress: bool = True) -> dict[str, Any]:
+    summary = Controller(cfg, show_progress).run()
+    if show_progress:
+        print_summary(summary)
+    return summary

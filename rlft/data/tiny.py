@@ -1,0 +1,125 @@
+"""A tiny Llama model and a character-level tokenizer, built offline from a config.
+
+Used by tests, CI and CPU recipes: it learns 2-digit addition in about a minute on 2 cores and
+loads in transformers, PEFT and vLLM like any HF model folder.
+
+Tokenizer: every printable ASCII character and "\\n" is one token, after the special tokens
+<pad>, <s>, </s>, <unk> (ids 0-3). Encoding never adds <s> or </s> (same as SmolLM2's tokenizer);
+callers that want them add them explicitly. Decoding concatenates tokens, so
+decode(encode(text)) == text for any ASCII text.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from pydantic import Field, model_validator
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from rlft.schema import Section
+
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
+# string.printable minus the whitespace other than " " and "\n": 95 printable characters + "\n".
+CHARACTERS = tuple(chr(c) for c in range(32, 127)) + ("\n",)
+# vLLM's CPU attention kernels only support some head sizes (see docs/vllm_cpu_notes.md).
+VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256)
+
+
+class TinyModelConfig(Section):
+    hidden_size: int = Field(128, description="Width of the residual stream.", gt=0)
+    intermediate_size: int = Field(384, description="Width of the SwiGLU MLP.", gt=0)
+    num_layers: int = Field(2, description="Number of transformer blocks.", gt=0)
+    num_heads: int = Field(4, description="Attention heads (no grouped KV: kv heads = heads).", gt=0)
+    max_positions: int = Field(128, description="Longest sequence (prompt + completion) in tokens.", gt=0)
+    seed: int = Field(0, description="Seed of the random init: same config gives identical weights.")
+
+    @model_validator(mode="after")
+    def _check_head_size(self) -> "TinyModelConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
+        head = self.hidden_size // self.num_heads
+        if head not in VLLM_CPU_HEAD_SIZES:
+            raise ValueError(f"head size {head} (hidden_size / num_heads) must be one of {VLLM_CPU_HEAD_SIZES} for vLLM")
+        return self
+
+
+def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """The character-level tokenizer (deterministic ids: specials first, then characters)."""
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CHARACTERS)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    # Every character (newline included) is its own pre-token, so WordLevel maps it 1:1.
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    # Fuse joins tokens without separators: WordLevel's default decoding inserts spaces.
+    core.decoder = decoders.Fuse()
+    core.add_special_tokens(list(SPECIAL_TOKENS))
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        clean_up_tokenization_spaces=False,  # would turn "a ." into "a." on decode
+        model_max_length=None,
+    )
+
+
+def tiny_llama_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast) -> LlamaConfig:
+    return LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,
+        max_position_embeddings=cfg.max_positions,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        torch_dtype="float32",
+    )
+
+
+def build_tiny_model(cfg: TinyModelConfig, out_dir: Path) -> Path:
+    """Write the tiny model + tokenizer as an HF folder at out_dir (atomically) and return it."""
+    out_dir = Path(out_dir)
+    tokenizer = build_tiny_tokenizer()
+    config = tiny_llama_config(cfg, tokenizer)
+    # Fork the RNG so building a model does not change the caller's random stream.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    tokenizer.model_max_length = cfg.max_positions
+    with atomic_folder(out_dir) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    return out_dir
+
+
+@contextmanager
+def atomic_folder(out_dir: Path) -> Iterator[Path]:
+    """Yield a temp folder beside out_dir and rename it to out_dir when the block succeeds.
+
+    Readers never see a half-written folder; if another process published out_dir first, its
+    copy wins and ours is dropped (both were built from the same inputs).
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp", dir=out_dir.parent))
+    try:
+        yield tmp
+        try:
+            os.rename(tmp, out_dir)
+        except OSError:
+            if not (out_dir / "config.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""Shared pure tensor math (torch only): log-probs, masking, reductions, KL, advantages."""

@@ -1,0 +1,110 @@
+"""Group-relative advantages (GRPO / Dr.GRPO), dynamic sampling, KL-in-reward shaping.
+
+GRPO (DeepSeekMath, spec 4.2), for the G responses of one prompt with rewards r_1..r_G:
+
+    A_i = (r_i - mean(r)) / (std(r) + eps)        std unbiased (G - 1), eps = 1e-6
+    A_i =  r_i - mean(r)                          Dr.GRPO (scale_by_std=False)
+
+A group of size 1 has no baseline: following veRL (spec 4.2) it gets mean 0 and std 1, so its
+advantage is r / (1 + eps) (GRPO) or r (Dr.GRPO), not 0.
+Outcome supervision gives every response token its sequence's advantage (`broadcast_to_tokens`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from rlft.ops.kl import kl_penalty
+
+GRPO_EPS = 1e-6
+
+
+def group_ids_from_size(num_sequences: int, group_size: int, device=None) -> torch.Tensor:
+    """Group id of each sequence when the batch is laid out as consecutive groups of group_size."""
+    if group_size < 1 or num_sequences % group_size:
+        raise ValueError(f"{num_sequences} sequences do not split into groups of {group_size}")
+    return torch.arange(num_sequences, device=device) // group_size
+
+
+def _group_ids(rewards: torch.Tensor, group_ids: torch.Tensor | None, group_size: int | None) -> torch.Tensor:
+    if (group_ids is None) == (group_size is None):
+        raise ValueError("give exactly one of group_ids and group_size")
+    if group_ids is None:
+        return group_ids_from_size(rewards.shape[0], group_size, rewards.device)
+    return group_ids.to(rewards.device)
+
+
+def group_mean_std(rewards: torch.Tensor, group_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence mean and unbiased std of its group ([N] each); size-1 groups: mean 0, std 1."""
+    _, index = torch.unique(group_ids, return_inverse=True)
+    r = rewards.to(torch.float64)  # float64 so equal rewards give exactly zero deviation
+    size = torch.zeros(int(index.max()) + 1, dtype=r.dtype, device=r.device).index_add_(0, index, torch.ones_like(r))
+    mean = torch.zeros_like(size).index_add_(0, index, r) / size
+    sq_dev = torch.zeros_like(size).index_add_(0, index, (r - mean[index]).square())
+    std = (sq_dev / (size - 1).clamp(min=1)).sqrt()
+    singleton = size == 1
+    mean = torch.where(singleton, torch.zeros_like(mean), mean)
+    std = torch.where(singleton, torch.ones_like(std), std)
+    return mean[index], std[index]
+
+
+def group_relative_advantages(
+    rewards: torch.Tensor,
+    group_ids: torch.Tensor | None = None,
+    group_size: int | None = None,
+    scale_by_std: bool = True,
+    eps: float = GRPO_EPS,
+) -> torch.Tensor:
+    """Per-sequence advantages [N] from rewards [N]; groups by `group_ids` or consecutive `group_size`.
+
+    scale_by_std=True: GRPO (r - mean) / (std + eps); False: Dr.GRPO r - mean.
+    """
+    mean, std = group_mean_std(rewards, _group_ids(rewards, group_ids, group_size))
+    advantages = rewards.to(torch.float64) - mean
+    if scale_by_std:
+        advantages = advantages / (std + eps)
+    return advantages.to(rewards.dtype if rewards.is_floating_point() else torch.float32)
+
+
+def broadcast_to_tokens(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Outcome supervision: every valid token of sequence i gets A_i ([N] -> [N, T]); 0 off-mask."""
+    return advantages.unsqueeze(-1).to(mask.dtype) * mask
+
+
+def dynamic_sampling_keep(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
+    """DAPO dynamic sampling: bool [N / group_size], True for groups whose rewards are not all equal.
+
+    A group with identical rewards has zero advantage everywhere and so no policy gradient.
+    Expand to sequences with `keep.repeat_interleave(group_size)`.
+    """
+    group_ids_from_size(rewards.shape[0], group_size)  # validates the layout
+    grouped = rewards.reshape(-1, group_size)
+    return grouped.amax(-1) > grouped.amin(-1)
+
+
+def reverse_cumsum(values: torch.Tensor) -> torch.Tensor:
+    """sum_{s >= t} values[..., s] along the last dimension."""
+    return values.flip(-1).cumsum(-1).flip(-1)
+
+
+def kl_in_reward_advantages(
+    advantages: torch.Tensor,
+    logprobs: torch.Tensor,
+    ref_logprobs: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+    estimator: str = "k1",
+) -> torch.Tensor:
+    """InstructGPT-style KL placement ('reward'): token advantages [N, T] minus the KL reward-to-go.
+
+    Each token s earns the extra reward -kl_coef * k_s (k from `kl_penalty`, k1 in InstructGPT),
+    computed from the *behaviour* policy's log-probs (a reward, so no gradient). With no critic and
+    gamma = 1 the return of token t is the outcome term plus the KL rewards of t and every later
+    token, so
+        A'_t = A_t - kl_coef * sum_{s >= t} m_s k_s.
+    The group baseline is only applied to the outcome reward (A_t comes from
+    `group_relative_advantages`); the KL part is left unnormalised, as a per-token reward.
+    """
+    with torch.no_grad():
+        k = kl_penalty(logprobs, ref_logprobs, estimator) * mask
+        return (advantages - kl_coef * reverse_cumsum(k)) * mask

@@ -1,0 +1,1 @@
+"""Parameter-efficient fine-tuning: LoRA / PiSSA through `peft`, and full fine-tuning."""

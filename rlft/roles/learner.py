@@ -1,0 +1,225 @@
+"""LearnerActor: one DeepSpeed rank of the learner group.
+
+The learner is algorithm-agnostic: for each micro-batch it asks the configured algorithm for a
+loss (normalised by step-global counts) and backpropagates it. DeepSpeed averages gradients
+over data-parallel ranks, so each rank scales its loss by the world size: the summed gradient
+then equals the gradient of the whole step's loss, whatever the split over ranks and
+micro-batches.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlft.algorithms import ALGORITHMS
+from rlft.algorithms.base import StepCounts
+from rlft.generation import greedy_generate
+from rlft.peft.adapters import apply_peft, count_parameters, save_pissa_init, save_trained
+
+log = logging.getLogger(__name__)
+
+
+def detect_device(requested: str) -> str:
+    if requested != "auto":
+        return requested
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def detect_backend(requested: str, device: str) -> str:
+    if requested != "auto":
+        return requested
+    return "nccl" if device == "cuda" else "gloo"
+
+
+def lr_lambda(warmup: int, total: int, schedule: str):
+    """Multiplier of the peak LR at optimizer step `step` (linear warm-up, then decay)."""
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if schedule == "linear":
+            return 1.0 - progress
+        return 1.0
+
+    return factor
+
+
+def deepspeed_config(cfg, world_size: int, grad_accum: int, dtype: torch.dtype) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "train_batch_size": cfg.train.micro_batch_size * grad_accum * world_size,
+        "gradient_clipping": cfg.train.grad_clip,
+        "zero_optimization": {"stage": cfg.learner.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": dtype == torch.bfloat16},
+        "fp16": {"enabled": dtype == torch.float16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+
+
+class _Policy:
+    """The PolicyModel view an algorithm gets of this learner's model."""
+
+    def __init__(self, learner: "LearnerActor"):
+        self._learner = learner
+
+    def logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        engine = self._learner.engine
+        return engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    def reference_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._learner.reference_logits(batch)
+
+    def logits_from_embeds(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self._learner.engine(inputs_embeds=embeds, attention_mask=attention_mask).logits
+
+    def input_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self._learner.engine.module.get_input_embeddings()(input_ids)
+
+
+class LearnerActor:
+    """One data-parallel rank. Construct cheaply; `setup` joins the group and loads the model."""
+
+    def __init__(
+        self,
+        cfg,
+        model_path: str,
+        rank: int,
+        world_size: int,
+        master_addr: str,
+        master_port: int,
+        grad_accum: int,
+        num_threads: int | None,
+        run_dir: str,
+    ):
+        self.cfg = cfg
+        self.model_path = model_path
+        self.rank = rank
+        self.world_size = world_size
+        self.master = (master_addr, master_port)
+        self.grad_accum = grad_accum
+        self.num_threads = num_threads
+        self.run_dir = Path(run_dir)
+        self.spec = ALGORITHMS[cfg.algorithm.name]
+        self.engine = None
+        self.pissa_init: Path | None = None
+
+    # ----------------------------------------------------------------- set-up
+    def _init_distributed(self, backend: str) -> None:
+        import deepspeed
+        import torch.distributed as dist
+
+        if dist.is_initialized():  # a previous inline learner in this process
+            dist.destroy_process_group()
+        os.environ.update(
+            MASTER_ADDR=self.master[0],
+            MASTER_PORT=str(self.master[1]),
+            RANK=str(self.rank),
+            LOCAL_RANK="0" if self.device == "cpu" else str(self.rank % max(1, torch.cuda.device_count())),
+            WORLD_SIZE=str(self.world_size),
+            LOCAL_WORLD_SIZE=str(self.world_size),
+        )
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+
+    def _load_model(self) -> torch.nn.Module:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from rlft.data.models import resolve_dtype
+
+        self.dtype = resolve_dtype(self.cfg.model.dtype, self.device)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.dtype)
+        model = apply_peft(model, self.cfg.peft, self.cfg.run.seed)
+        if self.cfg.peft.method == "pissa" and self.rank == 0:
+            self.pissa_init = save_pissa_init(model, self.run_dir)
+        return model
+
+    def setup(self) -> dict[str, Any]:
+        import deepspeed
+
+        if self.num_threads:
+            torch.set_num_threads(self.num_threads)
+        torch.manual_seed(self.cfg.run.seed)
+        self.device = detect_device(self.cfg.learner.device)
+        backend = detect_backend(self.cfg.learner.backend, self.device)
+        self._init_distributed(backend)
+        model = self._load_model()
+        params = [p for p in model.parameters() if p.requires_grad]
+        train = self.cfg.train
+        optimizer = torch.optim.AdamW(params, lr=train.lr, betas=tuple(train.betas), weight_decay=train.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_lambda(train.warmup_steps, train.steps, train.schedule)
+        )
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            config=deepspeed_config(self.cfg, self.world_size, self.grad_accum, self.dtype),
+        )
+        self.policy = _Policy(self)
+        trainable, total = count_parameters(model)
+        return {"rank": self.rank, "device": self.device, "backend": backend,
+                "trainable_params": trainable, "total_params": total}
+
+    # ----------------------------------------------------------------- training
+    def reference_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        module = self.engine.module
+        if not hasattr(module, "disable_adapter"):
+            raise NotImplementedError("a reference policy needs LoRA adapters (peft.method=lora)")
+        with torch.no_grad(), module.disable_adapter():
+            return module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.engine.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    def train_step(self, micro_batches: list[dict[str, torch.Tensor]], counts: StepCounts) -> dict[str, float]:
+        """One optimizer step over this rank's micro-batches; returns summed metrics."""
+        if len(micro_batches) != self.grad_accum:
+            raise ValueError(f"rank {self.rank}: got {len(micro_batches)} micro-batches, expected {self.grad_accum}")
+        self.engine.train()
+        totals: dict[str, float] = {"loss": 0.0}
+        for batch in micro_batches:
+            loss, metrics = self.spec.micro_batch_loss(self.policy, self._to_device(batch), self.cfg.algorithm, counts)
+            # DeepSpeed averages over ranks; the world-size factor turns that into the sum.
+            self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
+            self.engine.step()
+            totals["loss"] += float(loss.detach())
+            for key, value in metrics.items():
+                totals[key] = totals.get(key, 0.0) + value
+        grad_norm = self.engine.get_global_grad_norm()
+        totals["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
+        totals["lr"] = float(self.engine.get_lr()[0])
+        return totals
+
+    # ----------------------------------------------------------------- eval and outputs
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, batch_size: int) -> list[list[int]]:
+        """Greedy completions (token ids, up to and excluding EOS) for tokenised prompts."""
+        return greedy_generate(self.engine.module, self.tokenizer, prompts, max_new_tokens, batch_size, self.engine.device)
+
+    def save(self, out_dir: str) -> str | None:
+        """Rank 0 writes the checkpoint (params are replicated up to ZeRO-2)."""
+        if self.rank != 0:
+            return None
+        save_trained(self.engine.module, self.tokenizer, Path(out_dir), self.cfg.peft.method, self.pissa_init)
+        return out_dir
+
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """Copies of the trainable parameters (for invariance checks and tests)."""
+        return {n: p.detach().float().cpu().clone() for n, p in self.engine.module.named_parameters() if p.requires_grad}
+
+    def close(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
