@@ -130,9 +130,14 @@ class Controller:
     # ----------------------------------------------------------------- the loop
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
+        loop = {"sft": self._run_sft}.get(self.spec.data_kind)
+        if loop is None:
+            raise NotImplementedError(
+                f"algorithm {self.spec.name!r} trains on {self.spec.data_kind!r}; this controller has no loop for it yet"
+            )
         self.setup()
         try:
-            return self._run_sft()
+            return loop()
         finally:
             self.close()
 

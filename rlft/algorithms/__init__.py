@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rlft.algorithms import sft
+from rlft.algorithms import gppo, sft
 from rlft.algorithms.base import AlgorithmSpec
 
-ALGORITHMS: dict[str, AlgorithmSpec] = {spec.name: spec for spec in (sft.SPEC,)}
+ALGORITHMS: dict[str, AlgorithmSpec] = {spec.name: spec for spec in (sft.SPEC, gppo.SPEC)}

@@ -116,6 +116,7 @@ def atomic_folder(out_dir: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp", dir=out_dir.parent))
     try:
         yield tmp
+        _make_readable(tmp)
         try:
             os.rename(tmp, out_dir)
         except OSError:
@@ -123,3 +124,12 @@ def atomic_folder(out_dir: Path) -> Iterator[Path]:
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _make_readable(folder: Path) -> None:
+    """mkdtemp creates 0700 folders: give the cache the permissions of a normal folder."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for path in folder.rglob("*"):
+        os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)

@@ -20,6 +20,7 @@ import torch
 from rlft.algorithms import ALGORITHMS
 from rlft.algorithms.base import StepCounts
 from rlft.generation import greedy_generate
+from rlft.ops.logprobs import token_logprobs
 from rlft.peft.adapters import apply_peft, count_parameters, save_pissa_init, save_trained
 
 log = logging.getLogger(__name__)
@@ -120,8 +121,12 @@ class LearnerActor:
         import deepspeed
         import torch.distributed as dist
 
-        if dist.is_initialized():  # a previous inline learner in this process
-            dist.destroy_process_group()
+        if dist.is_initialized():
+            # A previous inline learner in this process: DeepSpeed caches its groups, so a
+            # one-rank group is reused rather than torn down and rebuilt.
+            if dist.get_world_size() == self.world_size == 1:
+                return
+            raise RuntimeError(f"this process already belongs to a group of {dist.get_world_size()} ranks")
         os.environ.update(
             MASTER_ADDR=self.master[0],
             MASTER_PORT=str(self.master[1]),
@@ -207,6 +212,17 @@ class LearnerActor:
         """Greedy completions (token ids, up to and excluding EOS) for tokenised prompts."""
         return greedy_generate(self.engine.module, self.tokenizer, prompts, max_new_tokens, batch_size, self.engine.device)
 
+    @torch.no_grad()
+    def token_logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per-token log-probs of batch['labels'] under the current policy (0 off the mask)."""
+        batch = self._to_device(batch)
+        was_training = self.engine.module.training
+        self.engine.module.eval()
+        logits = self.engine.module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        if was_training:
+            self.engine.module.train()
+        return token_logprobs(logits, batch["labels"])[0].cpu()
+
     def save(self, out_dir: str) -> str | None:
         """Rank 0 writes the checkpoint (params are replicated up to ZeRO-2)."""
         if self.rank != 0:
@@ -219,7 +235,5 @@ class LearnerActor:
         return {n: p.detach().float().cpu().clone() for n, p in self.engine.module.named_parameters() if p.requires_grad}
 
     def close(self) -> None:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        """Release the engine; the process group stays (remote ranks exit, inline ones reuse it)."""
+        self.engine = None
