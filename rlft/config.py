@@ -51,6 +51,41 @@ class LearnerConfig(Section):
     threads_per_rank: int | None = Field(None, description="torch threads per rank (None: cpus_per_rank).")
 
 
+class GeneratorConfig(Section):
+    count: int = Field(2, ge=1, description="Number of vLLM generator actors.")
+    cpus_per_actor: float = Field(1.0, gt=0, description="Ray CPUs reserved per generator.")
+    gpus_per_actor: float = Field(0.0, ge=0, description="Ray GPUs reserved per generator.")
+    kv_cache_mb: int | None = Field(
+        256, description="KV cache size in MiB (recommended on CPU); None: use gpu_memory_utilization."
+    )
+    gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="Fraction of device memory for vLLM.")
+    enforce_eager: bool = Field(True, description="Skip CUDA graphs / torch.compile (faster start).")
+    max_model_len: int | None = Field(None, description="Context length (None: the model's).")
+    bind_cpus: bool = Field(True, description="On CPU, pin engine i's threads to core i (mod cores).")
+
+
+class RewardConfig(Section):
+    count: int = Field(1, ge=1, description="Number of reward actors.")
+    cpus_per_actor: float = Field(0.25, gt=0, description="Ray CPUs reserved per reward actor.")
+    kind: Literal["answer", "steps"] = Field(
+        "answer", description="answer: the task's answer score; steps: mean of its per-step checker scores."
+    )
+
+
+class RolloutConfig(Section):
+    max_new_tokens: int = Field(32, ge=1, description="Sampled tokens per completion.")
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    mini_batches: int = Field(1, ge=1, description="Optimizer steps per rollout batch (>1: later ones are off-policy).")
+
+
+class SyncConfig(Section):
+    parity_every: int = Field(1, ge=0, description="Run the logprob parity probe every N syncs (0: never).")
+    parity_tolerance: float = Field(
+        1e-3, gt=0, description="Max |learner - generator| probe logprob difference before the run stops."
+    )
+
+
 class PeftConfig(Section):
     method: Literal["full", "lora", "pissa"] = Field("lora", description="What is trained.")
     r: int = Field(8, ge=1, description="Adapter rank.")
@@ -93,6 +128,12 @@ class DataConfig(Section):
     )
 
 
+class WarmStartConfig(Section):
+    recipe: str | None = Field(None, description="SFT recipe run first; its final checkpoint becomes the base model.")
+    overrides: list[str] = Field([], description="Dotted overrides for the warm-start recipe.")
+    reuse: bool = Field(True, description="Reuse an earlier warm start with the same recipe and overrides.")
+
+
 class TrackingConfig(Section):
     wandb: Literal["auto", "online", "offline", "disabled"] = Field(
         "auto", description="auto: online when wandb is logged in, else offline."
@@ -110,9 +151,14 @@ class RLFTConfig(Section):
     algorithm: Any = Field(..., description="Algorithm section; `name` picks the algorithm.")
     train: TrainConfig = TrainConfig()
     learner: LearnerConfig = LearnerConfig()
+    generator: GeneratorConfig = GeneratorConfig()
+    reward: RewardConfig = RewardConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    sync: SyncConfig = SyncConfig()
     eval: EvalConfig = EvalConfig()
     data: DataConfig = DataConfig()
     tracking: TrackingConfig = TrackingConfig()
+    warm_start: WarmStartConfig = WarmStartConfig()
 
     @property
     def run_dir(self) -> Path:

@@ -6,7 +6,10 @@ checkpoints and logs. It holds no model weights (only a tokenizer).
 
 from __future__ import annotations
 
+import json
 import logging
+import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -44,21 +47,50 @@ class Controller:
         handler = logging.FileHandler(self.run_dir / "train.log")
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
         logging.getLogger("rlft").addHandler(handler)
+        self._log_handler = handler
         logging.getLogger("rlft").setLevel(logging.INFO)
+
+    def _warm_start(self) -> Path | None:
+        """Run (or reuse) the warm-start SFT recipe; its full checkpoint becomes the base model."""
+        from rlft.config import load_config
+
+        ws = self.cfg.warm_start
+        if ws.recipe is None:
+            return None
+        overrides = [*ws.overrides, f"run.output_dir={self.cfg.run.output_dir}"]
+        sub = load_config(ws.recipe, overrides)
+        if sub.peft.method != "full":
+            raise ValueError(f"warm_start.recipe {ws.recipe}: needs peft.method=full to produce a base model")
+        final = sub.run_dir / "checkpoints" / "final"
+        stamp = {"recipe": Path(ws.recipe).read_text(), "overrides": overrides}
+        marker = sub.run_dir / "warm_start.json"
+        if ws.reuse and (final / "config.json").is_file() and marker.is_file() and json.loads(marker.read_text()) == stamp:
+            log.info("reusing warm start %s", final)
+            return final
+        log.info("warm start: running %s", ws.recipe)
+        summary = train(sub, show_progress=self.show_progress)
+        marker.write_text(json.dumps(stamp))
+        self.warm_start_summary = summary
+        return final
+
+    def required_cpus(self) -> float:
+        return self.cfg.learner.count * self.cfg.learner.cpus_per_rank
 
     def setup(self) -> None:
         from transformers import AutoTokenizer
 
         cfg = self.cfg
+        warm = self._warm_start()
         self._prepare_run_dir()
-        self.model_path = resolve_model(cfg.model)
+        self.model_path = warm or resolve_model(cfg.model)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.chat = uses_chat_template(self.tokenizer, cfg.data.chat_template)
         self.task = build_task(cfg.task)
         self.train_examples = self.task.split("train")
         self.eval_examples = self.task.split("eval")[: cfg.eval.num_examples]
         self.tracker = Tracker(self.run_dir, cfg.run.name, cfg.model_dump(mode="json"), cfg.tracking.wandb, cfg.tracking.project)
-        runtime.start(cfg.runtime.mode, address=cfg.runtime.ray_address, num_cpus=cfg.runtime.num_cpus)
+        num_cpus = cfg.runtime.num_cpus or max(os.cpu_count() or 1, math.ceil(self.required_cpus()))
+        runtime.start(cfg.runtime.mode, address=cfg.runtime.ray_address, num_cpus=num_cpus)
         self.learners = self._start_learners()
 
     def _start_learners(self) -> runtime.RoleGroup:
@@ -130,7 +162,7 @@ class Controller:
     # ----------------------------------------------------------------- the loop
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
-        loop = {"sft": self._run_sft}.get(self.spec.data_kind)
+        loop = self.loops().get(self.spec.data_kind)
         if loop is None:
             raise NotImplementedError(
                 f"algorithm {self.spec.name!r} trains on {self.spec.data_kind!r}; this controller has no loop for it yet"
@@ -140,6 +172,9 @@ class Controller:
             return loop()
         finally:
             self.close()
+
+    def loops(self) -> dict:
+        return {"sft": self._run_sft}
 
     def _run_sft(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -184,10 +219,17 @@ class Controller:
             if self.cfg.tracking.plots:
                 plot_run(self.run_dir)
         runtime.stop(self.cfg.runtime.mode)
+        if getattr(self, "_log_handler", None) is not None:
+            logging.getLogger("rlft").removeHandler(self._log_handler)
+            self._log_handler.close()
+            self._log_handler = None
 
 
 def train(cfg: RLFTConfig, show_progress: bool = True) -> dict[str, Any]:
-    summary = Controller(cfg, show_progress).run()
+    from rlft.rl_controller import RLController
+
+    controller_cls = RLController if ALGORITHMS[cfg.algorithm.name].data_kind == "rollouts" else Controller
+    summary = controller_cls(cfg, show_progress).run()
     if show_progress:
         print_summary(summary)
     return summary

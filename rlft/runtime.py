@@ -62,6 +62,15 @@ def node_address(mode: str) -> str:
     return ray.util.get_node_ip_address()
 
 
+def put(value: Any, mode: str) -> Any:
+    """Place a value once where every member can fetch it (Ray object store; inline: as is)."""
+    if mode == "inline":
+        return value
+    import ray
+
+    return ray.put(value)
+
+
 class RoleGroup:
     """N instances of one role; methods are called on all of them concurrently."""
 

@@ -65,3 +65,6 @@ class AlgorithmSpec:
     micro_batch_loss: LossFn
     count_tokens: Callable[[dict[str, torch.Tensor]], tuple[float, float]] = count_label_tokens
     needs_reference: bool = False
+    # For data_kind "rollouts": rewards [N] (consecutive groups) -> per-sequence "advantages" [N],
+    # "positive" [N] and "keep" [N] (False: the sequence's group is dropped, e.g. dynamic sampling).
+    sequence_advantages: Callable[[torch.Tensor, Any], dict[str, torch.Tensor]] | None = None

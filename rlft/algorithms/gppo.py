@@ -40,7 +40,7 @@ import torch
 from pydantic import Field, model_validator
 
 from rlft.algorithms.base import AlgorithmSpec, PolicyModel, StepCounts, count_label_tokens
-from rlft.ops.advantages import broadcast_to_tokens, group_relative_advantages
+from rlft.ops.advantages import broadcast_to_tokens, dynamic_sampling_keep, group_relative_advantages
 from rlft.ops.kl import kl_penalty
 from rlft.ops.logprobs import token_entropy, token_logprobs
 from rlft.ops.reductions import aggregate, token_mean
@@ -186,6 +186,15 @@ def positive_sequences(rewards: torch.Tensor, cfg: GPPOConfig) -> torch.Tensor:
     return (rewards >= cfg.positive_reward_threshold).to(torch.float32)
 
 
+def sequence_advantages(rewards: torch.Tensor, cfg: GPPOConfig) -> dict[str, torch.Tensor]:
+    """Rollout-stage quantities per sequence: group-relative advantages, positives, groups kept."""
+    keep = torch.ones_like(rewards, dtype=torch.bool)
+    if cfg.dynamic_sampling:
+        keep = dynamic_sampling_keep(rewards, cfg.group_size).repeat_interleave(cfg.group_size)
+    advantages = group_relative_advantages(rewards, group_size=cfg.group_size, scale_by_std=cfg.scale_by_std)
+    return {"advantages": advantages, "positive": positive_sequences(rewards, cfg), "keep": keep}
+
+
 # ---- the learner contract ------------------------------------------------------------------------
 
 
@@ -285,4 +294,5 @@ SPEC = AlgorithmSpec(
     micro_batch_loss=micro_batch_loss,
     count_tokens=count_tokens,
     needs_reference=True,
+    sequence_advantages=sequence_advantages,
 )

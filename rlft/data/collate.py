@@ -48,7 +48,7 @@ def pad_rows(rows: Sequence[dict[str, list[int]]], pad_id: int) -> dict[str, tor
     """Right-pad rows into tensors; padding gets attention 0 and label IGNORE_INDEX."""
     width = max(len(r["input_ids"]) for r in rows)
     batch: dict[str, list[list[int]]] = {"input_ids": [], "attention_mask": [], "labels": []}
-    for row in rows:
+    for row in rows:  # extra per-row fields are padded by their owners (e.g. rlft.rollouts)
         pad = width - len(row["input_ids"])
         batch["input_ids"].append(row["input_ids"] + [pad_id] * pad)
         batch["attention_mask"].append([1] * len(row["input_ids"]) + [0] * pad)

@@ -68,6 +68,13 @@ def save_trained(model, tokenizer, out_dir: Path, method: str, pissa_init: Path 
     return out_dir
 
 
+def adapter_tensors(model) -> dict[str, torch.Tensor]:
+    """Adapter weights in PEFT checkpoint naming (what vLLM and PeftModel load), detached copies."""
+    from peft import get_peft_model_state_dict
+
+    return {k: v.detach().cpu().clone() for k, v in get_peft_model_state_dict(model).items()}
+
+
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

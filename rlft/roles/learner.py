@@ -21,7 +21,8 @@ from rlft.algorithms import ALGORITHMS
 from rlft.algorithms.base import StepCounts
 from rlft.generation import greedy_generate
 from rlft.ops.logprobs import token_logprobs
-from rlft.peft.adapters import apply_peft, count_parameters, save_pissa_init, save_trained
+from rlft.peft.adapters import adapter_tensors, apply_peft, count_parameters, save_pissa_init, save_trained
+from rlft.sync.payload import AdapterPayload, adapter_config_dict, build_payload, pissa_as_lora
 
 log = logging.getLogger(__name__)
 
@@ -148,6 +149,7 @@ class LearnerActor:
         model = apply_peft(model, self.cfg.peft, self.cfg.run.seed)
         if self.cfg.peft.method == "pissa" and self.rank == 0:
             self.pissa_init = save_pissa_init(model, self.run_dir)
+            self.pissa_init_tensors = adapter_tensors(model)
         return model
 
     def setup(self) -> dict[str, Any]:
@@ -222,6 +224,20 @@ class LearnerActor:
         if was_training:
             self.engine.module.train()
         return token_logprobs(logits, batch["labels"])[0].cpu()
+
+    def export_adapter(self, version: int) -> AdapterPayload | None:
+        """Rank 0: the adapter as a versioned payload for generators (PiSSA as rank-2r LoRA)."""
+        if self.rank != 0:
+            return None
+        module = self.engine.module
+        if not hasattr(module, "peft_config"):
+            raise NotImplementedError("weight sync of full fine-tuning is not supported; use peft.method=lora or pissa")
+        tensors = adapter_tensors(module)
+        rank, alpha = self.cfg.peft.r, self.cfg.peft.alpha
+        if self.cfg.peft.method == "pissa":
+            tensors = pissa_as_lora(tensors, self.pissa_init_tensors)
+            rank, alpha = 2 * rank, 2 * alpha
+        return build_payload(version, tensors, adapter_config_dict(module.peft_config["default"], rank, alpha))
 
     def save(self, out_dir: str) -> str | None:
         """Rank 0 writes the checkpoint (params are replicated up to ZeRO-2)."""

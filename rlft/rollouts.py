@@ -1,0 +1,73 @@
+"""Rollouts -> training rows for the policy-gradient learner (pure data plumbing).
+
+A row holds prompt + completion token ids, labels (IGNORE_INDEX on the prompt), and per shifted
+position (aligned with rlft.ops.logprobs.token_logprobs) the behaviour log-prob and the
+advantage of the completion token predicted there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from rlft.data.tasks import Example
+from rlft.ops.logprobs import IGNORE_INDEX
+
+
+@dataclass
+class Rollout:
+    """One sampled completion and what the roles learned about it."""
+
+    example: Example
+    group: int                  # index of its prompt in the rollout batch
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    logprobs: list[float]       # sampling log-probs of completion_ids under `version`
+    text: str
+    version: int                # policy version that produced it
+    finish_reason: str | None = None
+    reward: float = 0.0
+    correct: bool = False
+    step_accuracy: float = 0.0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+def rollout_row(rollout: Rollout, advantage: float, positive: float, max_length: int) -> dict[str, Any]:
+    """Training row of one rollout; the completion is cut (never the prompt) to max_length."""
+    prompt, completion = rollout.prompt_ids, rollout.completion_ids[: max(0, max_length - len(rollout.prompt_ids))]
+    if len(rollout.logprobs) < len(completion):
+        raise ValueError(f"rollout has {len(rollout.logprobs)} log-probs for {len(completion)} tokens")
+    input_ids = prompt + completion
+    old_logprobs = [0.0] * (len(input_ids) - 1)
+    advantages = [0.0] * (len(input_ids) - 1)
+    for k, logprob in enumerate(rollout.logprobs[: len(completion)]):
+        old_logprobs[len(prompt) + k - 1] = logprob  # position t predicts token t + 1
+        advantages[len(prompt) + k - 1] = advantage
+    return {
+        "input_ids": input_ids,
+        "labels": [IGNORE_INDEX] * len(prompt) + completion,
+        "old_logprobs": old_logprobs,
+        "advantages": advantages,
+        "positive": positive,
+    }
+
+
+def filler_row(like: dict[str, Any]) -> dict[str, Any]:
+    """A row that carries no loss (all labels ignored): keeps micro-batch counts fixed."""
+    n = len(like["input_ids"])
+    return {"input_ids": like["input_ids"], "labels": [IGNORE_INDEX] * n, "old_logprobs": [0.0] * (n - 1),
+            "advantages": [0.0] * (n - 1), "positive": 0.0}
+
+
+def pad_rollout_rows(rows: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad rollout rows; float fields are padded with 0 and live on shifted positions."""
+    from rlft.data.collate import pad_rows
+
+    batch = pad_rows(rows, pad_id)
+    width = batch["input_ids"].shape[1] - 1
+    for key in ("old_logprobs", "advantages"):
+        batch[key] = torch.tensor([r[key] + [0.0] * (width - len(r[key])) for r in rows], dtype=torch.float32)
+    batch["positive"] = torch.tensor([r["positive"] for r in rows], dtype=torch.float32)
+    return batch

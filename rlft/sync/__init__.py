@@ -1,0 +1,1 @@
+"""Weight sync: versioned adapter payloads, fingerprints, and loading them into vLLM."""

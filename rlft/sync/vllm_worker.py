@@ -1,0 +1,43 @@
+"""vLLM worker extension: load a LoRA adapter from bytes, no file system involved.
+
+vLLM 0.32's LoRARequest only names a folder, so the generator passes the safetensors bytes to
+every worker through `LLM.collective_rpc` (bytes survive its msgpack transport; dicts of tensors
+do not) and registers the adapter directly with the worker's LoRA manager. The worker returns
+the fingerprint of the tensors it actually deserialised, which the controller checks against
+the learner's.
+"""
+
+from __future__ import annotations
+
+
+class LoraTensorsExtension:
+    """Mixed into vLLM's worker class (`worker_extension_cls`); `self` is the worker."""
+
+    def rlft_add_lora(self, lora_id: int, payload: bytes, config: dict) -> str:
+        from safetensors.torch import load
+        from vllm.lora.lora_model import LoRAModel
+        from vllm.lora.peft_helper import PEFTHelper
+
+        from rlft.sync.payload import fingerprint
+
+        tensors = load(payload)
+        received = fingerprint(tensors)  # before vLLM folds the scaling into B in place
+        worker_manager = self.model_runner.lora_manager
+        helper = PEFTHelper.from_dict(
+            {**config, "vllm_max_position_embeddings": worker_manager.max_position_embeddings}
+        )
+        helper.validate_legal(worker_manager.lora_config)
+        lora = LoRAModel.from_lora_tensors(
+            lora_id, tensors, helper, device="cpu", dtype=worker_manager.lora_config.lora_dtype,
+            model_vocab_size=worker_manager.vocab_size,
+        )
+        manager = worker_manager._adapter_manager
+        manager.remove_adapter(lora_id)
+        if len(manager) + 1 > manager.capacity:
+            manager.remove_oldest_adapter()
+        if not manager.add_adapter(lora):
+            raise RuntimeError(f"vLLM refused LoRA adapter {lora_id}")
+        return received
+
+    def rlft_remove_lora(self, lora_id: int) -> bool:
+        return self.model_runner.lora_manager._adapter_manager.remove_adapter(lora_id)
