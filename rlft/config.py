@@ -76,7 +76,8 @@ class RolloutConfig(Section):
     max_new_tokens: int = Field(32, ge=1, description="Sampled tokens per completion.")
     temperature: float = Field(1.0, ge=0, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
-    mini_batches: int = Field(1, ge=1, description="Optimizer steps per rollout batch (>1: later ones are off-policy).")
+    mini_batches: int = Field(1, ge=1, description="Optimizer steps per pass over a rollout batch.")
+    epochs: int = Field(1, ge=1, description="Passes over each rollout batch (>1 or mini_batches>1: off-policy steps).")
 
 
 class SyncConfig(Section):

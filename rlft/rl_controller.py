@@ -48,6 +48,9 @@ def split_evenly(items: list, parts: int) -> list[list]:
 class RLController(Controller):
     version = 0
 
+    def steps_per_iteration(self) -> int:
+        return self.cfg.rollout.mini_batches * self.cfg.rollout.epochs
+
     def required_cpus(self) -> float:
         cfg = self.cfg
         return (super().required_cpus() + cfg.generator.count * cfg.generator.cpus_per_actor
@@ -60,8 +63,9 @@ class RLController(Controller):
         if cfg.train.batch_size % cfg.algorithm.group_size:
             raise ValueError(f"train.batch_size={cfg.train.batch_size} is not a multiple of "
                              f"algorithm.group_size={cfg.algorithm.group_size}")
-        if cfg.train.steps % cfg.rollout.mini_batches:
-            raise ValueError(f"train.steps={cfg.train.steps} is not a multiple of rollout.mini_batches")
+        if cfg.train.steps % self.steps_per_iteration():
+            raise ValueError(f"train.steps={cfg.train.steps} is not a multiple of rollout.mini_batches x "
+                             f"rollout.epochs = {self.steps_per_iteration()}")
         super().setup()
         self.generators = self._start_generators()
         self.rewards = runtime.RoleGroup.create(
@@ -100,13 +104,15 @@ class RLController(Controller):
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     # ----------------------------------------------------------------- rollouts
-    def generate(self, examples, n: int, temperature: float, seed: int) -> list[Rollout]:
+    def generate(self, examples, n: int, temperature: float, seed: int,
+                 max_new_tokens: int | None = None) -> list[Rollout]:
         """n samples per example, spread over the generator actors."""
         ro = self.cfg.rollout
+        max_new_tokens = max_new_tokens or ro.max_new_tokens
         prompts = [encode_prompt(self.tokenizer, ex.prompt, self.chat) for ex in examples]
         chunks = split_evenly(list(range(len(examples))), len(self.generators))
         results = self.generators.call_each("generate", [
-            ([prompts[i] for i in chunk], n, ro.max_new_tokens, temperature, ro.top_p, seed * 1000 + g)
+            ([prompts[i] for i in chunk], n, max_new_tokens, temperature, ro.top_p, seed * 1000 + g)
             for g, chunk in enumerate(chunks)
         ])
         rollouts = []
@@ -139,7 +145,8 @@ class RLController(Controller):
         """One optimizer step per mini-batch of rows; metrics summed over ranks and mini-batches."""
         cfg = self.cfg
         totals: dict[str, float] = {}
-        for mb_rows in split_evenly(rows, cfg.rollout.mini_batches):
+        passes = [mb for _ in range(cfg.rollout.epochs) for mb in split_evenly(rows, cfg.rollout.mini_batches)]
+        for mb_rows in passes:
             shards = shard_micro_batches(mb_rows, len(self.learners), cfg.train.micro_batch_size)
             batches = [[pad_rollout_rows(mb, self._pad_id()) for mb in shard] for shard in shards]
             counts = [self.spec.count_tokens(mb) for shard in batches for mb in shard]
@@ -149,7 +156,7 @@ class RLController(Controller):
                 value = results[0][key] if key in ("grad_norm", "lr") else sum(r[key] for r in results)
                 totals[key] = totals.get(key, 0.0) + value
             totals["tokens"] = totals.get("tokens", 0.0) + step_counts.num_tokens
-        n = cfg.rollout.mini_batches
+        n = len(passes)
         totals["grad_norm"] /= n
         totals["lr"] /= n
         return totals
@@ -187,7 +194,7 @@ class RLController(Controller):
         """Greedy completions by the generators (current version) on held-out prompts."""
         if not self.eval_examples:
             return {}
-        rollouts = self.generate(self.eval_examples, 1, 0.0, seed=0)
+        rollouts = self.generate(self.eval_examples, 1, 0.0, seed=0, max_new_tokens=self.cfg.eval.max_new_tokens)
         self.score(rollouts)
         return {"eval/accuracy": sum(r.correct for r in rollouts) / len(rollouts),
                 "eval/reward": sum(r.reward for r in rollouts) / len(rollouts),
@@ -227,7 +234,7 @@ class RLController(Controller):
             "rollout/response_length": gen_tokens / len(rollouts),
             "rollout/staleness": float(self.version - 1 - min(r.version for r in rollouts)),
             **row_stats,
-            "train/loss": out["loss"] / ro.mini_batches, "train/grad_norm": out["grad_norm"], "train/lr": out["lr"],
+            "train/loss": out["loss"] / self.steps_per_iteration(), "train/grad_norm": out["grad_norm"], "train/lr": out["lr"],
             "train/clip_low_frac": out["clip_low_tokens"] / tokens, "train/clip_high_frac": out["clip_high_tokens"] / tokens,
             "train/dual_clip_frac": out["dual_clip_tokens"] / tokens, "train/entropy": out["entropy_sum"] / tokens,
             "train/kl": out["kl_sum"] / tokens,
@@ -239,7 +246,7 @@ class RLController(Controller):
 
     def _run_rl(self) -> dict[str, Any]:
         cfg = self.cfg
-        iterations = cfg.train.steps // cfg.rollout.mini_batches
+        iterations = cfg.train.steps // self.steps_per_iteration()
         sampler = EpochSampler(len(self.train_examples), cfg.run.seed)
         start = time.time()
         initial = self.evaluate(0)
