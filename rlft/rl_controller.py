@@ -112,7 +112,7 @@ class RLController(Controller):
         prompts = [encode_prompt(self.tokenizer, ex.prompt, self.chat) for ex in examples]
         chunks = split_evenly(list(range(len(examples))), len(self.generators))
         results = self.generators.call_each("generate", [
-            ([prompts[i] for i in chunk], n, max_new_tokens, temperature, ro.top_p, seed * 1000 + g)
+            ([prompts[i] for i in chunk], n, max_new_tokens, temperature, ro.top_p, seed * 100_000 + chunk[0] if chunk else 0)
             for g, chunk in enumerate(chunks)
         ])
         rollouts = []

@@ -84,12 +84,14 @@ class GeneratorActor:
     def generate(self, prompts: list[list[int]], n: int, max_new_tokens: int, temperature: float,
                  top_p: float, seed: int) -> list[list[dict[str, Any]]]:
         """n samples per tokenised prompt: token ids, sampling log-probs, text, version."""
+        if not prompts:
+            return []
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        params = SamplingParams(
-            n=n, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, logprobs=0,
-        )
+        # One seed per prompt: a shared seed would give every prompt the same random stream.
+        params = [SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                                 seed=seed + i, logprobs=0) for i in range(len(prompts))]
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=p) for p in prompts], params,
             lora_request=self._lora_request(), use_tqdm=False,
