@@ -5,13 +5,15 @@
 
 Same tokenised arith prompts, same engine arguments (`rlft.roles.generator.engine_kwargs` with
 the default GeneratorConfig) and the same SamplingParams (temperature 1, top_p 1, logprobs=0,
-fixed seed, EOS stops generation) for:
+per-prompt seeds, EOS stops generation) for:
 
 * bare:   `vllm.LLM(...).generate` in this (driver) process, timing the generate call only;
 * actor:  one `GeneratorActor` as a Ray actor, timing `RoleGroup.call("generate", ...)`: the
           engine call, rlft's conversion of outputs to dicts and the Ray transfer back;
 * inline: (only with `--inline`) the same GeneratorActor as a plain object in this process, to
-          split rlft's own overhead from Ray's.
+          split rlft's own overhead from Ray's;
+* hf:     (reference, base model only; `--no-hf` skips it) transformers `generate` on the same
+          prompts (left-padded batch, sampling): what TRL's GRPOTrainer uses without vLLM.
 
 Each path runs once on a plain engine and once with LoRA enabled and an r=8 adapter in every
 request (the actor gets it through `build_payload` + `load_adapter`, the bare engine as a
@@ -21,8 +23,9 @@ and the actor is closed and killed (`ray.kill`) before the next engine starts. E
 is one warm-up call, then `--reps` timed calls; the table shows median (and best) tokens/s and
 completions/s, and the ratio to the bare engine by median and by best call (goal for the actor:
 >= 0.9). With `--rounds 2` the second round runs the paths in reverse order (ABBA) and both
-rounds are pooled. Generated token counts are printed so equal work can be checked (same seed:
-identical completions on every path).
+rounds are pooled. Generated token counts are printed so equal work can be checked: prompt i
+is sampled with seed + i on every vLLM path (as GeneratorActor.generate does), so the vLLM paths
+produce identical completions.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import time
 import torch
 
 ADAPTER_VERSION = 1
-PATHS = ("bare", "inline", "actor")  # inline: GeneratorActor without Ray (--inline)
+PATHS = ("bare", "inline", "actor", "hf")  # inline: GeneratorActor without Ray; hf: transformers generate
 
 
 def parse_args() -> argparse.Namespace:
@@ -48,12 +51,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--reps", type=int, default=5, help="timed calls per measurement (after 1 warm-up)")
     p.add_argument("--rounds", type=int, default=1, help="repeat everything; round 2 runs actor first")
-    p.add_argument("--seed", type=int, default=1234)
+    p.add_argument("--seed", type=int, default=1234, help="prompt i is sampled with seed + i (as GeneratorActor does)")
     p.add_argument("--cpu-bind", default="0",
                    help="VLLM_CPU_OMP_THREADS_BIND for both engines, as rlft's generator 0 gets ('none': vLLM auto)")
     p.add_argument("--no-lora", action="store_true", help="skip the LoRA measurements")
     p.add_argument("--inline", action="store_true",
                    help="also time GeneratorActor.generate in this process (no Ray): splits Ray from rlft overhead")
+    p.add_argument("--no-hf", dest="hf", action="store_false",
+                   help="skip the reference row: HF transformers generate (batched, sampling) on the base model")
     p.add_argument("--verbose", action="store_true", help="keep vLLM's INFO logs")
     return p.parse_args()
 
@@ -135,8 +140,9 @@ def run_bare(model_path, prompts, args, payload, adapter_dir) -> list:
     with cpu_binding(args.bind):
         llm = LLM(**engine_args(model_path, payload is not None))
     request = LoRARequest(f"policy-v{ADAPTER_VERSION}", ADAPTER_VERSION, adapter_dir) if payload else None
-    params = SamplingParams(n=args.n, max_tokens=args.max_tokens, temperature=1.0, top_p=1.0,
-                            seed=args.seed, logprobs=0)
+    # One SamplingParams per prompt with seed + i, exactly as GeneratorActor.generate builds them.
+    params = [SamplingParams(n=args.n, max_tokens=args.max_tokens, temperature=1.0, top_p=1.0,
+                             seed=args.seed + i, logprobs=0) for i in range(len(prompts))]
     inputs = [TokensPrompt(prompt_token_ids=p) for p in prompts]
 
     def call():
@@ -149,6 +155,28 @@ def run_bare(model_path, prompts, args, payload, adapter_dir) -> list:
         llm.llm_engine.engine_core.shutdown()  # stop the engine-core process now, not at exit
         del llm
         gc.collect()
+
+
+def run_hf(model_path, prompts, args) -> list:
+    """Reference: transformers `generate` on the same prompts (left-padded batch, sampling)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+    eos, pad = model.config.eos_token_id, model.config.pad_token_id
+    width = max(map(len, prompts))
+    ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
+    mask = (torch.arange(width) >= torch.tensor([width - len(p) for p in prompts])[:, None]).long()
+
+    def call():
+        torch.manual_seed(args.seed)
+        with torch.inference_mode():
+            out = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=1.0, top_k=0,
+                                 top_p=1.0, max_new_tokens=args.max_tokens, num_return_sequences=args.n,
+                                 eos_token_id=eos, pad_token_id=pad)[:, width:]
+        ended = (out == eos).long().cumsum(1)  # tokens up to and including the first EOS
+        return int(((ended == 0) | ((ended == 1) & (out == eos))).sum()), out.shape[0]
+
+    return timed(call, args.reps)
 
 
 def run_actor(model_path, prompts, args, payload, mode: str = "local") -> list:
@@ -201,7 +229,7 @@ def print_table(results: dict, args) -> None:
 
     calls = args.reps * args.rounds
     table = Table(title=f"generation: {args.prompts} prompts x n={args.n}, max_tokens={args.max_tokens}, temperature 1, "
-                        f"seed {args.seed}; {calls} timed calls per row: median (best)")
+                        f"seed {args.seed}+i for prompt i; {calls} timed calls per row: median (best)")
     for col in ("setup", "path", "completions", "gen. tokens", "s / call", "tokens/s", "completions/s",
                 "vs bare (median)", "vs bare (best)"):
         table.add_column(col, justify="left" if col in ("setup", "path") else "right")
@@ -237,12 +265,16 @@ def main() -> None:
     setups = [("base", None)] + ([] if payload is None else [("lora", payload)])
     for rnd in range(args.rounds):
         for setup, pl in setups:
-            order = [p for p in PATHS if p != "inline" or args.inline]
+            order = [p for p in PATHS if (p != "inline" or args.inline) and (p != "hf" or (args.hf and pl is None))]
             for path in order if rnd % 2 == 0 else order[::-1]:
                 print(f"[round {rnd + 1}] {setup} / {path} ...", flush=True)
                 t0 = time.time()
-                got = (run_bare(model_path, prompts, args, pl, adapter_dir) if path == "bare"
-                       else run_actor(model_path, prompts, args, pl, "local" if path == "actor" else "inline"))
+                if path == "hf":
+                    got = run_hf(model_path, prompts, args)
+                elif path == "bare":
+                    got = run_bare(model_path, prompts, args, pl, adapter_dir)
+                else:
+                    got = run_actor(model_path, prompts, args, pl, "local" if path == "actor" else "inline")
                 print(f"  done in {time.time() - t0:.0f} s (engine start included): "
                       + ", ".join(f"{s:.2f}s/{t}tok" for s, t, _ in got), flush=True)
                 samples.setdefault((setup, path), []).extend(got)
