@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -69,7 +70,7 @@ def rlft_config(args):
     overrides = [
         f"train.steps={args.rlft_steps}", f"train.batch_size={args.completions_per_step}",
         f"algorithm.group_size={args.group_size}", f"rollout.max_new_tokens={args.max_tokens}",
-        "rollout.temperature=1.0", "train.eval_every=0", "eval.num_examples=0", "tracking.wandb=disabled",
+        "rollout.temperature=1.0", "rollout.epochs=1", "train.eval_every=0", "eval.num_examples=0", "tracking.wandb=disabled",
         "tracking.plots=false", f"run.name={args.run_name}",
     ]
     return load_config(RECIPE, overrides)
@@ -102,7 +103,8 @@ def run_rlft(args) -> dict:
         "reward": statistics.mean(r["reward/mean"] for r in per_iter) if per_iter else None,
         "length": statistics.mean(r["rollout/response_length"] for r in per_iter) if per_iter else None,
         "step_seconds": [round(r["perf/step_seconds"], 2) for r in rows if "perf/step_seconds" in r],
-        "unit": f"iteration ({cfg.train.batch_size * cfg.rollout.mini_batches} completions, 2 optimizer steps)",
+        "unit": f"iteration ({cfg.train.batch_size * cfg.rollout.mini_batches} completions, "
+                f"{cfg.rollout.mini_batches} optimizer steps)",
     }
 
 
@@ -167,6 +169,7 @@ def run_trl(args) -> dict:
                           train_dataset=data, processing_class=AutoTokenizer.from_pretrained(model_path),
                           peft_config=lora, callbacks=[timer])
     trainer.train()
+    shutil.rmtree(grpo.output_dir, ignore_errors=True)
     ends = timer.ends
     logs = [h for h in trainer.state.log_history if "reward" in h][1:]
     timed = len(ends) - 1
@@ -196,7 +199,8 @@ def worker(args) -> None:
     try:
         result = run_rlft(args) if args.worker == "rlft" else run_trl(args)
     except BaseException as exc:  # noqa: BLE001 - reported, not raised
-        result = {"error": f"{type(exc).__name__}: {exc}", "traceback": traceback.format_exc()[-3000:]}
+        hint = " (install it: pip install trl==1.16.0)" if isinstance(exc, ImportError) and args.worker == "trl" else ""
+        result = {"error": f"{type(exc).__name__}: {exc}{hint}", "traceback": traceback.format_exc()[-3000:]}
     Path(args.out).write_text(json.dumps(result))
 
 
@@ -248,6 +252,8 @@ def print_table(results: dict, args) -> None:
     for name, r in results.items():
         if r.get("step_seconds"):
             print(f"{name}: seconds per {r['unit']}: {r['step_seconds']}")
+        if r.get("versions"):
+            print(f"{name}: {r['versions']}, torch threads {r['threads']}")
     for name, r in results.items():
         if "error" in r:
             print(f"\n{name} could not run: {r['error']}\n{r.get('traceback', '')}")

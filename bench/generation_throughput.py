@@ -1,6 +1,6 @@
 """Generation throughput: bare vLLM engine vs rlft's GeneratorActor (Ray), without and with LoRA.
 
-    .venv/bin/python bench/generation_throughput.py                 # defaults: 256 prompts x n=2, 32 tokens
+    .venv/bin/python bench/generation_throughput.py                 # 256 prompts x n=2, 32 tokens, 5 reps
     .venv/bin/python bench/generation_throughput.py --prompts 128 --n 4 --reps 5 --rounds 2
 
 Same tokenised arith prompts, same engine arguments (`rlft.roles.generator.engine_kwargs` with
@@ -34,6 +34,7 @@ import argparse
 import contextlib
 import gc
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -50,10 +51,12 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--n", type=int, default=2, help="samples per prompt")
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--reps", type=int, default=5, help="timed calls per measurement (after 1 warm-up)")
-    p.add_argument("--rounds", type=int, default=1, help="repeat everything; round 2 runs actor first")
+    p.add_argument("--rounds", type=int, default=1, help="repeat everything; even rounds run the paths in reverse order")
     p.add_argument("--seed", type=int, default=1234, help="prompt i is sampled with seed + i (as GeneratorActor does)")
     p.add_argument("--cpu-bind", default="0",
                    help="VLLM_CPU_OMP_THREADS_BIND for both engines, as rlft's generator 0 gets ('none': vLLM auto)")
+    p.add_argument("--bare-omp-threads", type=int, default=0,
+                   help="OMP_NUM_THREADS for the bare engine's processes (Ray sets 1 in a num_cpus=1 actor; 0: leave as is)")
     p.add_argument("--no-lora", action="store_true", help="skip the LoRA measurements")
     p.add_argument("--inline", action="store_true",
                    help="also time GeneratorActor.generate in this process (no Ray): splits Ray from rlft overhead")
@@ -106,13 +109,15 @@ def engine_args(model_path: str, lora: bool) -> dict:
 
 
 @contextlib.contextmanager
-def cpu_binding(bind: str | None):
-    """Set the env vars GeneratorActor.setup sets, restoring them afterwards."""
-    keys = ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU")
+def cpu_binding(bind: str | None, omp_threads: int = 0):
+    """Set the env vars GeneratorActor.setup sets (and OMP_NUM_THREADS), restoring them afterwards."""
+    keys = ("VLLM_CPU_OMP_THREADS_BIND", "VLLM_CPU_NUM_OF_RESERVED_CPU", "OMP_NUM_THREADS")
     saved = {k: os.environ.get(k) for k in keys}
     if bind is not None:
         os.environ[keys[0]] = bind
         os.environ.setdefault(keys[1], "0")
+    if omp_threads:
+        os.environ[keys[2]] = str(omp_threads)
     try:
         yield
     finally:
@@ -137,7 +142,7 @@ def run_bare(model_path, prompts, args, payload, adapter_dir) -> list:
     from vllm.inputs import TokensPrompt
     from vllm.lora.request import LoRARequest
 
-    with cpu_binding(args.bind):
+    with cpu_binding(args.bind, args.bare_omp_threads):
         llm = LLM(**engine_args(model_path, payload is not None))
     request = LoRARequest(f"policy-v{ADAPTER_VERSION}", ADAPTER_VERSION, adapter_dir) if payload else None
     # One SamplingParams per prompt with seed + i, exactly as GeneratorActor.generate builds them.
@@ -275,10 +280,11 @@ def main() -> None:
                     got = run_bare(model_path, prompts, args, pl, adapter_dir)
                 else:
                     got = run_actor(model_path, prompts, args, pl, "local" if path == "actor" else "inline")
-                print(f"  done in {time.time() - t0:.0f} s (engine start included): "
+                print(f"  done in {time.time() - t0:.0f} s (set-up included): "
                       + ", ".join(f"{s:.2f}s/{t}tok" for s, t, _ in got), flush=True)
                 samples.setdefault((setup, path), []).extend(got)
     runtime.stop("local")
+    shutil.rmtree(adapter_dir, ignore_errors=True)
     print_table({k: summarise(v) for k, v in samples.items()}, args)
 
 
