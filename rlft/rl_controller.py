@@ -66,6 +66,12 @@ class RLController(Controller):
         if cfg.train.steps % self.steps_per_iteration():
             raise ValueError(f"train.steps={cfg.train.steps} is not a multiple of rollout.mini_batches x "
                              f"rollout.epochs = {self.steps_per_iteration()}")
+        algo = cfg.algorithm
+        if getattr(algo, "kl_coef", 0.0) > 0 and getattr(algo, "kl_placement", "loss") == "reward":
+            raise ValueError("algorithm.kl_placement=reward is not wired into the RL loop yet; use kl_placement=loss")
+        if getattr(algo, "kl_coef", 0.0) > 0 and cfg.peft.method == "pissa":
+            raise ValueError("a KL reference with PiSSA (initial adapter as reference) is not implemented yet; "
+                             "use peft.method=lora or algorithm.kl_coef=0")
         super().setup()
         self.generators = self._start_generators()
         self.rewards = runtime.RoleGroup.create(

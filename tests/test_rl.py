@@ -126,3 +126,16 @@ def test_rl_run_end_to_end(tmp_path, mode):
     assert max(r.get("sync/parity_max_abs_diff", 0.0) for r in rows) < 1e-3
     adapter = tmp_path / "runs" / mode / "checkpoints" / "final" / "adapter_config.json"
     assert json.loads(adapter.read_text())["r"] == 4
+
+
+@pytest.mark.parametrize("over, message", [
+    ({"algorithm": {"kl_coef": 0.1, "kl_placement": "reward"}}, "kl_placement=reward is not wired"),
+    ({"algorithm": {"kl_coef": 0.1}, "peft": {"method": "pissa"}}, "KL reference with PiSSA"),
+    ({"peft": {"method": "full"}}, "ships adapters"),
+    ({"train": {"batch_size": 10, "micro_batch_size": 5}}, "not a multiple of algorithm.group_size"),
+])
+def test_unsupported_rl_settings_fail_before_any_role_starts(tmp_path, over, message):
+    ctl = RLController(_rl_config(tmp_path, "bad", **over), show_progress=False)
+    with pytest.raises(ValueError, match=message):
+        ctl.setup()
+    assert ctl.learners is None
