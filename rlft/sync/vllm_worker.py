@@ -14,13 +14,12 @@ class LoraTensorsExtension:
     """Mixed into vLLM's worker class (`worker_extension_cls`); `self` is the worker."""
 
     def rlft_add_lora(self, lora_id: int, payload: bytes, config: dict) -> str:
-        from safetensors.torch import load
         from vllm.lora.lora_model import LoRAModel
         from vllm.lora.peft_helper import PEFTHelper
 
-        from rlft.sync.payload import fingerprint
+        from rlft.sync.payload import fingerprint, load_tensors
 
-        tensors = load(payload)
+        tensors = load_tensors(payload)
         received = fingerprint(tensors)  # before vLLM folds the scaling into B in place
         worker_manager = self.model_runner.lora_manager
         helper = PEFTHelper.from_dict(
