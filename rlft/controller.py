@@ -12,7 +12,7 @@ import math
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from rlft import runtime
 from rlft.algorithms import ALGORITHMS
@@ -68,9 +68,8 @@ class Controller:
             log.info("reusing warm start %s", final)
             return final
         log.info("warm start: running %s", ws.recipe)
-        summary = train(sub, show_progress=self.show_progress)
+        train(sub, show_progress=self.show_progress)
         marker.write_text(json.dumps(stamp))
-        self.warm_start_summary = summary
         return final
 
     def required_cpus(self) -> float:
@@ -121,21 +120,27 @@ class Controller:
             rows.append(encode_sft(self.tokenizer, ex.prompt, ex.response, self.cfg.train.max_length, self.chat))
         return rows
 
-    def train_step(self, examples: list[Example]) -> dict[str, float]:
-        """Tokenise, split over ranks and micro-batches, and run one optimizer step."""
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
-        shards = shard_micro_batches(self._sft_rows(examples), len(self.learners), self.cfg.train.micro_batch_size)
-        batches = [[pad_rows(mb, pad_id) for mb in shard] for shard in shards]
-        tokens = sequences = 0.0
-        for shard in batches:
-            for mb in shard:
-                t, s = self.spec.count_tokens(mb)
-                tokens, sequences = tokens + t, sequences + s
-        counts = StepCounts(num_tokens=tokens, num_sequences=sequences)
-        results = self.learners.call_each("train_step", [(shard, counts) for shard in batches])
+    def pad_id(self) -> int:
+        tok = self.tokenizer
+        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def learner_step(self, rows: list[dict], pad: Callable[[list[dict], int], dict]) -> dict[str, float]:
+        """Split rows over ranks and micro-batches, pad them, and run one optimizer step.
+
+        The step-global token and sequence counts are computed here, once, for every rank.
+        """
+        shards = shard_micro_batches(rows, len(self.learners), self.cfg.train.micro_batch_size)
+        batches = [[pad(mb, self.pad_id()) for mb in shard] for shard in shards]
+        counts = [self.spec.count_tokens(mb) for shard in batches for mb in shard]
+        step = StepCounts(num_tokens=sum(c[0] for c in counts), num_sequences=sum(c[1] for c in counts))
+        results = self.learners.call_each("train_step", [(shard, step) for shard in batches])
         merged = {k: sum(r[k] for r in results) for k in results[0] if k not in ("grad_norm", "lr")}
-        merged["grad_norm"], merged["lr"], merged["tokens"] = results[0]["grad_norm"], results[0]["lr"], tokens
+        merged["grad_norm"], merged["lr"], merged["tokens"] = results[0]["grad_norm"], results[0]["lr"], step.num_tokens
         return merged
+
+    def train_step(self, examples: list[Example]) -> dict[str, float]:
+        """Tokenise examples and run one SFT optimizer step."""
+        return self.learner_step(self._sft_rows(examples), pad_rows)
 
     def evaluate(self, step: int) -> dict[str, float]:
         """Greedy completions on held-out examples, scored by the task's checker."""

@@ -17,9 +17,8 @@ from typing import Any
 import torch
 
 from rlft import runtime
-from rlft.algorithms.base import StepCounts
 from rlft.controller import Controller
-from rlft.data.collate import encode_prompt, encode_sft, pad_rows, shard_micro_batches
+from rlft.data.collate import encode_prompt, encode_sft, pad_rows
 from rlft.data.models import resolve_dtype
 from rlft.data.sampler import EpochSampler
 from rlft.progress import progress_bar
@@ -103,11 +102,7 @@ class RLController(Controller):
         ex = (self.eval_examples or self.train_examples)[0]
         row = encode_sft(self.tokenizer, ex.prompt, ex.response or ex.answer or "", self.cfg.train.max_length, self.chat)
         row["labels"] = list(row["input_ids"])
-        return pad_rows([row], self._pad_id())
-
-    def _pad_id(self) -> int:
-        tok = self.tokenizer
-        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        return pad_rows([row], self.pad_id())
 
     # ----------------------------------------------------------------- rollouts
     def generate(self, examples, n: int, temperature: float, seed: int,
@@ -119,7 +114,7 @@ class RLController(Controller):
         chunks = split_evenly(list(range(len(examples))), len(self.generators))
         results = self.generators.call_each("generate", [
             ([prompts[i] for i in chunk], n, max_new_tokens, temperature, ro.top_p, seed * 100_000 + chunk[0] if chunk else 0)
-            for g, chunk in enumerate(chunks)
+            for chunk in chunks
         ])
         rollouts = []
         for chunk, per_prompt in zip(chunks, results):
@@ -148,23 +143,15 @@ class RLController(Controller):
 
     # ----------------------------------------------------------------- learner and sync
     def optimize(self, rows: list[dict]) -> dict[str, float]:
-        """One optimizer step per mini-batch of rows; metrics summed over ranks and mini-batches."""
+        """One optimizer step per mini-batch of rows and epoch; metrics summed, grad norm and lr averaged."""
         cfg = self.cfg
-        totals: dict[str, float] = {}
         passes = [mb for _ in range(cfg.rollout.epochs) for mb in split_evenly(rows, cfg.rollout.mini_batches)]
+        totals: dict[str, float] = {}
         for mb_rows in passes:
-            shards = shard_micro_batches(mb_rows, len(self.learners), cfg.train.micro_batch_size)
-            batches = [[pad_rollout_rows(mb, self._pad_id()) for mb in shard] for shard in shards]
-            counts = [self.spec.count_tokens(mb) for shard in batches for mb in shard]
-            step_counts = StepCounts(num_tokens=sum(c[0] for c in counts), num_sequences=sum(c[1] for c in counts))
-            results = self.learners.call_each("train_step", [(shard, step_counts) for shard in batches])
-            for key in results[0]:
-                value = results[0][key] if key in ("grad_norm", "lr") else sum(r[key] for r in results)
+            for key, value in self.learner_step(mb_rows, pad_rollout_rows).items():
                 totals[key] = totals.get(key, 0.0) + value
-            totals["tokens"] = totals.get("tokens", 0.0) + step_counts.num_tokens
-        n = len(passes)
-        totals["grad_norm"] /= n
-        totals["lr"] /= n
+        totals["grad_norm"] /= len(passes)
+        totals["lr"] /= len(passes)
         return totals
 
     def publish(self) -> dict[str, float]:
