@@ -18,10 +18,11 @@ from rlft import runtime
 from rlft.algorithms import ALGORITHMS
 from rlft.algorithms.base import StepCounts
 from rlft.config import RLFTConfig, dump_config
-from rlft.data.collate import encode_prompt, encode_sft, pad_rows, shard_micro_batches, uses_chat_template
+from rlft.data.collate import encode_sft, pad_rows, shard_micro_batches, uses_chat_template
 from rlft.data.models import resolve_model
 from rlft.data.sampler import EpochSampler
 from rlft.data.tasks import Example, build_task
+from rlft.evaluate import score_greedy
 from rlft.progress import progress_bar, print_summary
 from rlft.roles.learner import LearnerActor
 from rlft.tracking import Tracker, plot_run
@@ -143,20 +144,15 @@ class Controller:
         return self.learner_step(self._sft_rows(examples), pad_rows)
 
     def evaluate(self, step: int) -> dict[str, float]:
-        """Greedy completions on held-out examples, scored by the task's checker."""
+        """Greedy completions (learner rank 0) on held-out examples, scored by the task's checker."""
         cfg = self.cfg.eval
         if not self.eval_examples:
             return {}
-        prompts = [encode_prompt(self.tokenizer, ex.prompt, self.chat) for ex in self.eval_examples]
-        completions: list[str] = []
-        with progress_bar(f"eval @ step {step}", len(prompts), self.show_progress) as advance:
-            for start in range(0, len(prompts), cfg.batch_size):
-                chunk = prompts[start : start + cfg.batch_size]
-                ids = self.learners.call_one(0, "generate", chunk, cfg.max_new_tokens, cfg.batch_size)
-                completions += self.tokenizer.batch_decode(ids, skip_special_tokens=True)
-                advance(len(chunk))
-        scores = [self.task.score(ex, text) for ex, text in zip(self.eval_examples, completions)]
-        self.last_samples = list(zip(self.eval_examples[:3], completions[:3]))
+        scores = score_greedy(
+            self.task, self.tokenizer, self.eval_examples, self.chat, cfg,
+            lambda chunk: self.learners.call_one(0, "generate", chunk, cfg.max_new_tokens, cfg.batch_size),
+            description=f"eval @ step {step}", show_progress=self.show_progress,
+        )
         return {"eval/accuracy": sum(scores) / len(scores), "eval/examples": float(len(scores))}
 
     def checkpoint(self, tag: str) -> Path:
