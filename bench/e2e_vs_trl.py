@@ -1,25 +1,27 @@
 """End-to-end RL throughput: rlft's tiny GPPO loop vs TRL's GRPOTrainer (HF generate), in completions/s.
 
-    .venv/bin/python bench/e2e_vs_trl.py                          # defaults: rlft 20 steps, TRL 8 steps x 2 thread settings
-    .venv/bin/python bench/e2e_vs_trl.py --rlft-steps 40 --trl-steps 10
+    .venv/bin/python bench/e2e_vs_trl.py                          # defaults: rlft 40 steps, TRL 12 steps x 2 thread settings
+    .venv/bin/python bench/e2e_vs_trl.py --rlft-steps 80 --trl-steps 24
     .venv/bin/python bench/e2e_vs_trl.py --skip-trl               # rlft only
 
 Both train the same model (the warm-start checkpoint of configs/gppo_tiny_arith.yaml, created by
 the recipe if missing) with LoRA r=8 / alpha 16 on the same modules, on the arith train prompts,
 rewarded by rlft's arith checker (`task.score`), with group size 8, 64 completions per optimizer
-step, at most 32 sampled tokens per completion, temperature 1.0.
+step, one rollout batch of rollout.mini_batches x 64 completions (256 in the recipe) per
+generation, at most 32 sampled tokens per completion, temperature 1.0.
 
 * rlft: `rlft.controller.train` on the recipe as shipped (2 vLLM generator actors, 1 reward
-  actor, 2 DeepSpeed learner ranks, 2 optimizer steps per rollout batch of 128), with evaluation,
+  actor, 2 DeepSpeed learner ranks, 4 optimizer steps per rollout batch of 256), with evaluation,
   wandb and plots off. Reported: the run's own `completions_per_s` (RL loop only, roles already
   started) and the median of the per-iteration `perf/completions_per_s` in metrics.jsonl, first
   iteration skipped as warm-up.
 * TRL: `GRPOTrainer` in one process (the only learner), HF `generate`, no vLLM,
   per_device_train_batch_size 32 x gradient_accumulation_steps 2 = 64 completions = 8 prompts x 8
-  per optimizer step, one generation per step; once per `--trl-threads` entry (torch intra-op
+  per optimizer step, generation_batch_size 256 (one generation feeds 4 optimizer steps, as in
+  rlft); once per `--trl-threads` entry (torch intra-op
   threads: 2 is torch's default here, and on a shared machine its OpenMP threads stall whenever
   another process holds a core, so 1 thread is also measured). Reported: completions/s between
-  the end of the first (warm-up) step and the end of the last.
+  the end of the first (warm-up) generation cycle and the end of the last.
 
 Each system runs in its own child process (this script with `--worker`), one after the other,
 so nothing is shared and a crash of one is reported instead of ending the benchmark. If TRL
@@ -46,8 +48,10 @@ RECIPE = "configs/gppo_tiny_arith.yaml"
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rlft-steps", type=int, default=20, help="rlft optimizer steps (2 per rollout batch)")
-    p.add_argument("--trl-steps", type=int, default=8, help="TRL optimizer steps (the first is warm-up)")
+    p.add_argument("--rlft-steps", type=int, default=40,
+                   help="rlft optimizer steps (rollout.mini_batches per rollout batch; the first batch is warm-up)")
+    p.add_argument("--trl-steps", type=int, default=12,
+                   help="TRL optimizer steps, a multiple of the recipe's rollout.mini_batches (the first generation is warm-up)")
     p.add_argument("--completions-per-step", type=int, default=64)
     p.add_argument("--group-size", type=int, default=8)
     p.add_argument("--max-tokens", type=int, default=32, help="max completion tokens")
@@ -157,6 +161,7 @@ def run_trl(args) -> dict:
         output_dir=tempfile.mkdtemp(prefix="rlft_bench_trl_"), max_steps=args.trl_steps,
         per_device_train_batch_size=args.trl_micro_batch,
         gradient_accumulation_steps=args.completions_per_step // args.trl_micro_batch,
+        generation_batch_size=args.completions_per_step * cfg.rollout.mini_batches,  # as rlft: one batch, k steps
         num_generations=args.group_size, max_completion_length=args.max_tokens, temperature=1.0, top_p=1.0,
         learning_rate=cfg.train.lr, beta=0.0, use_vllm=False, use_cpu=True, bf16=False,
         model_init_kwargs={"dtype": torch.float32}, logging_steps=1, report_to="none", save_strategy="no",
@@ -170,19 +175,23 @@ def run_trl(args) -> dict:
                           peft_config=lora, callbacks=[timer])
     trainer.train()
     shutil.rmtree(grpo.output_dir, ignore_errors=True)
+    # Time whole generation cycles (one generation + k optimizer steps), skipping the first one.
+    k = cfg.rollout.mini_batches
+    cycle_ends = timer.ends[k - 1 :: k]
+    logs = [h for h in trainer.state.log_history if "reward" in h][k:]
+    cycles = len(cycle_ends) - 1
+    per_cycle = k * args.completions_per_step
     ends = timer.ends
-    logs = [h for h in trainer.state.log_history if "reward" in h][1:]
-    timed = len(ends) - 1
     return {
-        "completions_per_s": args.completions_per_step * timed / (ends[-1] - ends[0]) if timed > 0 else None,
-        "iter_completions_per_s": statistics.median(args.completions_per_step / (b - a) for a, b in zip(ends, ends[1:]))
-        if timed > 0 else None,
+        "completions_per_s": per_cycle * cycles / (cycle_ends[-1] - cycle_ends[0]) if cycles > 0 else None,
+        "iter_completions_per_s": statistics.median(per_cycle / (b - a) for a, b in zip(cycle_ends, cycle_ends[1:]))
+        if cycles > 0 else None,
         "steps": len(ends), "completions": args.completions_per_step * len(ends),
         "setup_s": timer.begin - t0, "loop_s": ends[-1] - timer.begin,
         "reward": statistics.mean(h["reward"] for h in logs) if logs else None,
         "length": statistics.mean(h["completions/mean_length"] for h in logs) if logs else None,
         "step_seconds": [round(b - a, 2) for a, b in zip([timer.begin, *ends], ends)],
-        "unit": f"optimizer step ({args.completions_per_step} completions)",
+        "unit": f"optimizer step ({args.completions_per_step} completions; one generation of {per_cycle} every {k})",
         "threads": torch.get_num_threads(), "versions": versions(),
     }
 
@@ -247,8 +256,8 @@ def print_table(results: dict, args) -> None:
                       str(r["completions"]), fmt(r["setup_s"], ".0f"), fmt(r["loop_s"], ".1f"),
                       fmt(r["reward"], ".3f"), fmt(r["length"], ".1f"))
     Console(width=170).print(table)
-    print("completions/s: rlft = summary['completions_per_s'] (whole RL loop); TRL = steps 2..N. 'per-iteration\n"
-          "median' skips the first iteration. Ratios are against the fastest TRL row. Goal: rlft >= 10x TRL.")
+    print("completions/s: rlft = summary['completions_per_s'] (whole RL loop); TRL = generation cycles 2..N (one\n"
+          "generation + its optimizer steps). 'per-iteration median' skips the first iteration / cycle. Ratios are against the fastest TRL row. Goal: rlft >= 10x TRL.")
     for name, r in results.items():
         if r.get("step_seconds"):
             print(f"{name}: seconds per {r['unit']}: {r['step_seconds']}")

@@ -3,4 +3,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
-exec .venv/bin/rlft train configs/sft_tiny_arith.yaml "$@"
+exec .venv/bin/rlft train configs/gppo_tiny_arith.yaml "$@"
