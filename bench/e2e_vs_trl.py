@@ -178,7 +178,7 @@ def run_trl(args) -> dict:
     # Time whole generation cycles (one generation + k optimizer steps), skipping the first one.
     k = cfg.rollout.mini_batches
     cycle_ends = timer.ends[k - 1 :: k]
-    logs = [h for h in trainer.state.log_history if "reward" in h][k:]
+    logs = [h for h in trainer.state.log_history if "reward" in h][1:]  # logged once per generation
     cycles = len(cycle_ends) - 1
     per_cycle = k * args.completions_per_step
     ends = timer.ends
