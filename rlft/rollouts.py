@@ -7,7 +7,7 @@ advantage of the completion token predicted there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -31,7 +31,6 @@ class Rollout:
     reward: float = 0.0
     correct: bool = False
     step_accuracy: float = 0.0
-    extras: dict[str, Any] = field(default_factory=dict)
 
 
 def rollout_row(rollout: Rollout, advantage: float, positive: float, max_length: int) -> dict[str, Any]:

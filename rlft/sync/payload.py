@@ -78,5 +78,3 @@ def save_payload_folder(payload: AdapterPayload, folder) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "adapter_model.safetensors").write_bytes(payload.tensors)
     (folder / "adapter_config.json").write_text(json.dumps(payload.config))
-
-
