@@ -1,14 +1,17 @@
 """YAML recipe -> typed, validated config.
 
 Sections are pydantic models (rlft.schema.Section) that forbid unknown keys; each field's
-default lives on the field. `task` and `algorithm` are named sections: their `name` picks the
-config class from the task / algorithm registry. Every error names the file and the dotted key
-and, for unknown names, suggests the closest valid one.
+default lives on the field. `task`, `algorithm` and each entry of `reward.components` are named
+sections: their `name` picks the config class from a registry (the class lives in the file of
+the task, algorithm or reward component). Every error names the file and the dotted key and,
+for unknown names, suggests the closest valid one.
+
+Plain data: importing this module imports no torch, transformers, vLLM, DeepSpeed or Ray; only
+validating a config imports the one algorithm (and components) it names.
 """
 
 from __future__ import annotations
 
-import difflib
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -17,8 +20,11 @@ import yaml
 from pydantic import Field, ValidationError
 
 from rlft.algorithms import ALGORITHMS
-from rlft.data.models import KNOWN_MODELS, ModelConfig
+from rlft.data.model_config import KNOWN_MODEL_NAMES, ModelConfig
 from rlft.data.tasks import TASKS
+from rlft.peft import PEFT_METHODS
+from rlft.registry import closest
+from rlft.rewards import REWARD_COMPONENTS
 from rlft.schema import Section
 
 
@@ -30,7 +36,16 @@ class RunConfig(Section):
     name: str = Field("run", description="Run name; outputs go to <output_dir>/<name>/.")
     output_dir: str = Field("runs", description="Folder that holds run folders.")
     seed: int = Field(0, description="Seed for data order, sampling and initialisation.")
-    overwrite: bool = Field(True, description="Reuse an existing run folder (else: error).")
+    if_exists: Literal["new", "error", "overwrite"] = Field(
+        "new", description="When the run folder holds a run: new: write to <name>-2, -3, ...; error: refuse; "
+        "overwrite: reuse it (its metrics are replaced)."
+    )
+
+
+class RolesConfig(Section):
+    learner: str = Field("deepspeed", description="Learner role class (rlft.roles.ROLES['learner']).")
+    generator: str = Field("vllm", description="Generator role class (rlft.roles.ROLES['generator']).")
+    reward: str = Field("checker", description="Reward role class (rlft.roles.ROLES['reward']).")
 
 
 class RuntimeConfig(Section):
@@ -39,6 +54,7 @@ class RuntimeConfig(Section):
     )
     ray_address: str | None = Field(None, description="Ray cluster address for cluster mode.")
     num_cpus: int | None = Field(None, description="CPUs the local Ray cluster may use (None: all).")
+    roles: RolesConfig = Field(default_factory=RolesConfig, description="Registered class of each role kind.")
 
 
 class LearnerConfig(Section):
@@ -67,8 +83,10 @@ class GeneratorConfig(Section):
 class RewardConfig(Section):
     count: int = Field(1, ge=1, description="Number of reward actors.")
     cpus_per_actor: float = Field(0.25, gt=0, description="Ray CPUs reserved per reward actor.")
-    kind: Literal["answer", "steps"] = Field(
-        "answer", description="answer: the task's answer score; steps: mean of its per-step checker scores."
+    components: list[Any] = Field(
+        [{"name": "answer", "weight": 1.0}],
+        description="Weighted reward components (rlft.rewards): answer = the task's answer checker, "
+        "steps = mean of its per-step checker; reward = sum of weight x value.",
     )
 
 
@@ -88,7 +106,7 @@ class SyncConfig(Section):
 
 
 class PeftConfig(Section):
-    method: Literal["full", "lora", "pissa"] = Field("lora", description="What is trained.")
+    method: str = Field("lora", description="What is trained: full, lora, pissa (rlft.peft.PEFT_METHODS).")
     r: int = Field(8, ge=1, description="Adapter rank.")
     alpha: float = Field(16.0, gt=0, description="LoRA alpha (scaling alpha/r).")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input.")
@@ -112,9 +130,11 @@ class TrainConfig(Section):
     schedule: Literal["constant", "cosine", "linear"] = Field("constant", description="LR decay after warm-up.")
     grad_clip: float = Field(1.0, ge=0, description="Max global grad norm (0: off).")
     max_length: int = Field(256, ge=8, description="Prompt+response tokens kept per sequence.")
-    eval_every: int = Field(0, ge=0, description="Evaluate every N steps (0: only at the end).")
-    save_every: int = Field(0, ge=0, description="Checkpoint every N steps (0: only at the end).")
-    log_every: int = Field(1, ge=1, description="Log train metrics every N steps.")
+    eval_every: int = Field(
+        0, ge=0, description="Evaluate every N optimizer steps (after the iteration that reaches a multiple; 0: at the end)."
+    )
+    save_every: int = Field(0, ge=0, description="Checkpoint every N optimizer steps (0: only the final one).")
+    log_every: int = Field(1, ge=1, description="Log train metrics every N optimizer steps.")
 
 
 class EvalConfig(Section):
@@ -166,12 +186,9 @@ class RLFTConfig(Section):
         return Path(self.run.output_dir) / self.run.name
 
 
+# Section (or list entry) -> registry of records with a `config_cls`.
 NAMED_SECTIONS = {"task": TASKS, "algorithm": ALGORITHMS}
-
-
-def _suggest(name: str, choices: list[str]) -> str:
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.5)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+_suggest = closest
 
 
 def _fields_at(model_cls: type[Section] | None, loc: tuple) -> list[str]:
@@ -200,32 +217,53 @@ def _format_errors(err: ValidationError, model_cls: type[Section], source: str, 
     return "\n".join(lines)
 
 
-def _validate_named(raw: Any, kind: str, source: str) -> Section:
-    registry = NAMED_SECTIONS[kind]
+def _validate_named(raw: Any, kind: str, source: str, registry=None, key: str | None = None) -> Section:
+    registry = NAMED_SECTIONS[kind] if registry is None else registry
+    key = key or kind
     if not isinstance(raw, dict) or "name" not in raw:
-        raise ConfigError(f"{source}: section '{kind}' needs a 'name' (one of {sorted(registry)})")
+        raise ConfigError(f"{source}: section '{key}' needs a 'name' (one of {sorted(registry)})")
     name = raw["name"]
     if name not in registry:
         hint = _suggest(str(name), sorted(registry))
         raise ConfigError(
-            f"{source}: unknown {kind} name {name!r} at key '{kind}.name'{hint}; "
+            f"{source}: unknown {kind} name {name!r} at key '{key}.name'{hint}; "
             f"valid: {', '.join(sorted(registry))}"
         )
     cls = registry[name].config_cls
     try:
         return cls.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(_format_errors(err, cls, source, (kind,))) from None
+        raise ConfigError(_format_errors(err, cls, source, tuple(key.split(".")))) from None
+
+
+def _validate_components(raw: dict, source: str) -> None:
+    """reward.components: each entry a named section of rlft.rewards.REWARD_COMPONENTS."""
+    reward = raw.get("reward", {})
+    if not isinstance(reward, dict):
+        return  # the section's own validation reports it
+    entries = reward.get("components", RewardConfig.model_fields["components"].default)
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{source}: key 'reward.components' must be a non-empty list of {{name, weight}} entries")
+    raw["reward"] = {**reward, "components": [
+        _validate_named(entry, "reward component", source, REWARD_COMPONENTS, f"reward.components.{i}")
+        for i, entry in enumerate(entries)
+    ]}
+
+
+def _check_choice(value: str, registry, kind: str, key: str, source: str) -> None:
+    if value not in registry:
+        raise ConfigError(f"{source}: unknown {kind} {value!r} at key '{key}'{_suggest(value, registry.names())}; "
+                          f"valid: {', '.join(registry.names())}")
 
 
 def _check_model_name(cfg: RLFTConfig, source: str) -> None:
     name = cfg.model.name
-    if name in KNOWN_MODELS or os.path.exists(name) or "/" in name:
+    if name in KNOWN_MODEL_NAMES or os.path.exists(name) or "/" in name:
         return
-    hint = _suggest(name, sorted(KNOWN_MODELS))
+    hint = _suggest(name, sorted(KNOWN_MODEL_NAMES))
     raise ConfigError(
         f"{source}: unknown model name {name!r} at key 'model.name'{hint}; give one of "
-        f"{sorted(KNOWN_MODELS)}, a local HF folder, or a hub id (org/name)"
+        f"{sorted(KNOWN_MODEL_NAMES)}, a local HF folder, or a hub id (org/name)"
     )
 
 
@@ -256,11 +294,13 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 def config_from_dict(raw: dict, source: str = "<dict>") -> RLFTConfig:
     raw = dict(raw)
     named = {kind: _validate_named(raw.pop(kind, None), kind, source) for kind in NAMED_SECTIONS}
+    _validate_components(raw, source)
     try:
         cfg = RLFTConfig.model_validate({**raw, **named})
     except ValidationError as err:
         raise ConfigError(_format_errors(err, RLFTConfig, source, ())) from None
     _check_model_name(cfg, source)
+    _check_choice(cfg.peft.method, PEFT_METHODS, "peft method", "peft.method", source)
     return cfg
 
 

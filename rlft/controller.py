@@ -1,33 +1,52 @@
 """The controller: the only code that knows the order of calls (DESIGN section 1).
 
-It creates the roles through rlft.runtime, feeds the learner group step by step, evaluates,
-checkpoints and logs. It holds no model weights (only a tokenizer).
+One loop runs every algorithm; the algorithm's spec (rlft.algorithms.base) says what it needs:
+
+    iteration i:
+      source.next_batch(i)        dataset rows, or prompts -> generators sample -> reward roles score
+        -> spec.build_rows          training rows (advantages, labels, ...)
+        -> learners.train_step      spec.passes: mini-batches x epochs optimizer steps
+        -> sync.publish             when generators exist: versioned payload, fingerprints, parity probe
+      log at optimizer step i * steps_per_iteration; evaluate / checkpoint when a cadence is due
+
+Roles come from the registry that `runtime.roles` names (rlft.roles.ROLES), so a test can run
+this loop with fake roles. The controller holds no model weights (only a tokenizer).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rlft import runtime
 from rlft.algorithms import ALGORITHMS
-from rlft.algorithms.base import StepCounts
+from rlft.algorithms.base import RowContext, StepCounts
 from rlft.config import RLFTConfig, dump_config
 from rlft.data.collate import encode_sft, pad_rows, shard_micro_batches, uses_chat_template
-from rlft.data.models import resolve_model
-from rlft.data.sampler import EpochSampler
-from rlft.data.tasks import Example, build_task
+from rlft.data.models import resolve_dtype
+from rlft.data.tasks import build_task
 from rlft.evaluate import score_greedy
-from rlft.progress import progress_bar, print_summary
-from rlft.roles.learner import LearnerActor
+from rlft.peft import PEFT_METHODS
+from rlft.progress import print_summary, progress_bar
+from rlft.roles import ROLES
+from rlft.roles.learner import detect_device
+from rlft.runs import base_model_path, prepare_run_dir
+from rlft.sources import SOURCES, SourceContext
+from rlft.sources.rollouts import generate, reward_metrics, score, split_evenly
+from rlft.sync.protocol import WeightSync
 from rlft.tracking import Tracker, plot_run
+from rlft.validation import check_run
 
 log = logging.getLogger(__name__)
+
+
+def due(every: int, step: int, steps_per_iteration: int) -> bool:
+    """True when the iteration that ended at optimizer `step` crossed a multiple of `every`."""
+    return bool(every) and step // every > (step - steps_per_iteration) // every
 
 
 class Controller:
@@ -35,119 +54,171 @@ class Controller:
         self.cfg = cfg
         self.show_progress = show_progress
         self.spec = ALGORITHMS[cfg.algorithm.name]
-        self.run_dir = cfg.run_dir
-        self.learners: runtime.RoleGroup | None = None
+        self.peft = PEFT_METHODS[cfg.peft.method]
+        self.roles: dict[str, runtime.RoleGroup] = {}
+        self.sync: WeightSync | None = None
+        self.tracker: Tracker | None = None
+        self.run_dir: Path = cfg.run_dir
+        self._log_handler = None
+
+    @property
+    def learners(self) -> runtime.RoleGroup | None:
+        return self.roles.get("learner")
+
+    @property
+    def policy_version(self) -> int:
+        return self.sync.version if self.sync is not None else 0
 
     # ----------------------------------------------------------------- set-up
-    def _prepare_run_dir(self) -> None:
-        if self.run_dir.exists() and any(self.run_dir.iterdir()) and not self.cfg.run.overwrite:
-            raise FileExistsError(f"{self.run_dir} exists; set run.overwrite=true or pick another run.name")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        (self.run_dir / "config.yaml").write_text(dump_config(self.cfg))
-        handler = logging.FileHandler(self.run_dir / "train.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger("rlft").addHandler(handler)
-        self._log_handler = handler
-        logging.getLogger("rlft").setLevel(logging.INFO)
-
-    def _warm_start(self) -> Path | None:
-        """Run (or reuse) the warm-start SFT recipe; its full checkpoint becomes the base model."""
-        from rlft.config import load_config
-
-        ws = self.cfg.warm_start
-        if ws.recipe is None:
-            return None
-        overrides = [*ws.overrides, f"run.output_dir={self.cfg.run.output_dir}"]
-        sub = load_config(ws.recipe, overrides)
-        if sub.peft.method != "full":
-            raise ValueError(f"warm_start.recipe {ws.recipe}: needs peft.method=full to produce a base model")
-        final = sub.run_dir / "checkpoints" / "final"
-        stamp = {"recipe": Path(ws.recipe).read_text(), "overrides": overrides}
-        marker = sub.run_dir / "warm_start.json"
-        if ws.reuse and (final / "config.json").is_file() and marker.is_file() and json.loads(marker.read_text()) == stamp:
-            log.info("reusing warm start %s", final)
-            return final
-        log.info("warm start: running %s", ws.recipe)
-        train(sub, show_progress=self.show_progress)
-        marker.write_text(json.dumps(stamp))
-        return final
-
-    def required_cpus(self) -> float:
-        return self.cfg.learner.count * self.cfg.learner.cpus_per_rank
-
     def setup(self) -> None:
+        """Validate, resolve the base model and data, then start the roles (learners first)."""
         from transformers import AutoTokenizer
 
         cfg = self.cfg
-        warm = self._warm_start()
-        self._prepare_run_dir()
-        self.model_path = warm or resolve_model(cfg.model)
+        check_run(cfg, self.spec, self.peft)
+        self.model_path = base_model_path(cfg, run_warm_start=True, show_progress=self.show_progress)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.chat = uses_chat_template(self.tokenizer, cfg.data.chat_template)
         self.task = build_task(cfg.task)
         self.train_examples = self.task.split("train")
         self.eval_examples = self.task.split("eval")[: cfg.eval.num_examples]
-        self.tracker = Tracker(self.run_dir, cfg.run.name, cfg.model_dump(mode="json"), cfg.tracking.wandb, cfg.tracking.project)
+        check_run(cfg, self.spec, self.peft, data=(self.model_path, self.tokenizer, self.chat,
+                                                   self.train_examples, self.eval_examples))
+        self.run_dir = prepare_run_dir(cfg.run_dir, cfg.run.if_exists, dump_config(cfg))
+        self._start_log_file()
+        self.tracker = Tracker(self.run_dir, cfg.run.name, cfg.model_dump(mode="json"), cfg.tracking.wandb,
+                               cfg.tracking.project)
         num_cpus = cfg.runtime.num_cpus or max(os.cpu_count() or 1, math.ceil(self.required_cpus()))
         runtime.start(cfg.runtime.mode, address=cfg.runtime.ray_address, num_cpus=num_cpus)
-        self.learners = self._start_learners()
+        self.roles["learner"] = self._start_learners()
+        for kind in self.spec.roles:
+            self.roles[kind] = getattr(self, f"_start_{kind}s")()
+        if "generator" in self.roles:
+            self.sync = WeightSync(self.learners, self.roles["generator"], cfg.sync, self._probe())
+        self.row_ctx = RowContext(self.tokenizer, self.chat, cfg.train.max_length, cfg.algorithm)
+        self.source = SOURCES[self.spec.source](SourceContext(
+            cfg, self.spec, self.task, self.tokenizer, self.chat, self.train_examples, self.roles))
+
+    def _start_log_file(self) -> None:
+        handler = logging.FileHandler(self.run_dir / "train.log")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logging.getLogger("rlft").addHandler(handler)
+        logging.getLogger("rlft").setLevel(logging.INFO)
+        self._log_handler = handler
+
+    def required_cpus(self) -> float:
+        cfg = self.cfg
+        sizes = {"learner": cfg.learner.count * cfg.learner.cpus_per_rank,
+                 "generator": cfg.generator.count * cfg.generator.cpus_per_actor,
+                 "reward": cfg.reward.count * cfg.reward.cpus_per_actor}
+        return sum(sizes[kind] for kind in ("learner", *self.spec.roles))
+
+    def _create(self, kind: str, kwargs_per_member: list[dict], num_cpus: float, num_gpus: float = 0.0):
+        role_cls = ROLES[kind][getattr(self.cfg.runtime.roles, kind)]
+        group = runtime.RoleGroup.create(role_cls, self.cfg.runtime.mode, kwargs_per_member,
+                                         num_cpus=num_cpus, num_gpus=num_gpus, name=kind)
+        info = group.call("setup")
+        log.info("%s group ready: %s", kind, info[0])
+        return group, info
 
     def _start_learners(self) -> runtime.RoleGroup:
-        cfg = self.cfg
-        mode = cfg.runtime.mode
+        cfg, mode = self.cfg, self.cfg.runtime.mode
         ranks = runtime.collective_group_size(mode, cfg.learner.count)
-        grad_accum = cfg.train.batch_size // (ranks * cfg.train.micro_batch_size)
         addr, port = runtime.node_address(mode), runtime.free_port()
         threads = None if mode == "inline" else (cfg.learner.threads_per_rank or max(1, int(cfg.learner.cpus_per_rank)))
-        args = [
-            (cfg, str(self.model_path), rank, ranks, addr, port, grad_accum, threads, str(self.run_dir))
-            for rank in range(ranks)
-        ]
-        group = runtime.RoleGroup.create(
-            LearnerActor, mode, args, num_cpus=cfg.learner.cpus_per_rank, num_gpus=cfg.learner.gpus_per_rank, name="learner"
-        )
-        info = group.call("setup")
-        log.info("learner group ready: %s", info[0])
+        kwargs = [dict(cfg=cfg, spec=self.spec, rank=rank, world_size=ranks, model_path=str(self.model_path), run_dir=str(self.run_dir),
+                       master_addr=addr, master_port=port, grad_accum=cfg.train.batch_size // (ranks * cfg.train.micro_batch_size),
+                       num_threads=threads) for rank in range(ranks)]
+        group, info = self._create("learner", kwargs, cfg.learner.cpus_per_rank, cfg.learner.gpus_per_rank)
         self.learner_info = info[0]
         return group
 
-    # ----------------------------------------------------------------- steps
-    def _sft_rows(self, examples: list[Example]) -> list[dict[str, list[int]]]:
-        rows = []
-        for ex in examples:
-            if ex.response is None:
-                raise ValueError(f"task {self.task.name!r} has no reference responses; SFT needs them")
-            rows.append(encode_sft(self.tokenizer, ex.prompt, ex.response, self.cfg.train.max_length, self.chat))
-        return rows
+    def _start_generators(self) -> runtime.RoleGroup:
+        cfg, gen = self.cfg, self.cfg.generator
+        device = detect_device(cfg.learner.device)
+        dtype = str(resolve_dtype(cfg.model.dtype, device)).removeprefix("torch.")
+        cores = os.cpu_count() or 1
+        kwargs = [dict(cfg=cfg, index=i, model_path=str(self.model_path), dtype=dtype, seed=cfg.run.seed + i,
+                       lora_rank=self.peft(cfg.peft).generator_lora_rank(),
+                       cpu_bind=str(i % cores) if device == "cpu" and gen.bind_cpus else None)
+                  for i in range(gen.count)]
+        return self._create("generator", kwargs, gen.cpus_per_actor, gen.gpus_per_actor)[0]
 
+    def _start_rewards(self) -> runtime.RoleGroup:
+        kwargs = [dict(cfg=self.cfg, index=i) for i in range(self.cfg.reward.count)]
+        return self._create("reward", kwargs, self.cfg.reward.cpus_per_actor)[0]
+
+    def _probe(self):
+        """The parity probe: a fixed sequence (held-out prompt + reference), scored at every position."""
+        ex = (self.eval_examples or self.train_examples)[0]
+        row = encode_sft(self.tokenizer, ex.prompt, ex.response or ex.answer or "", self.cfg.train.max_length, self.chat)
+        row["labels"] = list(row["input_ids"])
+        return pad_rows([row], self.pad_id())
+
+    # ----------------------------------------------------------------- learner steps
     def pad_id(self) -> int:
         tok = self.tokenizer
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
-    def learner_step(self, rows: list[dict], pad: Callable[[list[dict], int], dict]) -> dict[str, float]:
+    def learner_step(self, rows: list[dict]) -> dict[str, float]:
         """Split rows over ranks and micro-batches, pad them, and run one optimizer step.
 
         The step-global token and sequence counts are computed here, once, for every rank.
         """
         shards = shard_micro_batches(rows, len(self.learners), self.cfg.train.micro_batch_size)
-        batches = [[pad(mb, self.pad_id()) for mb in shard] for shard in shards]
+        batches = [[self.spec.pad(mb, self.pad_id()) for mb in shard] for shard in shards]
         counts = [self.spec.count_tokens(mb) for shard in batches for mb in shard]
         step = StepCounts(num_tokens=sum(c[0] for c in counts), num_sequences=sum(c[1] for c in counts))
         results = self.learners.call_each("train_step", [(shard, step) for shard in batches])
         merged = {k: sum(r[k] for r in results) for k in results[0] if k not in ("grad_norm", "lr")}
-        merged["grad_norm"], merged["lr"], merged["tokens"] = results[0]["grad_norm"], results[0]["lr"], step.num_tokens
+        merged["grad_norm"], merged["lr"], merged["step_tokens"] = results[0]["grad_norm"], results[0]["lr"], step.num_tokens
         return merged
 
-    def train_step(self, examples: list[Example]) -> dict[str, float]:
-        """Tokenise examples and run one SFT optimizer step."""
-        return self.learner_step(self._sft_rows(examples), pad_rows)
+    def optimize(self, rows: list[dict]) -> tuple[dict[str, float], int]:
+        """spec.passes: mini-batches x epochs optimizer steps on rows; sums (grad norm and lr averaged)."""
+        mini_batches, epochs = self.spec.passes(self.cfg)
+        passes = [mb for _ in range(epochs) for mb in split_evenly(rows, mini_batches)]
+        totals: dict[str, float] = {}
+        for mb_rows in passes:
+            for key, value in self.learner_step(mb_rows).items():
+                totals[key] = totals.get(key, 0.0) + value
+        totals["grad_norm"] /= len(passes)
+        totals["lr"] /= len(passes)
+        return totals, len(passes)
 
+    def iteration(self, iteration: int) -> dict[str, float]:
+        """One source batch -> rows -> optimizer steps -> publish; returns the logged metrics."""
+        t0 = time.time()
+        items, metrics = self.source.next_batch(iteration, self.policy_version)
+        rows, row_stats = self.spec.build_rows(items, self.row_ctx)
+        self.samples_seen += len(rows)
+        t1 = time.time()
+        sums, steps = self.optimize(rows)
+        t2 = time.time()
+        metrics.update(row_stats)
+        metrics.update({"train/loss": sums["loss"] / steps, "train/grad_norm": sums["grad_norm"], "train/lr": sums["lr"],
+                        "train/iteration": float(iteration), **self.spec.log_metrics(sums, steps)})
+        if self.sync is not None:
+            metrics.update(self.sync.publish())
+            metrics["perf/time_sync"] = metrics["sync/seconds"]
+        elapsed = time.time() - t0
+        metrics.update({"perf/time_train": t2 - t1, "perf/train_tokens_per_s": sums["step_tokens"] / max(t2 - t1, 1e-9),
+                        "perf/step_seconds": elapsed, "perf/samples_per_s": len(rows) / elapsed})
+        return metrics
+
+    # ----------------------------------------------------------------- eval and outputs
     def evaluate(self, step: int) -> dict[str, float]:
-        """Greedy completions (learner rank 0) on held-out examples, scored by the task's checker."""
+        """Greedy held-out accuracy: by the generators (current version) when there are any, else learner rank 0."""
         cfg = self.cfg.eval
         if not self.eval_examples:
             return {}
+        if "generator" in self.roles:
+            rollouts = generate(self.roles["generator"], self.tokenizer, self.chat, self.eval_examples, 1,
+                                cfg.max_new_tokens, 0.0, 1.0, seed=0)
+            score(self.roles["reward"], rollouts)
+            found = reward_metrics(rollouts, self.task.name, prefix="eval")
+            return {"eval/accuracy": found[f"eval/accuracy_{self.task.name}"], "eval/reward": found["eval/mean"],
+                    "eval/examples": float(len(rollouts))}
         scores = score_greedy(
             self.task, self.tokenizer, self.eval_examples, self.chat, cfg,
             lambda chunk: self.learners.call_one(0, "generate", chunk, cfg.max_new_tokens, cfg.batch_size),
@@ -162,75 +233,69 @@ class Controller:
 
     # ----------------------------------------------------------------- the loop
     def run(self) -> dict[str, Any]:
-        cfg = self.cfg
-        loop = self.loops().get(self.spec.data_kind)
-        if loop is None:
-            raise NotImplementedError(
-                f"algorithm {self.spec.name!r} trains on {self.spec.data_kind!r}; this controller has no loop for it yet"
-            )
-        self.setup()
         try:
-            return loop()
+            self.setup()
+            return self.loop()
         finally:
             self.close()
 
-    def loops(self) -> dict:
-        return {"sft": self._run_sft}
-
-    def _run_sft(self) -> dict[str, Any]:
+    def loop(self) -> dict[str, Any]:
         cfg = self.cfg
-        sampler = EpochSampler(len(self.train_examples), cfg.run.seed)
+        per_iteration = self.spec.optimizer_steps(cfg)
+        iterations = cfg.train.steps // per_iteration
         start = time.time()
+        initial = self.evaluate(0)
+        if self.sync is not None and cfg.sync.parity_every:
+            initial["sync/parity_max_abs_diff"] = self.sync.check_parity()
+        self.tracker.log(initial, 0)
         metrics: dict[str, float] = {}
-        with progress_bar("train", cfg.train.steps, self.show_progress) as advance:
-            for step in range(1, cfg.train.steps + 1):
-                t0 = time.time()
-                out = self.train_step(sampler.next_batch(self.train_examples, cfg.train.batch_size))
-                seconds = time.time() - t0
-                metrics = {
-                    "train/loss": out["loss"], "train/grad_norm": out["grad_norm"], "train/lr": out["lr"],
-                    "perf/step_seconds": seconds, "perf/train_tokens_per_s": out["tokens"] / seconds,
-                }
-                if step % cfg.train.log_every == 0 or step == cfg.train.steps:
+        self.samples_seen = 0
+        with progress_bar("train", iterations, self.show_progress) as advance:
+            for it in range(1, iterations + 1):
+                metrics = self.iteration(it)
+                step = it * per_iteration
+                if due(cfg.train.log_every, step, per_iteration) or it == iterations:
                     self.tracker.log(metrics, step)
-                if cfg.train.eval_every and step % cfg.train.eval_every == 0 and step != cfg.train.steps:
+                if due(cfg.train.eval_every, step, per_iteration) and it != iterations:
                     self.tracker.log(self.evaluate(step), step)
-                if cfg.train.save_every and step % cfg.train.save_every == 0:
+                if due(cfg.train.save_every, step, per_iteration):
                     self.checkpoint(f"step_{step}")
-                advance(1, loss=out["loss"])
-        eval_metrics = self.evaluate(cfg.train.steps)
-        self.tracker.log(eval_metrics, cfg.train.steps)
+                advance(1, loss=metrics["train/loss"], **({"reward": metrics["reward/mean"]} if "reward/mean" in metrics else {}))
+        final_eval = self.evaluate(iterations * per_iteration)
+        self.tracker.log(final_eval, iterations * per_iteration)
         final = self.checkpoint("final")
-        summary = {
-            "run_dir": str(self.run_dir), "steps": cfg.train.steps, "train/loss": metrics.get("train/loss"),
-            **eval_metrics, "checkpoint": str(final), "seconds": round(time.time() - start, 1),
+        seconds = time.time() - start
+        return {
+            "run_dir": str(self.run_dir), "steps": iterations * per_iteration, "iterations": iterations,
+            "policy_version": self.policy_version, "train/loss": metrics.get("train/loss"),
+            "eval/accuracy_start": initial.get("eval/accuracy"), "eval/accuracy": final_eval.get("eval/accuracy"),
+            **({"reward/mean_last": metrics["reward/mean"]} if "reward/mean" in metrics else {}),
+            "checkpoint": str(final), "seconds": round(seconds, 1), "samples_per_s": round(self.samples_seen / seconds, 2),
             "trainable_params": self.learner_info["trainable_params"], "learner_ranks": len(self.learners),
         }
-        return summary
 
     def close(self) -> None:
-        if self.learners is not None:
+        for kind in reversed(list(self.roles)):
+            group = self.roles.pop(kind)
             try:
-                self.learners.call("close")
+                group.call("close")
             finally:
-                self.learners.shutdown()
-                self.learners = None
-        if hasattr(self, "tracker"):
+                group.shutdown()
+        self.sync = None
+        if self.tracker is not None:
             self.tracker.finish()
+            self.tracker = None
             if self.cfg.tracking.plots:
                 plot_run(self.run_dir)
         runtime.stop(self.cfg.runtime.mode)
-        if getattr(self, "_log_handler", None) is not None:
+        if self._log_handler is not None:
             logging.getLogger("rlft").removeHandler(self._log_handler)
             self._log_handler.close()
             self._log_handler = None
 
 
 def train(cfg: RLFTConfig, show_progress: bool = True) -> dict[str, Any]:
-    from rlft.rl_controller import RLController
-
-    controller_cls = RLController if ALGORITHMS[cfg.algorithm.name].data_kind == "rollouts" else Controller
-    summary = controller_cls(cfg, show_progress).run()
+    summary = Controller(cfg, show_progress).run()
     if show_progress:
         print_summary(summary)
     return summary

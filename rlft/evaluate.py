@@ -2,32 +2,41 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable
 
 from rlft.config import RLFTConfig
 from rlft.data.collate import encode_prompt, uses_chat_template
-from rlft.data.models import resolve_dtype, resolve_model
+from rlft.data.models import resolve_dtype
 from rlft.data.tasks import build_task
 from rlft.generation import greedy_generate
 from rlft.progress import progress_bar
+from rlft.runs import base_model_path
 
 
 def load_for_eval(cfg: RLFTConfig, checkpoint: str | None):
-    """Base model (+ PEFT adapter when the checkpoint is an adapter folder) and tokenizer."""
+    """The model to score and its tokenizer.
+
+    A full checkpoint folder is loaded as is; an adapter folder goes on the base model its
+    adapter_config.json records (an absolute path), or, when that folder is gone, on the run's
+    base model resolved from the config (the warm start's checkpoint when the recipe has one).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    base_path = resolve_model(cfg.model)
     dtype = resolve_dtype(cfg.model.dtype, "cpu")
     if checkpoint and not Path(checkpoint).is_dir():
         raise FileNotFoundError(f"checkpoint folder {checkpoint} does not exist")
-    if checkpoint and (Path(checkpoint) / "adapter_config.json").is_file():
-        from peft import PeftModel
+    adapter_config = Path(checkpoint) / "adapter_config.json" if checkpoint else None
+    if adapter_config is None or not adapter_config.is_file():
+        path = checkpoint or base_model_path(cfg, run_warm_start=False)
+        return AutoModelForCausalLM.from_pretrained(path, dtype=dtype), AutoTokenizer.from_pretrained(path)
+    from peft import PeftModel
 
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype), checkpoint)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(checkpoint or base_path, dtype=dtype)
-    return model, AutoTokenizer.from_pretrained(base_path)
+    recorded = json.loads(adapter_config.read_text()).get("base_model_name_or_path")
+    base = Path(recorded) if recorded and Path(recorded).is_dir() else base_model_path(cfg, run_warm_start=False)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=dtype), checkpoint)
+    return model, AutoTokenizer.from_pretrained(base)
 
 
 def score_greedy(task, tokenizer, examples, chat: bool, eval_cfg,

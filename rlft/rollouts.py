@@ -7,30 +7,12 @@ advantage of the completion token predicted there.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from rlft.data.tasks import Example
 from rlft.ops.logprobs import IGNORE_INDEX
-
-
-@dataclass
-class Rollout:
-    """One sampled completion and what the roles learned about it."""
-
-    example: Example
-    group: int                  # index of its prompt in the rollout batch
-    prompt_ids: list[int]
-    completion_ids: list[int]
-    logprobs: list[float]       # sampling log-probs of completion_ids under `version`
-    text: str
-    version: int                # policy version that produced it
-    finish_reason: str | None = None
-    reward: float = 0.0
-    correct: bool = False
-    step_accuracy: float = 0.0
+from rlft.types import Rollout
 
 
 def rollout_row(rollout: Rollout, advantage: float, positive: float, max_length: int) -> dict[str, Any]:

@@ -62,15 +62,6 @@ def node_address(mode: str) -> str:
     return ray.util.get_node_ip_address()
 
 
-def put(value: Any, mode: str) -> Any:
-    """Place a value once where every member can fetch it (Ray object store; inline: as is)."""
-    if mode == "inline":
-        return value
-    import ray
-
-    return ray.put(value)
-
-
 class RoleGroup:
     """N instances of one role; methods are called on all of them concurrently."""
 
@@ -84,23 +75,32 @@ class RoleGroup:
         cls,
         role_cls: type,
         mode: str,
-        args_per_member: Sequence[tuple],
+        kwargs_per_member: Sequence[dict[str, Any]],
         *,
         num_cpus: float = 1.0,
         num_gpus: float = 0.0,
         name: str | None = None,
     ) -> "RoleGroup":
+        """Member i is role_cls(**kwargs_per_member[i]): an object (inline) or a Ray actor."""
         name = name or role_cls.__name__
         if mode == "inline":
-            return cls(name, [role_cls(*args) for args in args_per_member], remote=False)
+            return cls(name, [role_cls(**kwargs) for kwargs in kwargs_per_member], remote=False)
         import ray
 
         actor_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(role_cls)
         members = [
-            actor_cls.options(name=f"{name}-{i}-{id(args_per_member)}").remote(*args)
-            for i, args in enumerate(args_per_member)
+            actor_cls.options(name=f"{name}-{i}-{id(kwargs_per_member)}").remote(**kwargs)
+            for i, kwargs in enumerate(kwargs_per_member)
         ]
         return cls(name, members, remote=True)
+
+    def share(self, value: Any) -> Any:
+        """Place a value once where every member can fetch it (Ray object store; inline: as is)."""
+        if not self.remote:
+            return value
+        import ray
+
+        return ray.put(value)
 
     def __len__(self) -> int:
         return len(self.members)

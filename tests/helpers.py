@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Literal
+
+from rlft.algorithms import ALGORITHMS
+from rlft.algorithms.gppo import GPPOConfig
 from rlft.config import RLFTConfig, config_from_dict
 
 
@@ -19,5 +24,18 @@ def tiny_config(tmp_path, name: str = "t", **sections) -> RLFTConfig:
         "tracking": {"wandb": "disabled", "plots": False},
     }
     for section, values in sections.items():
-        raw.setdefault(section, {}).update(values)
+        if section in ("task", "algorithm") and values.get("name", raw[section]["name"]) != raw[section]["name"]:
+            raw[section] = dict(values)  # another task or algorithm: its own keys only
+        else:
+            raw.setdefault(section, {}).update(values)
     return config_from_dict(raw, source="<test>")
+
+
+class LearnerOnlyGPPOConfig(GPPOConfig):
+    name: Literal["gppo_learner_only"] = "gppo_learner_only"
+
+
+# GPPO's learner step without generators, for tests that need only the learner group. Defined in
+# an importable module (not a test file) so that Ray learner actors can unpickle it.
+LEARNER_ONLY_GPPO = dataclasses.replace(ALGORITHMS["gppo"], name="gppo_learner_only", roles=(),
+                                        config_cls=LearnerOnlyGPPOConfig)

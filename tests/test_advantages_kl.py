@@ -176,9 +176,15 @@ def test_dynamic_sampling_keep():
     """Keep groups whose rewards are not all equal (all-0 and all-1 groups are dropped)."""
     rewards = torch.tensor([1, 1, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 0.5, 0.5, 0.5, 1.0])
     keep = dynamic_sampling_keep(rewards, group_size=4)
-    assert keep.tolist() == [True, False, False, True]
+    assert keep.tolist() == [True] * 4 + [False] * 8 + [True] * 4
     with pytest.raises(ValueError):
         dynamic_sampling_keep(rewards, group_size=3)
+
+
+def test_dynamic_sampling_keep_reads_group_ids_not_row_order():
+    """Interleaved groups: group 7 = rows 0, 2 (rewards 1, 0: kept), group 3 = rows 1, 3 (1, 1: dropped)."""
+    keep = dynamic_sampling_keep(torch.tensor([1.0, 1.0, 0.0, 1.0]), group_ids=torch.tensor([7, 3, 7, 3]))
+    assert keep.tolist() == [True, False, True, False]
 
 
 def test_kl_in_reward_advantages_golden():

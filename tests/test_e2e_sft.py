@@ -54,7 +54,7 @@ def test_adapter_checkpoint_round_trip_through_peft(tmp_path, method):
     ctl.setup()
     try:
         for _ in range(2):
-            ctl.train_step(ctl.train_examples[:8])
+            ctl.learner_step(ctl.spec.build_rows(ctl.train_examples[:8], ctl.row_ctx)[0])
         ex = ctl.eval_examples[0]
         probe = pad_rows([encode_sft(ctl.tokenizer, ex.prompt, ex.response, 64, False)], ctl.tokenizer.pad_token_id)
         expected = ctl.learners.call_one(0, "token_logprobs", probe)

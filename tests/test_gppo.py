@@ -12,12 +12,12 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from rlft.algorithms.base import StepCounts
+from rlft.algorithms import ALGORITHMS
+from rlft.algorithms.base import StepCounts, count_label_tokens
 from rlft.algorithms.gppo import (
     METRIC_KEYS,
     SPEC,
     GPPOConfig,
-    count_tokens,
     gppo_token_loss,
     micro_batch_loss,
     positive_sequences,
@@ -226,13 +226,13 @@ def _rollout_batch(model: TinyPolicy, seed: int = 0, noise: float = 0.5) -> dict
         logprobs, mask = token_logprobs(model.logits(batch), labels)
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0])
     batch["old_logprobs"] = (logprobs + noise * torch.randn(logprobs.shape, generator=gen)) * mask
-    batch["advantages"] = token_advantages(rewards, mask, GPPOConfig(group_size=4))
+    batch["advantages"] = token_advantages(rewards, torch.zeros(4), mask, GPPOConfig(group_size=4))
     batch["positive"] = positive_sequences(rewards, GPPOConfig())
     return batch
 
 
 def _counts(batch) -> StepCounts:
-    return StepCounts(*count_tokens(batch))
+    return StepCounts(*count_label_tokens(batch))
 
 
 def _param_grads(model, loss):
@@ -290,7 +290,7 @@ def test_all_equal_rewards_only_kl_gradient():
     with kl_coef = 0 the gradient is exactly zero."""
     model = TinyPolicy()
     batch = _rollout_batch(model)
-    batch["advantages"] = token_advantages(torch.ones(4), (batch["labels"][:, 1:] != IGNORE_INDEX).float(),
+    batch["advantages"] = token_advantages(torch.ones(4), torch.zeros(4), (batch["labels"][:, 1:] != IGNORE_INDEX).float(),
                                            GPPOConfig(group_size=4))
     assert torch.equal(batch["advantages"], torch.zeros_like(batch["advantages"]))
     counts = _counts(batch)
@@ -363,6 +363,7 @@ def test_config_defaults_and_validation():
 
 
 def test_spec_registration():
-    assert SPEC.name == "gppo" and SPEC.data_kind == "rollouts" and SPEC.config_cls is GPPOConfig
-    assert SPEC.needs_reference is True
-    assert SPEC.micro_batch_loss is micro_batch_loss and SPEC.count_tokens is count_tokens
+    assert ALGORITHMS["gppo"] is SPEC
+    assert SPEC.name == "gppo" and SPEC.source == "rollouts" and SPEC.config_cls is GPPOConfig
+    assert set(SPEC.roles) == {"generator", "reward"}
+    assert SPEC.micro_batch_loss is micro_batch_loss and SPEC.count_tokens is count_label_tokens

@@ -16,7 +16,8 @@ def _run_steps(cfg, steps: int = 2):
         sampler = EpochSampler(len(ctl.train_examples), seed=0)
         history = []
         for _ in range(steps):
-            out = ctl.train_step(sampler.next_batch(ctl.train_examples, cfg.train.batch_size))
+            rows, _ = ctl.spec.build_rows(sampler.next_batch(ctl.train_examples, cfg.train.batch_size), ctl.row_ctx)
+            out = ctl.learner_step(rows)
             history.append((out["loss"], out["grad_norm"]))
         return history, ctl.learners.call_one(0, "trainable_state"), len(ctl.learners)
     finally:

@@ -6,11 +6,13 @@ import json
 import pytest
 import torch
 
+from rlft.algorithms import ALGORITHMS
 from rlft.controller import Controller, train
 from rlft.data.collate import encode_prompt
-from rlft.rl_controller import RLController, SyncError
-from rlft.rollouts import Rollout
-from tests.helpers import tiny_config
+from rlft.sources.rollouts import generate, score
+from rlft.sync.protocol import SyncError
+from rlft.types import Rollout, Score
+from tests.helpers import LEARNER_ONLY_GPPO, tiny_config
 
 RL = dict(
     algorithm={"name": "gppo", "group_size": 4},
@@ -31,75 +33,82 @@ def _rl_config(tmp_path, name, **over):
 @pytest.fixture(scope="module")
 def controller(tmp_path_factory):
     """One inline RL controller (1 vLLM engine, 1 learner rank) shared by the sync tests."""
-    ctl = RLController(_rl_config(tmp_path_factory.mktemp("rl"), "sync"), show_progress=False)
+    ctl = Controller(_rl_config(tmp_path_factory.mktemp("rl"), "sync"), show_progress=False)
     ctl.setup()
     yield ctl
     ctl.close()
 
 
 def test_publish_loads_the_exact_adapter_and_probe_agrees(controller):
-    sync = controller.publish()
-    assert sync["sync/version"] == controller.version and sync["sync/bytes"] > 0
-    assert controller.generators.members[0].fingerprint is not None
-    assert controller.parity_probe() < controller.cfg.sync.parity_tolerance
+    sync = controller.sync.publish()
+    assert sync["sync/version"] == controller.policy_version and sync["sync/bytes"] > 0
+    assert controller.roles["generator"].members[0].version == controller.policy_version
+    assert sync["sync/parity_max_abs_diff"] < controller.cfg.sync.parity_tolerance
 
 
 def test_corrupted_adapter_is_caught_by_the_fingerprint(controller, monkeypatch):
-    generator = controller.generators.members[0]
-    original = generator.load_adapter
+    generator = controller.roles["generator"].members[0]
+    original = generator.load_weights
 
     def corrupt_in_transit(payload):
         data = bytearray(payload.tensors)
         data[-1] ^= 0x40  # flip one bit of the last tensor value
         return original(dataclasses.replace(payload, tensors=bytes(data)))
 
-    monkeypatch.setattr(generator, "load_adapter", corrupt_in_transit)
-    with pytest.raises(SyncError, match=r"generator 0 loaded adapter version \d+ with fingerprint .* but the learner published"):
-        controller.publish()
+    monkeypatch.setattr(generator, "load_weights", corrupt_in_transit)
+    with pytest.raises(SyncError, match=r"generator 0 loaded lora weights version \d+ with fingerprint .* but the learner published"):
+        controller.sync.publish()
 
 
 def test_parity_probe_catches_a_silently_skipped_load(controller, monkeypatch):
     """A generator that reports the right fingerprint but keeps old weights fails the probe."""
-    rollouts = controller.generate(controller.train_examples[:2], 4, 1.0, seed=1)
-    controller.score(rollouts)
+    rollouts = generate(controller.roles["generator"], controller.tokenizer, False, controller.train_examples[:2],
+                        4, 24, 1.0, 1.0, seed=1)
+    score(controller.roles["reward"], rollouts)
     for r in rollouts:  # make every advantage non-zero so the update moves the policy
-        r.reward = float(len(r.completion_ids) % 2)
-    rows, _ = controller.training_rows(rollouts)
+        r.score = Score(reward=float(len(r.completion_ids) % 2), correct=False)
+    rows, _ = controller.spec.build_rows(rollouts, controller.row_ctx)
     controller.optimize(rows)
-    generator = controller.generators.members[0]
-    monkeypatch.setattr(generator, "load_adapter", lambda payload: payload.fingerprint)
-    controller.publish()
+    generator = controller.roles["generator"].members[0]
+    monkeypatch.setattr(generator, "load_weights", lambda payload: payload.fingerprint)
     with pytest.raises(SyncError, match="logprob parity probe"):
-        controller.parity_probe()
+        controller.sync.publish()
+
+
+@pytest.fixture
+def learner_only_gppo():
+    ALGORITHMS.register(LEARNER_ONLY_GPPO.name, LEARNER_ONLY_GPPO, replace=True)
+    yield
+    ALGORITHMS.unregister(LEARNER_ONLY_GPPO.name)
 
 
 def _synthetic_rows(ctl, n=8):
     """Rollout rows from reference responses with fixed advantages and perturbed old log-probs."""
     gen = torch.Generator().manual_seed(0)
-    rows = []
+    rollouts = []
     for i, ex in enumerate(ctl.train_examples[:n]):
         prompt = encode_prompt(ctl.tokenizer, ex.prompt, False)
         completion = ctl.tokenizer(ex.response, add_special_tokens=False)["input_ids"] + [ctl.tokenizer.eos_token_id]
         logprobs = (-torch.rand(len(completion), generator=gen) * 2).tolist()
-        r = Rollout(ex, i // 4, prompt, completion, logprobs, ex.response, 0)
-        r.reward = float(i % 3 == 0)
-        rows.append(r)
-    return ctl.training_rows(rows)[0]
+        rollouts.append(Rollout(ex, i // 4, prompt, completion, logprobs, ex.response, 0,
+                                score=Score(reward=float(i % 3 == 0), correct=False)))
+    return ctl.spec.build_rows(rollouts, ctl.row_ctx)[0]
 
 
 def _gppo_step(cfg):
-    ctl = RLController(cfg, show_progress=False)
-    Controller.setup(ctl)  # learners only: this checks the update, not generation
+    ctl = Controller(cfg, show_progress=False)
+    ctl.setup()
     try:
-        out = ctl.optimize(_synthetic_rows(ctl))
+        out, _ = ctl.optimize(_synthetic_rows(ctl))
         return out, ctl.learners.call_one(0, "trainable_state")
     finally:
-        Controller.close(ctl)
+        ctl.close()
 
 
-def test_gppo_update_two_ranks_equal_one_rank(tmp_path):
-    one_out, one_state = _gppo_step(_rl_config(tmp_path, "g1", train={"lr": 1e-3, "grad_clip": 0.0}))
-    two_out, two_state = _gppo_step(_rl_config(tmp_path, "g2", train={"lr": 1e-3, "grad_clip": 0.0},
+def test_gppo_update_two_ranks_equal_one_rank(tmp_path, learner_only_gppo):
+    algo = {"name": LEARNER_ONLY_GPPO.name}
+    one_out, one_state = _gppo_step(_rl_config(tmp_path, "g1", algorithm=algo, train={"lr": 1e-3, "grad_clip": 0.0}))
+    two_out, two_state = _gppo_step(_rl_config(tmp_path, "g2", algorithm=algo, train={"lr": 1e-3, "grad_clip": 0.0},
                                                runtime={"mode": "local"}, learner={"count": 2}))
     assert one_out["clip_low_tokens"] + one_out["clip_high_tokens"] > 0, "the test should exercise clipping"
     for key in ("loss", "pg_loss_sum", "clip_low_tokens", "clip_high_tokens", "grad_norm"):
@@ -110,19 +119,25 @@ def test_gppo_update_two_ranks_equal_one_rank(tmp_path):
 
 @pytest.mark.parametrize("mode", ["inline", "local"])
 def test_rl_run_end_to_end(tmp_path, mode):
-    over = {"train": {"steps": 2, "lr": 1e-3}, "runtime": {"mode": mode}}
+    over = {"train": {"steps": 2, "lr": 1e-3}, "runtime": {"mode": mode},
+            "reward": {"components": [{"name": "answer"}, {"name": "steps", "weight": 0.5}]}}
     if mode == "local":
         over.update(generator={"count": 2}, learner={"count": 2})
     summary = train(_rl_config(tmp_path, mode, **over), show_progress=False)
     assert summary["policy_version"] == 2
     rows = [json.loads(line) for line in (tmp_path / "runs" / mode / "metrics.jsonl").read_text().splitlines()]
     keys = set().union(*rows)
-    for key in ("reward/mean", "reward/accuracy_arith", "rollout/response_length", "rollout/staleness",
-                "train/loss", "train/clip_low_frac", "train/clip_high_frac", "train/dual_clip_frac",
+    for key in ("reward/mean", "reward/accuracy_arith", "reward/answer", "reward/steps", "rollout/response_length",
+                "rollout/staleness", "train/loss", "train/clip_low_frac", "train/clip_high_frac", "train/dual_clip_frac",
                 "train/entropy", "train/kl", "train/grad_norm", "perf/gen_tokens_per_s", "perf/train_tokens_per_s",
                 "perf/time_generate", "perf/time_train", "sync/bytes", "sync/seconds", "sync/parity_max_abs_diff",
                 "eval/accuracy"):
         assert key in keys, key
+    trained = [r for r in rows if "reward/mean" in r]
+    for r in trained:  # reward = answer + 0.5 * steps, averaged over the batch
+        assert r["reward/mean"] == pytest.approx(r["reward/answer"] + 0.5 * r["reward/steps"], abs=1e-6)
+        assert r["rollout/staleness"] == 0.0
+    assert [r["step"] for r in trained] == [1, 2]
     assert max(r.get("sync/parity_max_abs_diff", 0.0) for r in rows) < 1e-3
     adapter = tmp_path / "runs" / mode / "checkpoints" / "final" / "adapter_config.json"
     assert json.loads(adapter.read_text())["r"] == 4
@@ -130,12 +145,14 @@ def test_rl_run_end_to_end(tmp_path, mode):
 
 @pytest.mark.parametrize("over, message", [
     ({"algorithm": {"kl_coef": 0.1, "kl_placement": "reward"}}, "kl_placement=reward is not wired"),
-    ({"algorithm": {"kl_coef": 0.1}, "peft": {"method": "pissa"}}, "KL reference with PiSSA"),
     ({"peft": {"method": "full"}}, "ships adapters"),
     ({"train": {"batch_size": 10, "micro_batch_size": 5}}, "not a multiple of algorithm.group_size"),
+    ({"rollout": {"mini_batches": 2}, "train": {"steps": 3}}, "not a multiple of the 2 optimizer steps"),
+    ({"rollout": {"max_new_tokens": 60}}, r"train example 0: prompt of \d+ tokens \+ 60 more does not fit train.max_length"),
+    ({"train": {"max_length": 512}}, "longer than the model's context"),
 ])
 def test_unsupported_rl_settings_fail_before_any_role_starts(tmp_path, over, message):
-    ctl = RLController(_rl_config(tmp_path, "bad", **over), show_progress=False)
+    ctl = Controller(_rl_config(tmp_path, "bad", **over), show_progress=False)
     with pytest.raises(ValueError, match=message):
         ctl.setup()
-    assert ctl.learners is None
+    assert ctl.learners is None and not (tmp_path / "runs" / "bad").exists()

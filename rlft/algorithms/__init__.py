@@ -1,8 +1,14 @@
-"""Algorithm registry: one file per algorithm, each exporting SPEC."""
+"""Algorithm registry: one file per algorithm, each exporting `SPEC` (rlft.algorithms.base).
+
+Entries are imported on first use, so reading a config imports only the algorithm it names.
+A new algorithm registers itself with `ALGORITHMS.register(spec.name, spec)`.
+"""
 
 from __future__ import annotations
 
-from rlft.algorithms import gppo, sft
-from rlft.algorithms.base import AlgorithmSpec
+from rlft.registry import Registry
 
-ALGORITHMS: dict[str, AlgorithmSpec] = {spec.name: spec for spec in (sft.SPEC, gppo.SPEC)}
+ALGORITHMS: Registry = Registry("algorithm", {
+    "sft": "rlft.algorithms.sft:SPEC",
+    "gppo": "rlft.algorithms.gppo:SPEC",
+})

@@ -1,14 +1,24 @@
-"""What every algorithm file provides, and what the learner gives it.
+"""What an algorithm declares, and what the learner gives it (DESIGN section 4).
 
-An algorithm is one file under rlft/algorithms/ that defines:
-  * a config class (a `Section`) whose fields are the algorithm's hyper-parameters,
-  * pure tensor functions for its loss (torch only),
-  * `SPEC = AlgorithmSpec(...)`, registered in rlft/algorithms/__init__.py.
+An algorithm is one file under rlft/algorithms/ with a config section, pure tensor functions for
+its loss (torch only), and `SPEC = AlgorithmSpec(...)` registered in rlft/algorithms/__init__.py.
+The spec says everything the controller needs, so the controller never branches on a name:
+
+  * `source`: the registered data source it trains on (rlft.sources: "dataset" rows,
+    "rollouts" generated and scored by the generator and reward roles; later pairs, trees, ...);
+  * `roles`: the role kinds it needs besides the learners ("generator", "reward");
+  * `build_rows(items, ctx)`: a source batch (examples, scored rollouts) -> training rows;
+  * `pad(rows, pad_id)`: rows -> the tensor batch the loss reads;
+  * `micro_batch_loss(model, batch, cfg, counts)`: the loss of one micro-batch, normalised by the
+    step-global counts, so the sum over micro-batches and ranks is the loss of the whole step;
+  * `passes(run_cfg)`: (mini-batches, epochs): optimizer steps taken on one source batch;
+  * `samples_per_prompt(run_cfg)`: rollouts per prompt (the group size) for rollout sources;
+  * `needs_reference(run_cfg)`: whether the learner must keep a reference policy;
+  * `log_metrics(sums, steps)`: summed metric sums -> logged `train/...` metrics;
+  * `validate(run_cfg)`: its own checks of the whole config (ValueError before any role starts).
 
 The learner knows nothing about any algorithm: for each micro-batch it calls
-`spec.micro_batch_loss(model, batch, cfg, step)` and backpropagates the returned loss.
-Losses must be normalised with the *step-global* counts in `StepCounts`, so that the sum over
-micro-batches and ranks equals the loss of the whole step computed at once.
+`spec.micro_batch_loss(...)` and backpropagates the returned loss.
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from typing import Any, Callable, Protocol
 
 import torch
 
+from rlft.data.collate import pad_rows
 from rlft.ops.logprobs import IGNORE_INDEX
 from rlft.schema import Section
 
@@ -37,16 +48,21 @@ class PolicyModel(Protocol):
         """Policy logits [B, T, V] for batch['input_ids'] / batch['attention_mask'] (with grad)."""
 
     def reference_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Reference-policy logits (no grad; LoRA: adapters disabled)."""
+        """Reference-policy logits (no grad; what the reference is depends on the PEFT method)."""
 
-    def logits_from_embeds(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Policy logits for given input embeddings (with grad)."""
 
-    def input_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Input embedding lookup."""
+@dataclass
+class RowContext:
+    """What `build_rows` may use: tokenizer and prompt format, limits, the algorithm config."""
+
+    tokenizer: Any
+    chat: bool
+    max_length: int
+    algorithm: Any
 
 
 LossFn = Callable[[PolicyModel, dict[str, torch.Tensor], Any, StepCounts], "tuple[torch.Tensor, dict[str, float]]"]
+RowsFn = Callable[[list, RowContext], "tuple[list[dict], dict[str, float]]"]
 
 
 def count_label_tokens(batch: dict[str, torch.Tensor]) -> tuple[float, float]:
@@ -55,16 +71,45 @@ def count_label_tokens(batch: dict[str, torch.Tensor]) -> tuple[float, float]:
     return float((labels[:, 1:] != IGNORE_INDEX).sum().item()), float(labels.shape[0])
 
 
+def single_pass(run_cfg) -> tuple[int, int]:
+    return 1, 1
+
+
+def one_sample(run_cfg) -> int:
+    return 1
+
+
+def never(run_cfg) -> bool:
+    return False
+
+
+def no_checks(run_cfg) -> None:
+    return None
+
+
+def loss_only(sums: dict[str, float], steps: int) -> dict[str, float]:
+    return {}
+
+
 @dataclass(frozen=True)
 class AlgorithmSpec:
     """Registration record of one algorithm."""
 
     name: str
     config_cls: type[Section]
-    data_kind: str  # "sft" (prompt, response rows), "rollouts", "pairs", "lists", ...
+    source: str
     micro_batch_loss: LossFn
+    build_rows: RowsFn
+    pad: Callable[[list[dict], int], dict[str, torch.Tensor]] = pad_rows
+    roles: tuple[str, ...] = ()
     count_tokens: Callable[[dict[str, torch.Tensor]], tuple[float, float]] = count_label_tokens
-    needs_reference: bool = False
-    # For data_kind "rollouts": rewards [N] (consecutive groups) -> per-sequence "advantages" [N],
-    # "positive" [N] and "keep" [N] (False: the sequence's group is dropped, e.g. dynamic sampling).
-    sequence_advantages: Callable[[torch.Tensor, Any], dict[str, torch.Tensor]] | None = None
+    passes: Callable[[Any], tuple[int, int]] = single_pass
+    samples_per_prompt: Callable[[Any], int] = one_sample
+    needs_reference: Callable[[Any], bool] = never
+    validate: Callable[[Any], None] = no_checks
+    log_metrics: Callable[[dict[str, float], int], dict[str, float]] = loss_only
+
+    def optimizer_steps(self, run_cfg) -> int:
+        """Optimizer steps taken on one source batch."""
+        mini_batches, epochs = self.passes(run_cfg)
+        return mini_batches * epochs

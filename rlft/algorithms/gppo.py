@@ -39,12 +39,14 @@ from typing import Literal, NamedTuple
 import torch
 from pydantic import Field, model_validator
 
-from rlft.algorithms.base import AlgorithmSpec, PolicyModel, StepCounts, count_label_tokens
+from rlft.algorithms.base import AlgorithmSpec, PolicyModel, RowContext, StepCounts
 from rlft.ops.advantages import broadcast_to_tokens, dynamic_sampling_keep, group_relative_advantages
 from rlft.ops.kl import kl_penalty
 from rlft.ops.logprobs import token_entropy, token_logprobs
 from rlft.ops.reductions import aggregate, token_mean
+from rlft.rollouts import filler_row, pad_rollout_rows, rollout_row
 from rlft.schema import Section
+from rlft.types import Rollout
 
 
 class GPPOConfig(Section):
@@ -175,9 +177,10 @@ def policy_token_loss(
 # ---- rollout-side helpers (pure): what the learner puts into the batch -------------------------
 
 
-def token_advantages(rewards: torch.Tensor, token_mask: torch.Tensor, cfg: GPPOConfig) -> torch.Tensor:
-    """GRPO / Dr.GRPO advantages of consecutive groups of cfg.group_size, broadcast to tokens [N, T]."""
-    advantages = group_relative_advantages(rewards, group_size=cfg.group_size, scale_by_std=cfg.scale_by_std)
+def token_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, token_mask: torch.Tensor,
+                     cfg: GPPOConfig) -> torch.Tensor:
+    """GRPO / Dr.GRPO advantages within each group id, broadcast to tokens [N, T]."""
+    advantages = group_relative_advantages(rewards, group_ids=group_ids, scale_by_std=cfg.scale_by_std)
     return broadcast_to_tokens(advantages, token_mask)
 
 
@@ -186,21 +189,62 @@ def positive_sequences(rewards: torch.Tensor, cfg: GPPOConfig) -> torch.Tensor:
     return (rewards >= cfg.positive_reward_threshold).to(torch.float32)
 
 
-def sequence_advantages(rewards: torch.Tensor, cfg: GPPOConfig) -> dict[str, torch.Tensor]:
+def sequence_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: GPPOConfig) -> dict[str, torch.Tensor]:
     """Rollout-stage quantities per sequence: group-relative advantages, positives, groups kept."""
     keep = torch.ones_like(rewards, dtype=torch.bool)
     if cfg.dynamic_sampling:
-        keep = dynamic_sampling_keep(rewards, cfg.group_size).repeat_interleave(cfg.group_size)
-    advantages = group_relative_advantages(rewards, group_size=cfg.group_size, scale_by_std=cfg.scale_by_std)
+        keep = dynamic_sampling_keep(rewards, group_ids=group_ids)
+    advantages = group_relative_advantages(rewards, group_ids=group_ids, scale_by_std=cfg.scale_by_std)
     return {"advantages": advantages, "positive": positive_sequences(rewards, cfg), "keep": keep}
 
 
+def build_rows(rollouts: list[Rollout], ctx: RowContext) -> tuple[list[dict], dict[str, float]]:
+    """Scored rollouts -> policy-gradient rows; dropped groups are replaced by loss-free fillers
+    so the number of rows (and so the micro-batch layout) stays fixed."""
+    cfg = ctx.algorithm
+    rewards = torch.tensor([r.reward for r in rollouts], dtype=torch.float32)
+    groups = torch.tensor([r.group for r in rollouts])
+    seq = sequence_advantages(rewards, groups, cfg)
+    rows = [rollout_row(r, float(a), float(p), ctx.max_length)
+            for r, a, p, keep in zip(rollouts, seq["advantages"], seq["positive"], seq["keep"]) if keep]
+    kept = len(rows)
+    like = rows[0] if rows else rollout_row(rollouts[0], 0.0, 0.0, ctx.max_length)
+    rows += [filler_row(like) for _ in range(len(rollouts) - kept)]
+    return rows, {"rollout/kept_fraction": kept / len(rollouts)}
+
+
+def log_metrics(sums: dict[str, float], steps: int) -> dict[str, float]:
+    """Token fractions of the summed clip counts, entropy and KL per token."""
+    tokens = max(sums["tokens"], 1.0)
+    return {
+        "train/clip_low_frac": sums["clip_low_tokens"] / tokens, "train/clip_high_frac": sums["clip_high_tokens"] / tokens,
+        "train/dual_clip_frac": sums["dual_clip_tokens"] / tokens, "train/entropy": sums["entropy_sum"] / tokens,
+        "train/kl": sums["kl_sum"] / tokens,
+    }
+
+
+def validate(run_cfg) -> None:
+    cfg = run_cfg.algorithm
+    if run_cfg.train.batch_size % cfg.group_size:
+        raise ValueError(f"train.batch_size={run_cfg.train.batch_size} is not a multiple of "
+                         f"algorithm.group_size={cfg.group_size}")
+    if cfg.kl_coef > 0 and cfg.kl_placement == "reward":
+        raise ValueError("algorithm.kl_placement=reward is not wired into the RL loop yet; use kl_placement=loss")
+
+
+def passes(run_cfg) -> tuple[int, int]:
+    return run_cfg.rollout.mini_batches, run_cfg.rollout.epochs
+
+
+def group_size(run_cfg) -> int:
+    return run_cfg.algorithm.group_size
+
+
+def needs_reference(run_cfg) -> bool:
+    return run_cfg.algorithm.kl_coef > 0 and run_cfg.algorithm.kl_placement == "loss"
+
+
 # ---- the learner contract ------------------------------------------------------------------------
-
-
-def count_tokens(batch: dict[str, torch.Tensor]) -> tuple[float, float]:
-    """(valid response tokens after the causal shift, sequences): the step-global normalisers."""
-    return count_label_tokens(batch)
 
 
 def _reduce(values: torch.Tensor, mask: torch.Tensor, cfg: GPPOConfig, counts: StepCounts) -> torch.Tensor:
@@ -285,14 +329,17 @@ def micro_batch_loss(
     return loss, metrics
 
 
-# needs_reference is a plain bool: True so a reference is available; the learner checks
-# cfg.kl_coef (and kl_placement) itself before building one.
 SPEC = AlgorithmSpec(
     name="gppo",
     config_cls=GPPOConfig,
-    data_kind="rollouts",
+    source="rollouts",
+    roles=("generator", "reward"),
     micro_batch_loss=micro_batch_loss,
-    count_tokens=count_tokens,
-    needs_reference=True,
-    sequence_advantages=sequence_advantages,
+    build_rows=build_rows,
+    pad=pad_rollout_rows,
+    passes=passes,
+    samples_per_prompt=group_size,
+    needs_reference=needs_reference,
+    validate=validate,
+    log_metrics=log_metrics,
 )

@@ -4,6 +4,7 @@
 
 with N the number of response tokens in the whole optimisation step (token-mean), or the
 per-sequence mean averaged over sequences (seq-mean-token-mean), both normalised globally.
+Trains on dataset rows (prompt, reference response); needs no generator or reward role.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from rlft.algorithms.base import AlgorithmSpec, PolicyModel, StepCounts
+from rlft.algorithms.base import AlgorithmSpec, PolicyModel, RowContext, StepCounts
+from rlft.data.collate import encode_sft
+from rlft.data.tasks import Example
 from rlft.ops.logprobs import token_logprobs
 from rlft.ops.reductions import aggregate
 from rlft.schema import Section
@@ -44,4 +47,19 @@ def micro_batch_loss(
     return loss, {"nll_sum": float(-(logprobs * mask).sum().item()), "tokens": float(mask.sum().item())}
 
 
-SPEC = AlgorithmSpec(name="sft", config_cls=SFTConfig, data_kind="sft", micro_batch_loss=micro_batch_loss)
+def build_rows(examples: list[Example], ctx: RowContext) -> tuple[list[dict], dict[str, float]]:
+    """Prompt + reference response rows (the response is cut to train.max_length, never the prompt)."""
+    rows = []
+    for ex in examples:
+        if ex.response is None:
+            raise ValueError("this task has no reference responses; SFT needs them")
+        rows.append(encode_sft(ctx.tokenizer, ex.prompt, ex.response, ctx.max_length, ctx.chat))
+    return rows, {}
+
+
+def log_metrics(sums: dict[str, float], steps: int) -> dict[str, float]:
+    return {"train/nll": sums["nll_sum"] / max(sums["tokens"], 1.0)}
+
+
+SPEC = AlgorithmSpec(name="sft", config_cls=SFTConfig, source="dataset", micro_batch_loss=micro_batch_loss,
+                     build_rows=build_rows, log_metrics=log_metrics)

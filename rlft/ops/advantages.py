@@ -71,15 +71,19 @@ def broadcast_to_tokens(advantages: torch.Tensor, mask: torch.Tensor) -> torch.T
     return advantages.unsqueeze(-1).to(mask.dtype) * mask
 
 
-def dynamic_sampling_keep(rewards: torch.Tensor, group_size: int) -> torch.Tensor:
-    """DAPO dynamic sampling: bool [N / group_size], True for groups whose rewards are not all equal.
+def dynamic_sampling_keep(
+    rewards: torch.Tensor, group_ids: torch.Tensor | None = None, group_size: int | None = None
+) -> torch.Tensor:
+    """DAPO dynamic sampling: bool [N], True for sequences whose group's rewards are not all equal.
 
     A group with identical rewards has zero advantage everywhere and so no policy gradient.
-    Expand to sequences with `keep.repeat_interleave(group_size)`.
     """
-    group_ids_from_size(rewards.shape[0], group_size)  # validates the layout
-    grouped = rewards.reshape(-1, group_size)
-    return grouped.amax(-1) > grouped.amin(-1)
+    _, index = torch.unique(_group_ids(rewards, group_ids, group_size), return_inverse=True)
+    groups = int(index.max()) + 1 if index.numel() else 0
+    r = rewards.to(torch.float64)
+    high = torch.full((groups,), -torch.inf, dtype=r.dtype).scatter_reduce(0, index, r, "amax")
+    low = torch.full((groups,), torch.inf, dtype=r.dtype).scatter_reduce(0, index, r, "amin")
+    return (high > low)[index]
 
 
 def reverse_cumsum(values: torch.Tensor) -> torch.Tensor:

@@ -1,1 +1,21 @@
-"""Roles: plain classes that rlft.runtime runs in-process or as Ray actors."""
+"""Role classes by kind and name (`runtime.roles` in the config picks one name per kind).
+
+Roles are plain classes (DESIGN section 2); rlft.runtime wraps them in Ray actors or builds
+them in-process. A test registers fakes here (`ROLES["generator"].register("fake", Fake)`)
+and runs the real controller with them.
+
+Constructor keywords each kind receives (fakes take the same):
+  learner:   cfg, spec (the AlgorithmSpec), rank, world_size, model_path, run_dir, master_addr, master_port, grad_accum, num_threads
+  generator: cfg, index, model_path, dtype, lora_rank, seed, cpu_bind
+  reward:    cfg, index
+"""
+
+from __future__ import annotations
+
+from rlft.registry import Registry
+
+ROLES: dict[str, Registry] = {
+    "learner": Registry("learner role", {"deepspeed": "rlft.roles.learner:LearnerActor"}),
+    "generator": Registry("generator role", {"vllm": "rlft.roles.generator:GeneratorActor"}),
+    "reward": Registry("reward role", {"checker": "rlft.roles.reward:RewardActor"}),
+}

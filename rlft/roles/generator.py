@@ -1,8 +1,7 @@
 """GeneratorActor: a vLLM engine that samples rollouts under a named policy version.
 
-Weights arrive as versioned LoRA payloads (rlft.sync.payload); each version is registered under
-its own adapter id (the version number) and the previous one is removed. Version 0 is the base
-model (no adapter). The engine reports the fingerprint of what it loaded.
+Weights arrive as versioned payloads (rlft.sync.payload): the payload applies itself to the
+engine and reports the fingerprint of what the workers loaded. Version 0 is the base model.
 """
 
 from __future__ import annotations
@@ -11,9 +10,9 @@ import logging
 import os
 from typing import Any
 
-log = logging.getLogger(__name__)
+from rlft.sync.payload import EXTENSION
 
-EXTENSION = "rlft.sync.vllm_worker.LoraTensorsExtension"
+log = logging.getLogger(__name__)
 
 
 def engine_kwargs(gen_cfg, model_path: str, dtype: str, lora_rank: int | None, max_model_len: int | None,
@@ -31,22 +30,36 @@ def engine_kwargs(gen_cfg, model_path: str, dtype: str, lora_rank: int | None, m
     return kwargs
 
 
+# vLLM accepts only these max_lora_rank values (vllm 0.32, spec 8.0).
+VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def vllm_lora_rank(rank: int | None) -> int | None:
+    """Smallest max_lora_rank vLLM accepts that holds adapters of this rank."""
+    if not rank:
+        return None
+    return next(r for r in VLLM_LORA_RANKS if r >= rank)
+
+
 class GeneratorActor:
     """Owns one vLLM engine. Construct cheaply; `setup` starts the engine."""
 
-    def __init__(self, gen_cfg, model_path: str, index: int, dtype: str, lora_rank: int | None,
-                 max_model_len: int | None, seed: int, cpu_bind: str | None = None):
-        self.cfg = gen_cfg
+    def __init__(self, cfg, index: int, model_path: str, dtype: str, lora_rank: int | None, seed: int,
+                 cpu_bind: str | None = None):
+        self.cfg = cfg.generator
+        self.max_model_len = cfg.generator.max_model_len
         self.model_path = model_path
         self.index = index
         self.dtype = dtype
-        self.lora_rank = lora_rank
-        self.max_model_len = max_model_len
+        self.lora_rank = vllm_lora_rank(lora_rank)
         self.cpu_bind = cpu_bind
         self.seed = seed
-        self.version = 0
-        self.fingerprint: str | None = None
+        self.weights = None   # the payload applied last (None: base weights, version 0)
         self.llm = None
+
+    @property
+    def version(self) -> int:
+        return self.weights.version if self.weights is not None else 0
 
     def setup(self) -> dict[str, Any]:
         if self.cpu_bind is not None:
@@ -59,26 +72,18 @@ class GeneratorActor:
         return {"index": self.index, "model": self.model_path, "lora": bool(self.lora_rank)}
 
     # ----------------------------------------------------------------- weights
-    def _lora_request(self):
-        if self.version == 0:
-            return None
-        from vllm.lora.request import LoRARequest
-
-        return LoRARequest(f"policy-v{self.version}", self.version, "in-memory")
-
-    def load_adapter(self, payload) -> str:
-        """Register adapter `payload.version`, drop the previous one; return the loaded fingerprint."""
-        if not self.lora_rank:
-            raise RuntimeError("this generator was started without LoRA support")
+    def load_weights(self, payload) -> str:
+        """Apply payload `payload.version` (replacing the previous one); return the loaded fingerprint."""
         if payload.version <= self.version:
             raise ValueError(f"generator {self.index}: version {payload.version} is not newer than {self.version}")
-        fingerprints = self.llm.collective_rpc("rlft_add_lora", args=(payload.version, payload.tensors, payload.config))
-        if self.version:
-            self.llm.collective_rpc("rlft_remove_lora", args=(self.version,))
-        if len(set(fingerprints)) != 1:
-            raise RuntimeError(f"generator {self.index}: workers loaded different adapters {fingerprints}")
-        self.version, self.fingerprint = payload.version, fingerprints[0]
-        return self.fingerprint
+        if payload.kind == "lora" and not self.lora_rank:
+            raise RuntimeError(f"generator {self.index} was started without LoRA support")
+        seen = payload.apply(self.llm, self.weights)
+        self.weights = payload
+        return seen
+
+    def _request(self):
+        return self.weights.request() if self.weights is not None else None
 
     # ----------------------------------------------------------------- sampling
     def generate(self, prompts: list[list[int]], n: int, max_new_tokens: int, temperature: float,
@@ -94,7 +99,7 @@ class GeneratorActor:
                                  seed=seed + i, logprobs=0) for i in range(len(prompts))]
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=p) for p in prompts], params,
-            lora_request=self._lora_request(), use_tqdm=False,
+            lora_request=self._request(), use_tqdm=False,
         )
         results = []
         for out in outputs:
@@ -115,7 +120,7 @@ class GeneratorActor:
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=s) for s in sequences], params,
-            lora_request=self._lora_request(), use_tqdm=False,
+            lora_request=self._request(), use_tqdm=False,
         )
         return [[entry[tok].logprob for entry, tok in zip(out.prompt_logprobs[1:], seq[1:])]
                 for out, seq in zip(outputs, sequences)]

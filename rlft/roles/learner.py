@@ -17,12 +17,11 @@ from typing import Any
 
 import torch
 
-from rlft.algorithms import ALGORITHMS
 from rlft.algorithms.base import StepCounts
-from rlft.generation import greedy_generate
+from rlft.generation import greedy_generate, eval_mode
 from rlft.ops.logprobs import token_logprobs
-from rlft.peft.adapters import adapter_tensors, apply_peft, count_parameters, save_pissa_init, save_trained
-from rlft.sync.payload import AdapterPayload, adapter_config_dict, build_payload, pissa_as_lora
+from rlft.peft import PEFT_METHODS
+from rlft.peft.base import count_parameters
 
 log = logging.getLogger(__name__)
 
@@ -83,28 +82,12 @@ class _Policy:
     def reference_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._learner.reference_logits(batch)
 
-    def logits_from_embeds(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self._learner.engine(inputs_embeds=embeds, attention_mask=attention_mask).logits
-
-    def input_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self._learner.engine.module.get_input_embeddings()(input_ids)
-
 
 class LearnerActor:
     """One data-parallel rank. Construct cheaply; `setup` joins the group and loads the model."""
 
-    def __init__(
-        self,
-        cfg,
-        model_path: str,
-        rank: int,
-        world_size: int,
-        master_addr: str,
-        master_port: int,
-        grad_accum: int,
-        num_threads: int | None,
-        run_dir: str,
-    ):
+    def __init__(self, cfg, spec, rank: int, world_size: int, model_path: str, run_dir: str, master_addr: str,
+                 master_port: int, grad_accum: int, num_threads: int | None = None):
         self.cfg = cfg
         self.model_path = model_path
         self.rank = rank
@@ -113,9 +96,9 @@ class LearnerActor:
         self.grad_accum = grad_accum
         self.num_threads = num_threads
         self.run_dir = Path(run_dir)
-        self.spec = ALGORITHMS[cfg.algorithm.name]
+        self.spec = spec  # the AlgorithmSpec itself: algorithms registered in the driver reach Ray workers
+        self.peft = PEFT_METHODS[cfg.peft.method](cfg.peft)
         self.engine = None
-        self.pissa_init: Path | None = None
 
     # ----------------------------------------------------------------- set-up
     def _init_distributed(self, backend: str) -> None:
@@ -146,11 +129,7 @@ class LearnerActor:
         self.dtype = resolve_dtype(self.cfg.model.dtype, self.device)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.dtype)
-        model = apply_peft(model, self.cfg.peft, self.cfg.run.seed)
-        if self.cfg.peft.method == "pissa" and self.rank == 0:
-            self.pissa_init = save_pissa_init(model, self.run_dir)
-            self.pissa_init_tensors = adapter_tensors(model)
-        return model
+        return self.peft.wrap(model, self.cfg.run.seed, with_reference=self.spec.needs_reference(self.cfg))
 
     def setup(self) -> dict[str, Any]:
         import deepspeed
@@ -181,10 +160,9 @@ class LearnerActor:
 
     # ----------------------------------------------------------------- training
     def reference_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of the reference policy (the PEFT method says what that is), no grad."""
         module = self.engine.module
-        if not hasattr(module, "disable_adapter"):
-            raise NotImplementedError("a reference policy needs LoRA adapters (peft.method=lora)")
-        with torch.no_grad(), module.disable_adapter():
+        with torch.no_grad(), self.peft.reference(module):
             return module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -215,35 +193,27 @@ class LearnerActor:
         return greedy_generate(self.engine.module, self.tokenizer, prompts, max_new_tokens, batch_size, self.engine.device)
 
     @torch.no_grad()
-    def token_logprobs(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Per-token log-probs of batch['labels'] under the current policy (0 off the mask)."""
+    def token_logprobs(self, batch: dict[str, torch.Tensor], reference: bool = False) -> torch.Tensor:
+        """Per-token log-probs of batch['labels'] under the current (or reference) policy, 0 off the mask."""
         batch = self._to_device(batch)
-        was_training = self.engine.module.training
-        self.engine.module.eval()
-        logits = self.engine.module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        if was_training:
-            self.engine.module.train()
+        with eval_mode(self.engine.module):
+            if reference:
+                logits = self.reference_logits(batch)
+            else:
+                logits = self.engine.module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         return token_logprobs(logits, batch["labels"])[0].cpu()
 
-    def export_adapter(self, version: int) -> AdapterPayload | None:
-        """Rank 0: the adapter as a versioned payload for generators (PiSSA as rank-2r LoRA)."""
+    def export_weights(self, version: int):
+        """Rank 0: what generators need after an update, as a versioned payload (rlft.sync)."""
         if self.rank != 0:
             return None
-        module = self.engine.module
-        if not hasattr(module, "peft_config"):
-            raise NotImplementedError("weight sync of full fine-tuning is not supported; use peft.method=lora or pissa")
-        tensors = adapter_tensors(module)
-        rank, alpha = self.cfg.peft.r, self.cfg.peft.alpha
-        if self.cfg.peft.method == "pissa":
-            tensors = pissa_as_lora(tensors, self.pissa_init_tensors)
-            rank, alpha = 2 * rank, 2 * alpha
-        return build_payload(version, tensors, adapter_config_dict(module.peft_config["default"], rank, alpha))
+        return self.peft.export(self.engine.module, version)
 
     def save(self, out_dir: str) -> str | None:
         """Rank 0 writes the checkpoint (params are replicated up to ZeRO-2)."""
         if self.rank != 0:
             return None
-        save_trained(self.engine.module, self.tokenizer, Path(out_dir), self.cfg.peft.method, self.pissa_init)
+        self.peft.save(self.engine.module, self.tokenizer, Path(out_dir))
         return out_dir
 
     def trainable_state(self) -> dict[str, torch.Tensor]:

@@ -1,38 +1,33 @@
-"""RewardActor: turns rollouts into rewards with the task's checkers.
+"""RewardActor: scores rollouts with the configured reward components (rlft.rewards).
 
-The reward of a completion is the task's answer score (1.0 correct, 0.0 wrong for exact-answer
-tasks); the per-step scores are returned too, for process rewards and logging.
+Each component gives a value; the reward is their weighted sum, and the task's answer checker
+decides correctness (accuracy metrics) whatever the components are.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from rlft.data.tasks import Example, build_task
+from rlft.data.tasks import build_task
+from rlft.rewards import REWARD_COMPONENTS
+from rlft.rewards.base import combine
+from rlft.types import Rollout, Score
 
 
 class RewardActor:
-    def __init__(self, task_cfg, index: int = 0, kind: str = "answer"):
-        self.task_cfg = task_cfg
-        self.kind = kind
+    def __init__(self, cfg, index: int = 0):
+        self.cfg = cfg
         self.index = index
         self.task = None
+        self.components = []
 
     def setup(self) -> dict[str, Any]:
-        self.task = build_task(self.task_cfg)
-        return {"index": self.index, "task": self.task.name}
+        self.task = build_task(self.cfg.task)
+        self.components = [(c, REWARD_COMPONENTS[c.name].build(c, self.task)) for c in self.cfg.reward.components]
+        return {"index": self.index, "task": self.task.name, "components": [c.name for c, _ in self.components]}
 
-    def score(self, examples: list[Example], completions: list[str]) -> list[dict[str, Any]]:
-        if len(examples) != len(completions):
-            raise ValueError(f"{len(examples)} examples for {len(completions)} completions")
-        results = []
-        for example, text in zip(examples, completions):
-            answer = float(self.task.score(example, text))
-            steps = self.task.step_scores(example, text)
-            step_accuracy = sum(steps) / len(steps) if steps else 0.0
-            reward = answer if self.kind == "answer" else step_accuracy
-            results.append({"reward": reward, "correct": answer >= 1.0, "step_accuracy": step_accuracy})
-        return results
+    def score(self, rollouts: list[Rollout]) -> list[Score]:
+        return [combine(r, self.components, self.task.score(r.example, r.text) >= 1.0) for r in rollouts]
 
     def close(self) -> None:
-        self.task = None
+        self.task, self.components = None, []

@@ -1,9 +1,16 @@
-"""What the learner publishes after an update: (version, adapter tensors, fingerprint).
+"""Payload kinds: what the learner publishes after an update, and how a generator applies it.
 
-Tensors use PEFT naming (`base_model.model.<module>.lora_A.weight`) so vLLM loads them as an
-ordinary LoRA. A PiSSA adapter only makes sense on the residual base W - s*B0*A0; it is shipped
-as a rank-2r LoRA on the original base (spec 8.2): Delta W = B A - B0 A0 = [B | -B0] [A ; A0],
-with alpha doubled so that the scaling alpha/r stays the same.
+Every payload has a version, a kind and a fingerprint (sha256 over tensor names, dtypes, shapes
+and bytes) that the learner computes before sending and the generator computes from what it
+actually deserialised. Kinds:
+
+* `lora`: LoRA A/B tensors in PEFT naming (`base_model.model.<module>.lora_A.weight`) plus the
+  adapter config; the generator registers them with vLLM as a new adapter per version, from
+  memory (rlft.sync.vllm_worker). PiSSA ships as a rank-2r LoRA on the original base.
+
+Dense tensor sets and sparse deltas (sparse PEFT) are further kinds with the same three
+operations: `build` on the learner, `apply(engine, previous)` on the generator, and
+`request()` for what a generate call must name (a LoRA request, or nothing).
 """
 
 from __future__ import annotations
@@ -11,20 +18,14 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
 
 import torch
 
+from rlft.registry import Registry
 
-@dataclass(frozen=True)
-class AdapterPayload:
-    version: int
-    tensors: bytes        # safetensors serialisation of the adapter state dict
-    config: dict          # PEFT adapter_config.json content (JSON-safe)
-    fingerprint: str      # rlft.sync.payload.fingerprint of the tensors
-
-    @property
-    def num_bytes(self) -> int:
-        return len(self.tensors)
+EXTENSION = "rlft.sync.vllm_worker.WeightSyncExtension"
 
 
 def fingerprint(tensors: dict[str, torch.Tensor]) -> str:
@@ -37,31 +38,10 @@ def fingerprint(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()[:32]
 
 
-def pissa_as_lora(tensors: dict[str, torch.Tensor], initial: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rank-2r LoRA on the original base equal to a PiSSA adapter on its residual base."""
-    out = {}
-    for name, value in tensors.items():
-        if ".lora_A." in name:
-            out[name] = torch.cat([value, initial[name]], dim=0)
-        elif ".lora_B." in name:
-            out[name] = torch.cat([value, -initial[name]], dim=1)
-        else:
-            out[name] = value
-    return out
-
-
-def adapter_config_dict(peft_config, rank: int, alpha: float) -> dict:
-    """JSON-safe adapter config for vLLM, with the shipped rank and alpha."""
-    config = json.loads(json.dumps(peft_config.to_dict(), default=list))
-    config.update(r=rank, lora_alpha=alpha, init_lora_weights=True)
-    return config
-
-
-def build_payload(version: int, tensors: dict[str, torch.Tensor], config: dict) -> AdapterPayload:
+def serialize(tensors: dict[str, torch.Tensor]) -> bytes:
     from safetensors.torch import save
 
-    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-    return AdapterPayload(version=version, tensors=save(tensors), config=config, fingerprint=fingerprint(tensors))
+    return save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
 
 
 def load_tensors(payload_bytes: bytes) -> dict[str, torch.Tensor]:
@@ -70,11 +50,65 @@ def load_tensors(payload_bytes: bytes) -> dict[str, torch.Tensor]:
     return load(payload_bytes)
 
 
-def save_payload_folder(payload: AdapterPayload, folder) -> None:
-    """Write a payload as a PEFT adapter folder (for engines that load adapters from disk)."""
-    from pathlib import Path
+def adapter_config_dict(peft_config, rank: int, alpha: float) -> dict:
+    """JSON-safe PEFT adapter config with the shipped rank and alpha (loads as a plain LoRA)."""
+    config = json.loads(json.dumps(peft_config.to_dict(), default=list))
+    config.update(r=rank, lora_alpha=alpha, init_lora_weights=True)
+    return config
 
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "adapter_model.safetensors").write_bytes(payload.tensors)
-    (folder / "adapter_config.json").write_text(json.dumps(payload.config))
+
+@dataclass(frozen=True)
+class Payload:
+    """Base of every payload kind."""
+
+    kind: ClassVar[str] = "base"
+    version: int
+    tensors: bytes        # safetensors serialisation (bytes survive every transport)
+    fingerprint: str
+
+    @property
+    def num_bytes(self) -> int:
+        return len(self.tensors)
+
+    def apply(self, engine, previous: "Payload | None") -> str:
+        """Load into a vLLM engine (replacing `previous`); return the fingerprint the workers saw."""
+        raise NotImplementedError
+
+    def request(self):
+        """What a generate call names to use these weights (None: the engine's own weights)."""
+        return None
+
+
+@dataclass(frozen=True)
+class LoraPayload(Payload):
+    kind: ClassVar[str] = "lora"
+    config: dict = None   # PEFT adapter_config.json content
+
+    @classmethod
+    def build(cls, version: int, tensors: dict[str, torch.Tensor], config: dict) -> "LoraPayload":
+        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        return cls(version=version, tensors=serialize(tensors), fingerprint=fingerprint(tensors), config=config)
+
+    def apply(self, engine, previous):
+        seen = engine.collective_rpc("rlft_add_lora", args=(self.version, self.tensors, self.config))
+        if isinstance(previous, LoraPayload):
+            engine.collective_rpc("rlft_remove_lora", args=(previous.version,))
+        if len(set(seen)) != 1:
+            raise RuntimeError(f"engine workers loaded different adapters: {seen}")
+        return seen[0]
+
+    def request(self):
+        from vllm.lora.request import LoRARequest
+
+        return LoRARequest(f"policy-v{self.version}", self.version, "in-memory")
+
+    def write_folder(self, folder) -> Path:
+        """A PEFT adapter folder (PeftModel.from_pretrained, vLLM LoRARequest)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "adapter_model.safetensors").write_bytes(self.tensors)
+        (folder / "adapter_config.json").write_text(json.dumps(self.config, indent=2))
+        return folder
+
+
+PAYLOAD_KINDS: Registry = Registry("payload kind", {"lora": LoraPayload})

@@ -1,16 +1,16 @@
-"""vLLM worker extension: load a LoRA adapter from bytes, no file system involved.
+"""vLLM worker extension: apply weight payloads from bytes, no file system involved.
 
 vLLM 0.32's LoRARequest only names a folder, so the generator passes the safetensors bytes to
 every worker through `LLM.collective_rpc` (bytes survive its msgpack transport; dicts of tensors
 do not) and registers the adapter directly with the worker's LoRA manager. The worker returns
-the fingerprint of the tensors it actually deserialised, which the controller checks against
-the learner's.
+the fingerprint of the tensors it actually deserialised, which rlft.sync compares with the
+learner's.
 """
 
 from __future__ import annotations
 
 
-class LoraTensorsExtension:
+class WeightSyncExtension:
     """Mixed into vLLM's worker class (`worker_extension_cls`); `self` is the worker."""
 
     def rlft_add_lora(self, lora_id: int, payload: bytes, config: dict) -> str:

@@ -1,0 +1,51 @@
+"""What a PEFT method provides to the learner (DESIGN section 4).
+
+A method wraps the freshly loaded model, says what the reference policy is (`reference`: a
+context inside which a forward pass is the reference model), exports the payload that
+generators apply after each update (rlft.sync), and writes checkpoints. The learner calls only
+these methods, so nothing else in the code branches on the method.
+"""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import torch
+
+
+class PeftMethod:
+    name = "base"
+    # The rlft.sync payload kind this method exports for generators (None: it cannot sync).
+    payload_kind: str | None = None
+    # Whether `reference` gives a reference policy (KL terms need one).
+    has_reference = False
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    def wrap(self, model: torch.nn.Module, seed: int, with_reference: bool) -> torch.nn.Module:
+        """The model to train. with_reference: keep what `reference` needs (e.g. initial weights)."""
+        raise NotImplementedError
+
+    def reference(self, model: torch.nn.Module) -> AbstractContextManager:
+        """Context in which model(...) computes the reference policy (call under no_grad)."""
+        raise NotImplementedError(f"peft method {self.name!r} has no reference policy")
+
+    def export(self, model: torch.nn.Module, version: int):
+        """The versioned payload that generators apply (an rlft.sync payload)."""
+        raise NotImplementedError(f"peft method {self.name!r} cannot ship its weights to generators")
+
+    def generator_lora_rank(self) -> int | None:
+        """LoRA rank generators must accept to apply the payloads (None: not a LoRA payload)."""
+        return None
+
+    def save(self, model: torch.nn.Module, tokenizer, out_dir: Path) -> Path:
+        raise NotImplementedError
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

@@ -1,0 +1,67 @@
+"""LoRA: W' = W + (alpha/r) B A with B = 0 at init (spec 8.1).
+
+The reference policy is the same model with the adapter disabled (no second copy). Generators
+get the A/B tensors in PEFT naming; checkpoints are the same tensors as a PEFT adapter folder,
+loadable by `PeftModel.from_pretrained(base, folder)` and by vLLM.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from rlft.peft.base import PeftMethod
+from rlft.sync.payload import LoraPayload, adapter_config_dict
+
+
+def adapter_tensors(model, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """Adapter weights in PEFT checkpoint naming (what vLLM and PeftModel load), detached copies."""
+    from peft import get_peft_model_state_dict
+
+    state = get_peft_model_state_dict(model, adapter_name=adapter_name)
+    return {k: v.detach().cpu().clone() for k, v in state.items()}
+
+
+class LoRA(PeftMethod):
+    name = "lora"
+    payload_kind = "lora"
+    has_reference = True
+
+    def lora_config(self, init_lora_weights: bool | str = True):
+        from peft import LoraConfig
+
+        cfg = self.cfg
+        return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                          target_modules=list(cfg.target_modules), init_lora_weights=init_lora_weights,
+                          task_type="CAUSAL_LM")
+
+    def wrap(self, model, seed, with_reference):
+        from peft import get_peft_model
+
+        torch.manual_seed(seed)  # identical adapters on every rank
+        return get_peft_model(model, self.lora_config())
+
+    @contextmanager
+    def reference(self, model):
+        with model.disable_adapter():
+            yield
+
+    # What generators and checkpoints receive: (tensors, rank, alpha) of a LoRA on the original base.
+    def shipped_lora(self, model) -> tuple[dict[str, torch.Tensor], int, float]:
+        return adapter_tensors(model), self.cfg.r, self.cfg.alpha
+
+    def generator_lora_rank(self) -> int:
+        return self.cfg.r
+
+    def export(self, model, version):
+        tensors, rank, alpha = self.shipped_lora(model)
+        return LoraPayload.build(version, tensors, adapter_config_dict(model.peft_config["default"], rank, alpha))
+
+    def save(self, model, tokenizer, out_dir):
+        out_dir = Path(out_dir)
+        self.export(model, version=0).write_folder(out_dir)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(out_dir))
+        return out_dir

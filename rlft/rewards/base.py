@@ -1,0 +1,63 @@
+"""What a reward component is, and how a run's components combine into one `Score`.
+
+A component is built once per reward actor from its config section and the task, and maps a
+rollout to a value (and optionally one value per segment of the rollout: steps, turns). The
+reward is sum_k weight_k * value_k; each component's unweighted value is kept by name so the
+controller can log it (`reward/<name>`). Correctness always comes from the task's answer checker.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol
+
+from pydantic import Field
+
+from rlft.schema import Section
+from rlft.types import Rollout, Score
+
+
+class ComponentConfig(Section):
+    """Fields every component has; a component's own section adds its options."""
+
+    name: str = Field(description="Registered component name.")
+    weight: float = Field(1.0, description="Weight of this component in the summed reward.")
+
+
+@dataclass
+class ComponentValue:
+    value: float
+    segment_values: list[float] | None = None
+
+
+class RewardComponent(Protocol):
+    def __call__(self, rollout: Rollout) -> ComponentValue:
+        """Score one rollout."""
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """Registration record: the config section and a builder (config, task) -> component."""
+
+    name: str
+    config_cls: type[ComponentConfig]
+    build: Callable[[Any, Any], RewardComponent]
+
+
+def combine(rollout: Rollout, components: list[tuple[ComponentConfig, RewardComponent]], correct: bool) -> Score:
+    """Weighted sum of component values; segment rewards summed over components that give them."""
+    total, named, segments = 0.0, {}, None
+    for cfg, component in components:
+        out = component(rollout)
+        total += cfg.weight * out.value
+        named[cfg.name] = out.value
+        if out.segment_values is not None:
+            weighted = [cfg.weight * v for v in out.segment_values]
+            if segments is None:
+                segments = weighted
+            elif len(segments) != len(weighted):
+                raise ValueError(f"reward component {cfg.name!r} gives {len(weighted)} segment values, "
+                                 f"another component gave {len(segments)}")
+            else:
+                segments = [a + b for a, b in zip(segments, weighted)]
+    return Score(reward=total, correct=correct, components=named, segment_rewards=segments)

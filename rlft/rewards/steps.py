@@ -1,0 +1,29 @@
+"""Per-step checker: the mean of the task's per-step scores (a denser signal than the answer alone).
+
+For arith the steps are the digit-column lines followed by the answer; tasks without steps give
+one score (their answer score). Per-segment values need step segments on the rollout, which
+the progress-tracker issue adds; until then this is a sequence-level reward.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from rlft.rewards.base import ComponentConfig, ComponentSpec, ComponentValue
+from rlft.types import Rollout
+
+
+class StepsConfig(ComponentConfig):
+    name: Literal["steps"] = "steps"
+
+
+class StepsReward:
+    def __init__(self, cfg: StepsConfig, task):
+        self.task = task
+
+    def __call__(self, rollout: Rollout) -> ComponentValue:
+        scores = [float(s) for s in self.task.step_scores(rollout.example, rollout.text)]
+        return ComponentValue(sum(scores) / len(scores) if scores else 0.0)
+
+
+SPEC = ComponentSpec("steps", StepsConfig, StepsReward)

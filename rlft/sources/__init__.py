@@ -1,0 +1,39 @@
+"""Data sources: where an algorithm's training items come from (`AlgorithmSpec.source`).
+
+A source is built once per run from a `SourceContext` and hands the controller one batch of
+items per iteration (`next_batch`), with the metrics of making it. Registered by name:
+
+  dataset   examples of the task's train split, in a seeded epoch order (SFT)
+  rollouts  prompts from the train split, sampled by the generator roles and scored by the
+            reward roles (policy-gradient algorithms)
+
+Preference pairs, trees and in-learner sampling are further sources.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from rlft.registry import Registry
+
+SOURCES: Registry = Registry("data source", {
+    "dataset": "rlft.sources.dataset:DatasetSource",
+    "rollouts": "rlft.sources.rollouts:RolloutSource",
+})
+
+
+@dataclass
+class SourceContext:
+    cfg: Any                 # the whole run config
+    spec: Any                # the algorithm's AlgorithmSpec
+    task: Any
+    tokenizer: Any
+    chat: bool
+    train_examples: list
+    roles: dict[str, Any]    # role kind -> RoleGroup ("generator", "reward", ...)
+
+    def rows_per_batch(self) -> int:
+        """Training rows one source batch must yield: batch_size per optimizer step x mini-batches."""
+        mini_batches, _ = self.spec.passes(self.cfg)
+        return self.cfg.train.batch_size * mini_batches

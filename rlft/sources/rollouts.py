@@ -1,0 +1,84 @@
+"""Rollouts: prompts from the train split, sampled by the generators and scored by the reward roles.
+
+One batch = rows_per_batch / samples_per_prompt prompts, each sampled samples_per_prompt times
+(one group id per prompt). `generate` and `score` are also what evaluation with generators uses.
+"""
+
+from __future__ import annotations
+
+import time
+
+from rlft.data.collate import encode_prompt
+from rlft.data.sampler import EpochSampler
+from rlft.sources import SourceContext
+from rlft.types import Rollout
+
+
+def split_evenly(items: list, parts: int) -> list[list]:
+    size, extra = divmod(len(items), parts)
+    out, start = [], 0
+    for i in range(parts):
+        end = start + size + (1 if i < extra else 0)
+        out.append(items[start:end])
+        start = end
+    return out
+
+
+def generate(generators, tokenizer, chat: bool, examples: list, n: int, max_new_tokens: int,
+             temperature: float, top_p: float, seed: int) -> list[Rollout]:
+    """n samples per example, the prompts spread evenly over the generator roles; group = prompt index."""
+    prompts = [encode_prompt(tokenizer, ex.prompt, chat) for ex in examples]
+    chunks = split_evenly(list(range(len(examples))), len(generators))
+    results = generators.call_each("generate", [
+        ([prompts[i] for i in chunk], n, max_new_tokens, temperature, top_p, seed * 100_000 + chunk[0] if chunk else 0)
+        for chunk in chunks
+    ])
+    rollouts = []
+    for chunk, per_prompt in zip(chunks, results):
+        for i, samples in zip(chunk, per_prompt):
+            for s in samples:
+                rollouts.append(Rollout(examples[i], i, prompts[i], s["completion_ids"], s["logprobs"],
+                                        s["text"], s["version"], s["finish_reason"]))
+    return rollouts
+
+
+def score(rewards, rollouts: list[Rollout]) -> None:
+    """Attach a Score to every rollout, the rollouts spread evenly over the reward roles."""
+    chunks = split_evenly(rollouts, len(rewards))
+    for chunk, scores in zip(chunks, rewards.call_each("score", [(c,) for c in chunks])):
+        for rollout, s in zip(chunk, scores):
+            rollout.score = s
+
+
+def reward_metrics(rollouts: list[Rollout], task_name: str, prefix: str = "reward") -> dict[str, float]:
+    n = len(rollouts)
+    metrics = {f"{prefix}/mean": sum(r.reward for r in rollouts) / n,
+               f"{prefix}/accuracy_{task_name}": sum(r.correct for r in rollouts) / n}
+    for name in rollouts[0].scored.components:
+        metrics[f"{prefix}/{name}"] = sum(r.scored.components[name] for r in rollouts) / n
+    return metrics
+
+
+class RolloutSource:
+    def __init__(self, ctx: SourceContext):
+        self.ctx = ctx
+        self.sampler = EpochSampler(len(ctx.train_examples), ctx.cfg.run.seed)
+
+    def next_batch(self, iteration: int, policy_version: int) -> tuple[list[Rollout], dict[str, float]]:
+        ctx, ro = self.ctx, self.ctx.cfg.rollout
+        group = ctx.spec.samples_per_prompt(ctx.cfg)
+        prompts = self.sampler.next_batch(ctx.train_examples, ctx.rows_per_batch() // group)
+        t0 = time.time()
+        rollouts = generate(ctx.roles["generator"], ctx.tokenizer, ctx.chat, prompts, group, ro.max_new_tokens,
+                            ro.temperature, ro.top_p, seed=ctx.cfg.run.seed * 100_003 + iteration)
+        t1 = time.time()
+        score(ctx.roles["reward"], rollouts)
+        t2 = time.time()
+        gen_tokens = sum(len(r.completion_ids) for r in rollouts)
+        return rollouts, {
+            **reward_metrics(rollouts, ctx.task.name),
+            "rollout/response_length": gen_tokens / len(rollouts),
+            "rollout/staleness": float(policy_version - min(r.version for r in rollouts)),
+            "perf/time_generate": t1 - t0, "perf/time_reward": t2 - t1,
+            "perf/gen_tokens_per_s": gen_tokens / max(t1 - t0, 1e-9),
+        }

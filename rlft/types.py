@@ -1,0 +1,76 @@
+"""What crosses role boundaries: rollouts (generator -> reward -> learner) and their scores.
+
+Plain dataclasses: no torch, no engine objects, so they pickle cheaply through Ray and read the
+same in every run mode.
+
+Segments are token spans of a completion, `[start, end)` in completion-token offsets: the steps
+of a reasoning trace, the turns of a multi-turn episode, or observation spans (text a tool or
+environment inserted) that must carry no policy gradient and no KL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from rlft.data.jsonl import Example
+
+SegmentKind = Literal["step", "turn", "observation"]
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A span [start, end) of completion tokens."""
+
+    start: int
+    end: int
+    kind: SegmentKind = "step"
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start <= self.end:
+            raise ValueError(f"segment [{self.start}, {self.end}) is not a valid span")
+
+
+@dataclass
+class Score:
+    """What the reward actors say about one rollout.
+
+    `reward` is the weighted sum of the named `components` (each component's own value, before
+    weighting, is kept for logging). `segment_rewards` (one per rollout segment, optional) is for
+    per-step / per-turn credit; `correct` is the task checker's verdict, used for accuracy.
+    """
+
+    reward: float
+    correct: bool
+    components: dict[str, float] = field(default_factory=dict)
+    segment_rewards: list[float] | None = None
+
+
+@dataclass
+class Rollout:
+    """One sampled completion of one prompt, with everything needed to score and train on it."""
+
+    example: Example
+    group: int                  # explicit group id: rollouts of the same prompt share it
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    logprobs: list[float]       # sampling log-probs of completion_ids under `version`
+    text: str
+    version: int                # policy version that produced it
+    finish_reason: str | None = None
+    segments: list[Segment] = field(default_factory=list)
+    score: Score | None = None
+
+    @property
+    def reward(self) -> float:
+        return self.scored.reward
+
+    @property
+    def correct(self) -> bool:
+        return self.scored.correct
+
+    @property
+    def scored(self) -> Score:
+        if self.score is None:
+            raise ValueError("rollout has not been scored yet")
+        return self.score

@@ -1,0 +1,264 @@
+"""The one controller with fake roles, in one process: call order, versions, sync failures, and an
+algorithm defined entirely in this file (REINFORCE with a mean baseline).
+
+The fake learner is a bigram policy that really runs the registered algorithm's loss; the fake
+generator samples fixed token patterns; the fake reward scores by completion length.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from typing import Literal
+
+import pytest
+import torch
+
+from rlft.algorithms import ALGORITHMS
+from rlft.algorithms.base import AlgorithmSpec, RowContext
+from rlft.controller import Controller, train
+from rlft.ops.logprobs import token_logprobs
+from rlft.roles import ROLES
+from rlft.rollouts import pad_rollout_rows, rollout_row
+from rlft.schema import Section
+from rlft.sync.protocol import SyncError
+from rlft.types import Rollout, Score
+from tests.helpers import tiny_config
+
+CALLS: list[tuple[str, str]] = []
+VOCAB = 128
+
+
+@dataclass(frozen=True)
+class FakePayload:
+    version: int
+    fingerprint: str
+    kind: str = "fake"
+    num_bytes: int = 3
+
+
+class FakeLearner:
+    def __init__(self, cfg, spec, rank, world_size, model_path, run_dir, master_addr, master_port, grad_accum,
+                 num_threads=None):
+        self.cfg, self.spec, self.rank = cfg, spec, rank
+        self.table = torch.nn.Parameter(torch.zeros(VOCAB, VOCAB))  # bigram logits: next token | token
+        self.batches: list[dict] = []
+        FakeLearner.last = self
+
+    def logits(self, batch):
+        return self.table[batch["input_ids"]]
+
+    def reference_logits(self, batch):
+        return torch.zeros(*batch["input_ids"].shape, VOCAB)
+
+    def setup(self):
+        CALLS.append(("learner", "setup"))
+        return {"trainable_params": self.table.numel()}
+
+    def train_step(self, micro_batches, counts):
+        CALLS.append(("learner", "train_step"))
+        totals = {"loss": 0.0}
+        for batch in micro_batches:
+            self.batches.append(batch)
+            loss, metrics = self.spec.micro_batch_loss(self, batch, self.cfg.algorithm, counts)
+            loss.backward()
+            totals["loss"] += float(loss.detach())
+            for key, value in metrics.items():
+                totals[key] = totals.get(key, 0.0) + value
+        with torch.no_grad():
+            totals["grad_norm"] = float(self.table.grad.norm())
+            self.table -= self.cfg.train.lr * self.table.grad
+            self.table.grad = None
+        return {**totals, "lr": self.cfg.train.lr}
+
+    def export_weights(self, version):
+        CALLS.append(("learner", "export_weights"))
+        return FakePayload(version, fingerprint=f"fp-{version}")
+
+    def token_logprobs(self, batch, reference=False):
+        CALLS.append(("learner", "token_logprobs"))
+        return torch.zeros(1, batch["input_ids"].shape[1] - 1)
+
+    def save(self, out_dir):
+        CALLS.append(("learner", "save"))
+
+    def close(self):
+        CALLS.append(("learner", "close"))
+
+
+class FakeGenerator:
+    corrupt = False  # True: report a fingerprint other than the one sent
+
+    def __init__(self, cfg, index, model_path, dtype, lora_rank, seed, cpu_bind=None):
+        self.index, self.version = index, 0
+
+    def setup(self):
+        CALLS.append(("generator", "setup"))
+        return {}
+
+    def generate(self, prompts, n, max_new_tokens, temperature, top_p, seed):
+        CALLS.append(("generator", "generate"))
+        # Sample j of every prompt has j + 1 tokens, so rewards differ inside a group.
+        return [[{"completion_ids": [10 + j] * (j + 1), "logprobs": [-1.0] * (j + 1), "text": "A: 0",
+                  "finish_reason": "stop", "version": self.version} for j in range(n)] for _ in prompts]
+
+    def load_weights(self, payload):
+        CALLS.append(("generator", "load_weights"))
+        self.version = payload.version
+        return "tampered" if FakeGenerator.corrupt else payload.fingerprint
+
+    def prompt_logprobs(self, sequences):
+        CALLS.append(("generator", "prompt_logprobs"))
+        return [[0.0] * (len(s) - 1) for s in sequences]
+
+    def close(self):
+        CALLS.append(("generator", "close"))
+
+
+class FakeReward:
+    def __init__(self, cfg, index):
+        pass
+
+    def setup(self):
+        CALLS.append(("reward", "setup"))
+        return {}
+
+    def score(self, rollouts):
+        CALLS.append(("reward", "score"))
+        return [Score(reward=float(len(r.completion_ids) % 2), correct=len(r.completion_ids) == 1,
+                      components={"length_parity": float(len(r.completion_ids) % 2)}) for r in rollouts]
+
+    def close(self):
+        CALLS.append(("reward", "close"))
+
+
+# ---- a new algorithm, defined and registered here: REINFORCE with a per-group mean baseline -----
+
+class ReinforceConfig(Section):
+    name: Literal["reinforce"] = "reinforce"
+    group_size: int = 4
+
+
+def reinforce_loss(model, batch, cfg, counts):
+    """L = -(1/N) sum_{i,t} (r_i - mean_group(r)) log pi(y_it), N = the step's response tokens."""
+    logprobs, mask = token_logprobs(model.logits(batch), batch["labels"])
+    loss = -(batch["advantages"] * logprobs * mask).sum() / counts.num_tokens
+    return loss, {"tokens": float(mask.sum()), "logprob_sum": float((logprobs * mask).sum().detach())}
+
+
+def reinforce_rows(rollouts: list[Rollout], ctx: RowContext):
+    groups: dict[int, list[float]] = {}
+    for r in rollouts:
+        groups.setdefault(r.group, []).append(r.reward)
+    baseline = {g: sum(v) / len(v) for g, v in groups.items()}
+    return [rollout_row(r, r.reward - baseline[r.group], 0.0, ctx.max_length) for r in rollouts], {}
+
+
+REINFORCE = AlgorithmSpec(
+    name="reinforce", config_cls=ReinforceConfig, source="rollouts", roles=("generator", "reward"),
+    micro_batch_loss=reinforce_loss, build_rows=reinforce_rows, pad=pad_rollout_rows,
+    samples_per_prompt=lambda run_cfg: run_cfg.algorithm.group_size,
+    log_metrics=lambda sums, steps: {"train/logprob": sums["logprob_sum"] / sums["tokens"]},
+)
+
+
+@pytest.fixture(autouse=True)
+def fakes():
+    for kind, cls in (("learner", FakeLearner), ("generator", FakeGenerator), ("reward", FakeReward)):
+        ROLES[kind].register("fake", cls, replace=True)
+    ALGORITHMS.register("reinforce", REINFORCE, replace=True)
+    CALLS.clear()
+    FakeGenerator.corrupt = False
+    yield
+    for kind in ROLES:
+        ROLES[kind].unregister("fake")
+    ALGORITHMS.unregister("reinforce")
+
+
+def _config(tmp_path, name="fake", **over):
+    sections = dict(
+        runtime={"roles": {"learner": "fake", "generator": "fake", "reward": "fake"}},
+        algorithm={"name": "reinforce"}, peft={"method": "lora", "r": 4}, generator={"count": 1},
+        train={"steps": 3, "batch_size": 8, "micro_batch_size": 4, "lr": 0.5},
+        task={"name": "arith", "train_size": 64, "eval_size": 4}, eval={"num_examples": 4},
+    )
+    for key, values in over.items():
+        replaced = key in ("task", "algorithm") and values.get("name") not in (None, sections[key]["name"])
+        sections[key] = dict(values) if replaced else {**sections.get(key, {}), **values}
+    return tiny_config(tmp_path, name, **sections)
+
+
+ITERATION = [("generator", "generate"), ("reward", "score"), ("learner", "train_step"),
+             ("learner", "export_weights"), ("generator", "load_weights"),
+             ("learner", "token_logprobs"), ("generator", "prompt_logprobs")]
+EVAL = [("generator", "generate"), ("reward", "score")]
+
+
+def test_new_algorithm_runs_in_the_controller_with_fake_roles_in_call_order(tmp_path):
+    started = time.perf_counter()
+    summary = train(_config(tmp_path), show_progress=False)
+    seconds = time.perf_counter() - started
+    setup = [("learner", "setup"), ("generator", "setup"), ("reward", "setup")]
+    start = EVAL + [("learner", "token_logprobs"), ("generator", "prompt_logprobs")]
+    end = EVAL + [("learner", "save"), ("reward", "close"), ("generator", "close"), ("learner", "close")]
+    assert CALLS == setup + start + ITERATION * 3 + end
+    assert summary["policy_version"] == 3 and summary["iterations"] == 3
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "fake" / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in rows if "train/loss" in r]
+    assert [r["sync/version"] for r in trained] == [1.0, 2.0, 3.0]
+    assert all(r["rollout/staleness"] == 0.0 for r in trained)  # each batch sampled by the latest version
+    assert all("train/logprob" in r and "reward/length_parity" in r for r in trained)
+    print(f"controller run with fake roles: {seconds:.2f} s")
+
+
+def test_reinforce_rows_carry_mean_baseline_advantages_and_the_update_follows_them(tmp_path):
+    """Samples of lengths 1..4 score [1, 0, 1, 0]: advantages [.5, -.5, .5, -.5] in every group, and
+    the bigram policy moves toward the rewarded (odd-length) samples."""
+    train(_config(tmp_path, train={"steps": 1}), show_progress=False)
+    learner = FakeLearner.last
+    batches = learner.batches
+    assert len(batches) == 2  # 8 rows in micro-batches of 4
+    for batch in batches:
+        per_row = [float(a[a != 0][0]) for a in batch["advantages"]]
+        assert per_row == [0.5, -0.5, 0.5, -0.5]
+    # Token 10 after token 10 appears in rewarded and penalised samples alike; EOS-free samples of
+    # length 1 (rewarded) end right after the prompt, so the logit of 10 after the prompt's last token rises.
+    assert learner.table.detach().abs().sum() > 0
+
+
+def test_wrong_fingerprint_from_a_generator_stops_the_run(tmp_path):
+    FakeGenerator.corrupt = True
+    with pytest.raises(SyncError, match="generator 0 loaded fake weights version 1 with fingerprint tampered"):
+        train(_config(tmp_path), show_progress=False)
+    assert CALLS.count(("learner", "train_step")) == 1  # nothing trained after the failed sync
+    assert {("learner", "close"), ("generator", "close"), ("reward", "close")} <= set(CALLS)
+
+
+def test_a_run_folder_is_never_destroyed_by_default(tmp_path):
+    first = train(_config(tmp_path, "same"), show_progress=False)
+    metrics = (tmp_path / "runs" / "same" / "metrics.jsonl").read_text()
+    second = train(_config(tmp_path, "same"), show_progress=False)
+    assert first["run_dir"].endswith("same") and second["run_dir"].endswith("same-2")
+    assert (tmp_path / "runs" / "same" / "metrics.jsonl").read_text() == metrics
+    with pytest.raises(FileExistsError, match="run.if_exists"):
+        Controller(_config(tmp_path, "same", run={"if_exists": "error"}), show_progress=False).run()
+
+
+def test_prompt_too_long_names_the_file_line_before_any_role_starts(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("\n".join(json.dumps({"prompt": p, "response": "ok"}) for p in ["short", "x" * 80, "fine"]) + "\n")
+    cfg = _config(tmp_path, task={"name": "jsonl", "path": str(rows), "eval_fraction": 0.0}, algorithm={"name": "sft"},
+                  peft={"method": "full"}, train={"steps": 1, "batch_size": 4, "micro_batch_size": 4})
+    with pytest.raises(ValueError, match=r"rows.jsonl:2\): prompt of 80 tokens \+ 1 more does not fit train.max_length \(64\)"):
+        Controller(cfg, show_progress=False).run()
+    assert CALLS == []
+
+
+def test_import_config_loads_no_heavy_dependency():
+    code = ("import sys, rlft.config; "
+            "print([m for m in ('torch', 'transformers', 'vllm', 'deepspeed', 'ray') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
