@@ -12,8 +12,8 @@ generation, at most 32 sampled tokens per completion, temperature 1.0.
 
 * rlft: `rlft.controller.train` on the recipe as shipped (2 vLLM generator actors, 1 reward
   actor, 2 DeepSpeed learner ranks, 4 optimizer steps per rollout batch of 256), with evaluation,
-  wandb and plots off. Reported: the run's own `completions_per_s` (RL loop only, roles already
-  started) and the median of the per-iteration `perf/completions_per_s` in metrics.jsonl, first
+  wandb and plots off. Reported: the run's own `samples_per_s` (RL loop only, roles already
+  started) and the median of the per-iteration `perf/samples_per_s` (completions per second) in metrics.jsonl, first
   iteration skipped as warm-up.
 * TRL: `GRPOTrainer` in one process (the only learner), HF `generate`, no vLLM,
   per_device_train_batch_size 32 x gradient_accumulation_steps 2 = 64 completions = 8 prompts x 8
@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 import traceback
+from pathlib import Path
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,11 +98,11 @@ def run_rlft(args) -> dict:
     t0 = time.time()
     summary = train(cfg, show_progress=False)
     wall = time.time() - t0
-    rows = [json.loads(line) for line in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
-    per_iter = [r for r in rows if "perf/completions_per_s" in r][1:]  # first iteration = warm-up
+    rows = [json.loads(line) for line in (Path(summary["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+    per_iter = [r for r in rows if "perf/samples_per_s" in r][1:]  # first iteration = warm-up
     return {
-        "completions_per_s": summary["completions_per_s"],
-        "iter_completions_per_s": statistics.median(r["perf/completions_per_s"] for r in per_iter) if per_iter else None,
+        "completions_per_s": summary["samples_per_s"],
+        "iter_completions_per_s": statistics.median(r["perf/samples_per_s"] for r in per_iter) if per_iter else None,
         "steps": cfg.train.steps, "completions": summary["iterations"] * cfg.train.batch_size * cfg.rollout.mini_batches,
         "setup_s": wall - summary["seconds"], "loop_s": summary["seconds"],
         "reward": statistics.mean(r["reward/mean"] for r in per_iter) if per_iter else None,

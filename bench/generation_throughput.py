@@ -16,7 +16,7 @@ per-prompt seeds, EOS stops generation) for:
           prompts (left-padded batch, sampling): what TRL's GRPOTrainer uses without vLLM.
 
 Each path runs once on a plain engine and once with LoRA enabled and an r=8 adapter in every
-request (the actor gets it through `build_payload` + `load_adapter`, the bare engine as a
+request (the actor gets it through `LoraPayload.build` + `load_weights`, the bare engine as a
 `LoRARequest` on the same adapter written as a PEFT folder). Only one engine is alive at a time
 (2 cores): the bare engine is shut down, deleted and garbage-collected before the actor starts,
 and the actor is closed and killed (`ray.kill`) before the next engine starts. Each measurement
@@ -88,8 +88,8 @@ def make_payload(model_path: str, rank: int = 8, alpha: float = 16.0):
     from transformers import AutoModelForCausalLM
 
     from rlft.config import PeftConfig
-    from rlft.peft.adapters import adapter_tensors
-    from rlft.sync.payload import adapter_config_dict, build_payload
+    from rlft.peft.lora import adapter_tensors
+    from rlft.sync.payload import LoraPayload, adapter_config_dict
 
     torch.manual_seed(0)
     lora = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, task_type="CAUSAL_LM",
@@ -97,7 +97,7 @@ def make_payload(model_path: str, rank: int = 8, alpha: float = 16.0):
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32), lora)
     tensors = adapter_tensors(model)
     tensors = {k: (torch.randn_like(v) * 0.05 if ".lora_B." in k else v) for k, v in tensors.items()}
-    return build_payload(ADAPTER_VERSION, tensors, adapter_config_dict(lora, rank, alpha))
+    return LoraPayload.build(ADAPTER_VERSION, tensors, adapter_config_dict(lora, rank, alpha))
 
 
 def engine_args(model_path: str, lora: bool) -> dict:
@@ -187,19 +187,21 @@ def run_hf(model_path, prompts, args) -> list:
 def run_actor(model_path, prompts, args, payload, mode: str = "local") -> list:
     """GeneratorActor through a RoleGroup: a Ray actor ("local") or a plain object ("inline")."""
     from rlft import runtime
-    from rlft.config import GeneratorConfig
+    from rlft.config import config_from_dict
     from rlft.roles.generator import GeneratorActor
 
+    cfg = config_from_dict({"task": {"name": "arith"}, "algorithm": {"name": "gppo"}})
     lora_rank = 8 if payload is not None else None
     group = runtime.RoleGroup.create(
-        GeneratorActor, mode, [(GeneratorConfig(), model_path, 0, "float32", lora_rank, None, 0, args.bind)],
+        GeneratorActor, mode, [dict(cfg=cfg, index=0, model_path=model_path, dtype="float32", lora_rank=lora_rank,
+                                    seed=0, cpu_bind=args.bind)],
         num_cpus=1.0, name="bench-generator",
     )
     try:
         with cpu_binding(None):  # inline: setup() sets the binding env vars in this process; undo after
             group.call("setup")
         if payload is not None:
-            loaded = group.call("load_adapter", runtime.put(payload, mode))[0]
+            loaded = group.call("load_weights", group.share(payload))[0]
             assert loaded == payload.fingerprint, (loaded, payload.fingerprint)
 
         def call():
@@ -258,13 +260,12 @@ def main() -> None:
     if not args.verbose:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # before Ray starts: actors inherit it
     from rlft import runtime
-    from rlft.sync.payload import save_payload_folder
 
     model_path, prompts = make_prompts(args.prompts)
     payload = None if args.no_lora else make_payload(model_path)
     adapter_dir = tempfile.mkdtemp(prefix="rlft_bench_lora_")
     if payload is not None:
-        save_payload_folder(payload, adapter_dir)
+        payload.write_folder(adapter_dir)
     runtime.start("local")  # Ray is up (and idle) during both paths, so both see the same background
     samples: dict = {}
     setups = [("base", None)] + ([] if payload is None else [("lora", payload)])

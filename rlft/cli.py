@@ -76,10 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from rlft.config import ConfigError
     from rlft.data.jsonl import DataError
+    from rlft.sync.protocol import SyncError
+    from rlft.validation import RunError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, FileNotFoundError, FileExistsError) as err:
+    except (ConfigError, DataError, RunError, SyncError, FileNotFoundError, FileExistsError) as err:
         print(f"rlft: error: {err}", file=sys.stderr)
         return 2
 

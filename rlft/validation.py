@@ -12,7 +12,12 @@ import json
 from pathlib import Path
 
 from rlft.data.collate import encode_prompt
+from rlft.registry import UnknownName
 from rlft.roles import ROLES
+
+
+class RunError(ValueError):
+    """A run cannot start as configured; the message names the key or example and a fix."""
 
 
 def check_config(cfg, spec, peft_cls) -> None:
@@ -27,7 +32,10 @@ def check_config(cfg, spec, peft_cls) -> None:
         raise ValueError(f"algorithm {spec.name!r} needs a reference policy, which peft.method={cfg.peft.method} "
                          "does not keep; use lora or pissa, or turn the KL term off")
     for kind in ("learner", *spec.roles):
-        ROLES[kind].get(getattr(cfg.runtime.roles, kind))
+        try:
+            ROLES[kind].get(getattr(cfg.runtime.roles, kind))
+        except UnknownName as err:
+            raise RunError(f"runtime.roles.{kind}: {err}") from None
     spec.validate(cfg)
 
 
@@ -66,6 +74,12 @@ def check_lengths(cfg, spec, model_path, tokenizer, chat: bool, train_examples, 
 
 
 def check_run(cfg, spec, peft_cls, data: tuple | None = None) -> None:
-    check_config(cfg, spec, peft_cls)
-    if data is not None:
-        check_lengths(cfg, spec, *data)
+    """RunError (a ValueError) naming what is wrong, before any role starts."""
+    try:
+        check_config(cfg, spec, peft_cls)
+        if data is not None:
+            check_lengths(cfg, spec, *data)
+    except RunError:
+        raise
+    except ValueError as err:
+        raise RunError(str(err)) from None

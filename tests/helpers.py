@@ -5,9 +5,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+import torch
+
 from rlft.algorithms import ALGORITHMS
 from rlft.algorithms.gppo import GPPOConfig
 from rlft.config import RLFTConfig, config_from_dict
+from rlft.data.collate import encode_prompt
+from rlft.types import Rollout, Score
 
 
 def tiny_config(tmp_path, name: str = "t", **sections) -> RLFTConfig:
@@ -39,3 +43,16 @@ class LearnerOnlyGPPOConfig(GPPOConfig):
 # an importable module (not a test file) so that Ray learner actors can unpickle it.
 LEARNER_ONLY_GPPO = dataclasses.replace(ALGORITHMS["gppo"], name="gppo_learner_only", roles=(),
                                         config_cls=LearnerOnlyGPPOConfig)
+
+
+def synthetic_rollout_rows(ctl, n=8):
+    """Rollout rows from reference responses with fixed advantages and perturbed old log-probs."""
+    gen = torch.Generator().manual_seed(0)
+    rollouts = []
+    for i, ex in enumerate(ctl.train_examples[:n]):
+        prompt = encode_prompt(ctl.tokenizer, ex.prompt, False)
+        completion = ctl.tokenizer(ex.response, add_special_tokens=False)["input_ids"] + [ctl.tokenizer.eos_token_id]
+        logprobs = (-torch.rand(len(completion), generator=gen) * 2).tolist()
+        rollouts.append(Rollout(ex, i // 4, prompt, completion, logprobs, ex.response, 0,
+                                score=Score(reward=float(i % 3 == 0), correct=False)))
+    return ctl.spec.build_rows(rollouts, ctl.row_ctx)[0]

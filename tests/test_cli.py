@@ -27,3 +27,13 @@ def test_doctor_reports_working_stack():
     for name in ("torch", "deepspeed", "ray", "vllm"):
         assert name in out.stdout
     assert out.stdout.count("ok (") == 3
+
+
+def test_a_run_that_cannot_start_is_one_line_before_any_role(tmp_path, capsys):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"run: {{output_dir: {tmp_path}/runs}}\nruntime: {{mode: inline}}\ntask: {{name: arith}}\n"
+                      "algorithm: {name: gppo}\nrollout: {max_new_tokens: 60}\ntrain: {max_length: 64}\n")
+    assert main(["train", str(recipe), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rlft: error: train example 0: prompt of ") and "does not fit train.max_length (64)" in err
+    assert not (tmp_path / "runs").exists()

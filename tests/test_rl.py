@@ -2,17 +2,18 @@
 
 import dataclasses
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
 from rlft.algorithms import ALGORITHMS
 from rlft.controller import Controller, train
-from rlft.data.collate import encode_prompt
 from rlft.sources.rollouts import generate, score
 from rlft.sync.protocol import SyncError
-from rlft.types import Rollout, Score
-from tests.helpers import LEARNER_ONLY_GPPO, tiny_config
+from rlft.types import Score
+from tests.helpers import LEARNER_ONLY_GPPO, synthetic_rollout_rows, tiny_config
 
 RL = dict(
     algorithm={"name": "gppo", "group_size": 4},
@@ -82,24 +83,11 @@ def learner_only_gppo():
     ALGORITHMS.unregister(LEARNER_ONLY_GPPO.name)
 
 
-def _synthetic_rows(ctl, n=8):
-    """Rollout rows from reference responses with fixed advantages and perturbed old log-probs."""
-    gen = torch.Generator().manual_seed(0)
-    rollouts = []
-    for i, ex in enumerate(ctl.train_examples[:n]):
-        prompt = encode_prompt(ctl.tokenizer, ex.prompt, False)
-        completion = ctl.tokenizer(ex.response, add_special_tokens=False)["input_ids"] + [ctl.tokenizer.eos_token_id]
-        logprobs = (-torch.rand(len(completion), generator=gen) * 2).tolist()
-        rollouts.append(Rollout(ex, i // 4, prompt, completion, logprobs, ex.response, 0,
-                                score=Score(reward=float(i % 3 == 0), correct=False)))
-    return ctl.spec.build_rows(rollouts, ctl.row_ctx)[0]
-
-
 def _gppo_step(cfg):
     ctl = Controller(cfg, show_progress=False)
     ctl.setup()
     try:
-        out, _ = ctl.optimize(_synthetic_rows(ctl))
+        out, _ = ctl.optimize(synthetic_rollout_rows(ctl))
         return out, ctl.learners.call_one(0, "trainable_state")
     finally:
         ctl.close()
@@ -156,3 +144,26 @@ def test_unsupported_rl_settings_fail_before_any_role_starts(tmp_path, over, mes
     with pytest.raises(ValueError, match=message):
         ctl.setup()
     assert ctl.learners is None and not (tmp_path / "runs" / "bad").exists()
+
+
+def test_rlft_eval_reproduces_the_final_accuracy_of_a_run_with_a_warm_start(tmp_path):
+    """`rlft eval CONFIG --checkpoint <run>/checkpoints/final` puts the adapter on the warm start's
+    checkpoint (the base recorded, as an absolute path, in adapter_config.json) and scores the same
+    held-out examples greedily: the accuracy equals the run's final eval/accuracy."""
+    from rlft.evaluate import evaluate_checkpoint
+
+    warm = tmp_path / "warm.yaml"
+    warm.write_text(
+        "# rlft train warm.yaml\nrun: {name: warm}\nruntime: {mode: inline}\nmodel: {name: tiny}\npeft: {method: full}\n"
+        "task: {name: arith, train_size: 2000, eval_size: 32}\nalgorithm: {name: sft}\n"
+        "train: {steps: 200, batch_size: 64, micro_batch_size: 64, lr: 3.0e-3, warmup_steps: 20, schedule: cosine, max_length: 64}\n"
+        "learner: {count: 1}\neval: {num_examples: 32, max_new_tokens: 24}\ntracking: {wandb: disabled, plots: false}\n")
+    cfg = _rl_config(tmp_path, "rl", warm_start={"recipe": str(warm)}, task={"train_size": 2000, "eval_size": 32},
+                     eval={"num_examples": 32}, train={"steps": 2, "lr": 1e-3})
+    summary = train(cfg, show_progress=False)
+    assert summary["eval/accuracy"] > 0.2, "the warm start should leave a model that gets some problems right"
+    ckpt = tmp_path / "elsewhere"
+    shutil.copytree(summary["checkpoint"], ckpt)  # the adapter works from any folder
+    config = json.loads((ckpt / "adapter_config.json").read_text())
+    assert Path(config["base_model_name_or_path"]).is_absolute()
+    assert evaluate_checkpoint(cfg, str(ckpt), show_progress=False)["eval/accuracy"] == summary["eval/accuracy"]
