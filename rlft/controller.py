@@ -126,7 +126,7 @@ class Controller:
         ranks = runtime.collective_group_size(mode, cfg.learner.count)
         addr, port = runtime.node_address(mode), runtime.free_port()
         threads = None if mode == "inline" else (cfg.learner.threads_per_rank or max(1, int(cfg.learner.cpus_per_rank)))
-        kwargs = [dict(cfg=cfg, spec=self.spec, rank=rank, world_size=ranks, model_path=str(self.model_path), run_dir=str(self.run_dir),
+        kwargs = [dict(cfg=cfg, spec=self.spec, rank=rank, world_size=ranks, model_path=str(self.model_path),
                        master_addr=addr, master_port=port, grad_accum=cfg.train.batch_size // (ranks * cfg.train.micro_batch_size),
                        num_threads=threads) for rank in range(ranks)]
         group, info = self._create("learner", kwargs, cfg.learner.cpus_per_rank, cfg.learner.gpus_per_rank)

@@ -41,7 +41,7 @@ class FakePayload:
 
 
 class FakeLearner:
-    def __init__(self, cfg, spec, rank, world_size, model_path, run_dir, master_addr, master_port, grad_accum,
+    def __init__(self, cfg, spec, rank, world_size, model_path, master_addr, master_port, grad_accum,
                  num_threads=None):
         self.cfg, self.spec, self.rank = cfg, spec, rank
         self.table = torch.nn.Parameter(torch.zeros(VOCAB, VOCAB))  # bigram logits: next token | token

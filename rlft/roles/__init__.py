@@ -5,7 +5,7 @@ them in-process. A test registers fakes here (`ROLES["generator"].register("fake
 and runs the real controller with them.
 
 Constructor keywords each kind receives (fakes take the same):
-  learner:   cfg, spec (the AlgorithmSpec), rank, world_size, model_path, run_dir, master_addr, master_port, grad_accum, num_threads
+  learner:   cfg, spec (the AlgorithmSpec), rank, world_size, model_path, master_addr, master_port, grad_accum, num_threads
   generator: cfg, index, model_path, dtype, lora_rank, seed, cpu_bind
   reward:    cfg, index
 """

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from rlft.algorithms.base import StepCounts
-from rlft.generation import greedy_generate, eval_mode
+from rlft.generation import eval_mode, greedy_generate
 from rlft.ops.logprobs import token_logprobs
 from rlft.peft import PEFT_METHODS
 from rlft.peft.base import count_parameters
@@ -86,7 +86,7 @@ class _Policy:
 class LearnerActor:
     """One data-parallel rank. Construct cheaply; `setup` joins the group and loads the model."""
 
-    def __init__(self, cfg, spec, rank: int, world_size: int, model_path: str, run_dir: str, master_addr: str,
+    def __init__(self, cfg, spec, rank: int, world_size: int, model_path: str, master_addr: str,
                  master_port: int, grad_accum: int, num_threads: int | None = None):
         self.cfg = cfg
         self.model_path = model_path
@@ -95,7 +95,6 @@ class LearnerActor:
         self.master = (master_addr, master_port)
         self.grad_accum = grad_accum
         self.num_threads = num_threads
-        self.run_dir = Path(run_dir)
         self.spec = spec  # the AlgorithmSpec itself: algorithms registered in the driver reach Ray workers
         self.peft = PEFT_METHODS[cfg.peft.method](cfg.peft)
         self.engine = None
