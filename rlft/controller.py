@@ -60,6 +60,7 @@ class Controller:
         self.tracker: Tracker | None = None
         self.run_dir: Path = cfg.run_dir
         self._log_handler = None
+        self.optimizer_steps_taken = 0  # StepCounts.step of the next learner step
 
     @property
     def learners(self) -> runtime.RoleGroup | None:
@@ -168,8 +169,10 @@ class Controller:
         shards = shard_micro_batches(rows, len(self.learners), self.cfg.train.micro_batch_size)
         batches = [[self.spec.pad(mb, self.pad_id()) for mb in shard] for shard in shards]
         counts = [self.spec.count_tokens(mb) for shard in batches for mb in shard]
-        step = StepCounts(num_tokens=sum(c[0] for c in counts), num_sequences=sum(c[1] for c in counts))
+        step = StepCounts(num_tokens=sum(c[0] for c in counts), num_sequences=sum(c[1] for c in counts),
+                          step=self.optimizer_steps_taken)
         results = self.learners.call_each("train_step", [(shard, step) for shard in batches])
+        self.optimizer_steps_taken += 1
         merged = {k: sum(r[k] for r in results) for k in results[0] if k not in ("grad_norm", "lr")}
         merged["grad_norm"], merged["lr"], merged["step_tokens"] = results[0]["grad_norm"], results[0]["lr"], step.num_tokens
         return merged

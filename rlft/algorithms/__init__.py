@@ -11,4 +11,8 @@ from rlft.registry import Registry
 ALGORITHMS: Registry = Registry("algorithm", {
     "sft": "rlft.algorithms.sft:SPEC",
     "gppo": "rlft.algorithms.gppo:SPEC",
+    "ift": "rlft.algorithms.ift:SPEC",
+    "dpo": "rlft.algorithms.dpo:SPEC",
+    "dpo_offline": "rlft.algorithms.dpo:OFFLINE_SPEC",
+    "tpo_offline": "rlft.algorithms.tpo:SPEC",
 })

@@ -39,6 +39,7 @@ class StepCounts:
 
     num_tokens: float
     num_sequences: float
+    step: int = 0  # optimizer steps taken before this one (the controller counts them); for schedules in a loss
 
 
 class PolicyModel(Protocol):
@@ -49,6 +50,15 @@ class PolicyModel(Protocol):
 
     def reference_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Reference-policy logits (no grad; what the reference is depends on the PEFT method)."""
+
+    def logits_and_hidden_states(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """`logits(batch)` and the last-layer hidden states [B, T, H] of the same forward pass."""
+
+    def input_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """Input-embedding lookup [B, T, D] of the current weights, without grad (a constant)."""
+
+    def logits_from_embeds(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Policy logits [B, T, V] for given input embeddings (with grad, like `logits`)."""
 
 
 @dataclass

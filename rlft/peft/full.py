@@ -1,7 +1,16 @@
-"""Full fine-tuning: every parameter trains; checkpoints are full HF folders; no reference copy."""
+"""Full fine-tuning: every parameter trains; checkpoints are full HF folders.
+
+Every weight moves, so the reference policy (DPO, a KL term) needs a second copy: with
+`with_reference`, `wrap` keeps a frozen deep copy of the initial model outside the trained
+module (DeepSpeed and checkpoints never see it), and inside `reference(model)` a call of the
+model runs the copy's forward instead (an instance attribute shadowing `forward`, which
+`nn.Module.__call__` looks up).
+"""
 
 from __future__ import annotations
 
+import copy
+from contextlib import contextmanager
 from pathlib import Path
 
 from rlft.peft.base import PeftMethod
@@ -9,11 +18,32 @@ from rlft.peft.base import PeftMethod
 
 class FullFineTuning(PeftMethod):
     name = "full"
+    has_reference = True
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.frozen = None  # the reference copy, when wrap was asked to keep one
 
     def wrap(self, model, seed, with_reference):
         if with_reference:
-            raise ValueError("peft.method=full keeps no reference model; use lora or pissa for a KL reference")
+            self.frozen = copy.deepcopy(model).eval().requires_grad_(False)
         return model
+
+    @contextmanager
+    def reference(self, model):
+        if self.frozen is None:
+            raise RuntimeError("no frozen reference copy was kept (wrap(..., with_reference=True))")
+        param = next(model.parameters())  # DeepSpeed may have moved or cast the model after wrap
+        self.frozen.to(device=param.device, dtype=param.dtype)
+        shadowed = model.__dict__.get("forward")
+        model.forward = self.frozen.forward
+        try:
+            yield
+        finally:
+            if shadowed is None:
+                del model.forward
+            else:
+                model.forward = shadowed
 
     def save(self, model, tokenizer, out_dir):
         out_dir = Path(out_dir)

@@ -82,6 +82,20 @@ class _Policy:
     def reference_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._learner.reference_logits(batch)
 
+    def logits_and_hidden_states(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self._learner.engine(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                   output_hidden_states=True)
+        return out.logits, out.hidden_states[-1]
+
+    def input_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
+        # Params are whole on every rank up to ZeRO-2; no_grad: the lookup is a constant (IFT's
+        # gradient-free embedding copy); a tied table still gets gradient through the LM head.
+        with torch.no_grad():
+            return self._learner.engine.module.get_input_embeddings()(input_ids)
+
+    def logits_from_embeds(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self._learner.engine(inputs_embeds=embeds, attention_mask=attention_mask).logits
+
 
 class LearnerActor:
     """One data-parallel rank. Construct cheaply; `setup` joins the group and loads the model."""

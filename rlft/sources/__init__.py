@@ -6,8 +6,10 @@ items per iteration (`next_batch`), with the metrics of making it. Registered by
   dataset   examples of the task's train split, in a seeded epoch order (SFT)
   rollouts  prompts from the train split, sampled by the generator roles and scored by the
             reward roles (policy-gradient algorithms)
+  pairs     preference pairs (prompt, chosen, rejected) from the JSONL file `algorithm.path`
+  lists     ranked lists (prompt, responses, scores) from the JSONL file `algorithm.path`
 
-Preference pairs, trees and in-learner sampling are further sources.
+Trees and in-learner sampling are further sources.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from rlft.registry import Registry
 SOURCES: Registry = Registry("data source", {
     "dataset": "rlft.sources.dataset:DatasetSource",
     "rollouts": "rlft.sources.rollouts:RolloutSource",
+    "pairs": "rlft.sources.pairs:PairSource",
+    "lists": "rlft.sources.lists:ListSource",
 })
 
 

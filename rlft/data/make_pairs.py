@@ -1,0 +1,95 @@
+"""Preference pairs sampled from a recipe's base model and judged by its task's checker (offline DPO data).
+
+    python -m rlft.data.make_pairs configs/dpo_offline_tiny_arith.yaml
+
+loads the recipe, takes its base model (the warm start's final checkpoint, run first if missing;
+else model.name), and samples `--samples` completions (temperature `--temperature`) for each of
+`--prompts` distinct train prompts, skipping the first `--start`. The task's answer checker splits
+each group into correct and incorrect completions; every prompt with both gives one row
+{"prompt", "chosen": a correct completion, "rejected": an incorrect one} (picked at random,
+seeded), written to the recipe's `algorithm.path` (or `--out`). Prompts whose samples are all
+correct or all wrong give no pair. Sampling uses transformers on the CPU, one process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+import torch
+
+
+@torch.no_grad()
+def sample(model, tokenizer, prompts: list[list[int]], n: int, max_new_tokens: int, temperature: float,
+           batch_size: int = 64) -> list[list[str]]:
+    """n sampled completions (text, cut before EOS) per tokenised prompt; prompts are left-padded."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out: list[list[str]] = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start : start + batch_size]
+        width = max(len(p) for p in chunk)
+        ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in chunk])
+        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk])
+        generated = model.generate(input_ids=ids, attention_mask=mask, do_sample=True, temperature=temperature,
+                                   top_p=1.0, top_k=0, max_new_tokens=max_new_tokens, num_return_sequences=n,
+                                   pad_token_id=pad_id, eos_token_id=tokenizer.eos_token_id)
+        texts = tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
+        out += [texts[i : i + n] for i in range(0, len(texts), n)]
+    return out
+
+
+def preference_rows(examples, completions: list[list[str]], score, rng: random.Random) -> list[dict]:
+    """One {"prompt", "chosen", "rejected"} per example with both a correct and an incorrect completion."""
+    rows = []
+    for example, texts in zip(examples, completions):
+        verdicts = [score(example, t) >= 1.0 for t in texts]
+        good = [t for t, ok in zip(texts, verdicts) if ok]
+        bad = [t for t, ok in zip(texts, verdicts) if not ok]
+        if good and bad:
+            rows.append({"prompt": example.prompt, "chosen": rng.choice(good), "rejected": rng.choice(bad)})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("config", help="the offline DPO recipe (its base model, task and algorithm.path)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides of the recipe")
+    parser.add_argument("--out", help="JSONL file to write (default: the recipe's algorithm.path)")
+    parser.add_argument("--prompts", type=int, default=2000, help="distinct train prompts to sample")
+    parser.add_argument("--start", type=int, default=0, help="skip the first distinct train prompts")
+    parser.add_argument("--samples", type=int, default=8, help="completions per prompt")
+    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from rlft.config import load_config
+    from rlft.data.collate import encode_prompt, uses_chat_template
+    from rlft.data.tasks import build_task
+    from rlft.runs import base_model_path
+
+    cfg = load_config(args.config, args.overrides)
+    model_path = base_model_path(cfg, run_warm_start=True)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path).eval()
+    chat = uses_chat_template(tokenizer, cfg.data.chat_template)
+    task = build_task(cfg.task)
+    distinct = list({ex.prompt: ex for ex in task.split("train")}.values())[args.start : args.start + args.prompts]
+    torch.manual_seed(args.seed)
+    completions = sample(model, tokenizer, [encode_prompt(tokenizer, ex.prompt, chat) for ex in distinct],
+                         args.samples, args.max_new_tokens, args.temperature)
+    rows = preference_rows(distinct, completions, task.score, random.Random(args.seed))
+    correct = sum(task.score(ex, t) >= 1.0 for ex, texts in zip(distinct, completions) for t in texts)
+    out = Path(args.out or cfg.algorithm.path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    print(f"base model {model_path}: {correct / (len(distinct) * args.samples):.3f} of "
+          f"{len(distinct)} x {args.samples} samples correct; wrote {len(rows)} pairs to {out}")
+
+
+if __name__ == "__main__":
+    main()
