@@ -32,9 +32,16 @@ a response's steps; the anchor itself, and a response whose steps all match the 
 w = 1. Steps end at `step_delimiter` (one step per line for the arith traces), which belongs to
 the step it ends; EOS belongs to the last step.
 
-Normalisers are step-global (number of lists in the optimisation step), and a list never spans
-two micro-batches (train.micro_batch_size is a multiple of list_size), so micro-batches and
-ranks sum to the full-step loss. Lists shorter than list_size are padded with loss-free rows.
+`nll_coef` (not part of TPO; as RPO and DPO's nll_coef) adds the token-mean NLL of each list's
+best-scored response(s). Normalisers are step-global (number of lists in the optimisation step),
+and a list never spans two micro-batches (train.micro_batch_size is a multiple of list_size), so
+micro-batches and ranks sum to the full-step loss. Lists shorter than list_size are padded with
+loss-free rows.
+
+Like DPO, the loss can lower the best responses' likelihood along with the others' when the
+responses share most of their tokens; on the tiny arith recipe beta = 0.1, or the `mean`
+aggregation (per-token rewards need far larger log-ratios for the same margin), collapses greedy
+decoding, while beta = 0.5 with `1-cos` ASR improves it (configs/tpo_offline_tiny_arith.yaml).
 """
 
 from __future__ import annotations
@@ -266,7 +273,7 @@ def micro_batch_loss(model: PolicyModel, batch: dict[str, torch.Tensor], cfg: TP
     rewards = list_rewards(log_ratio, batch["step_ids"], hidden, scores, valid, cfg)  # [L, N]
     per_list, stats = ranking_loss(rewards, scores, valid, cfg)
     nll = best_response_nll(logprobs, mask, best_responses(scores, valid))  # [L]
-    stats.update(lists=torch.tensor(lists), best_nll_sum=nll.detach().sum())
+    stats.update(lists=torch.tensor(lists, device=nll.device), best_nll_sum=nll.detach().sum())
     if cfg.nll_coef > 0:
         per_list = per_list + cfg.nll_coef * nll
     step_lists = max(counts.num_sequences / cfg.list_size, 1.0)  # rows per list are fixed (padded)
