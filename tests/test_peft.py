@@ -11,15 +11,6 @@ from rlft.ops.logprobs import token_logprobs
 from tests.helpers import LEARNER_ONLY_GPPO, synthetic_rollout_rows, tiny_config
 
 
-@pytest.fixture
-def learner_only_gppo():
-    from rlft.algorithms import ALGORITHMS
-
-    ALGORITHMS.register(LEARNER_ONLY_GPPO.name, LEARNER_ONLY_GPPO, replace=True)
-    yield
-    ALGORITHMS.unregister(LEARNER_ONLY_GPPO.name)
-
-
 @pytest.mark.parametrize("method", ["lora", "pissa"])
 def test_reference_policy_is_the_original_model_before_and_after_training(tmp_path, method, learner_only_gppo):
     """PiSSA's frozen base is the residual W - s B0 A0, so 'adapter disabled' is not the original

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlft.algorithms import ALGORITHMS
 from rlft.controller import Controller, train
 from rlft.sources.rollouts import generate, score
 from rlft.sync.protocol import SyncError
@@ -74,13 +73,6 @@ def test_parity_probe_catches_a_silently_skipped_load(controller, monkeypatch):
     monkeypatch.setattr(generator, "load_weights", lambda payload: payload.fingerprint)
     with pytest.raises(SyncError, match="logprob parity probe"):
         controller.sync.publish()
-
-
-@pytest.fixture
-def learner_only_gppo():
-    ALGORITHMS.register(LEARNER_ONLY_GPPO.name, LEARNER_ONLY_GPPO, replace=True)
-    yield
-    ALGORITHMS.unregister(LEARNER_ONLY_GPPO.name)
 
 
 def _gppo_step(cfg):

@@ -1,0 +1,14 @@
+"""Shared fixtures."""
+
+import pytest
+
+from rlft.algorithms import ALGORITHMS
+from tests.helpers import LEARNER_ONLY_GPPO
+
+
+@pytest.fixture
+def learner_only_gppo():
+    """Registers GPPO's learner step without generators (tests/helpers.py) for one test."""
+    ALGORITHMS.register(LEARNER_ONLY_GPPO.name, LEARNER_ONLY_GPPO, replace=True)
+    yield
+    ALGORITHMS.unregister(LEARNER_ONLY_GPPO.name)
