@@ -85,6 +85,10 @@ class Controller:
         self.eval_examples = self.task.split("eval")[: cfg.eval.num_examples]
         check_run(cfg, self.spec, self.peft, data=(self.model_path, self.tokenizer, self.chat,
                                                    self.train_examples, self.eval_examples))
+        # The source reads and checks its data now, before any role starts; it reaches the roles
+        # through self.roles, filled below.
+        self.source = SOURCES[self.spec.source](SourceContext(
+            cfg, self.spec, self.task, self.tokenizer, self.chat, self.train_examples, self.roles))
         self.run_dir = prepare_run_dir(cfg.run_dir, cfg.run.if_exists, dump_config(cfg))
         self._start_log_file()
         self.tracker = Tracker(self.run_dir, cfg.run.name, cfg.model_dump(mode="json"), cfg.tracking.wandb,
@@ -97,8 +101,6 @@ class Controller:
         if "generator" in self.roles:
             self.sync = WeightSync(self.learners, self.roles["generator"], cfg.sync, self._probe())
         self.row_ctx = RowContext(self.tokenizer, self.chat, cfg.train.max_length, cfg.algorithm)
-        self.source = SOURCES[self.spec.source](SourceContext(
-            cfg, self.spec, self.task, self.tokenizer, self.chat, self.train_examples, self.roles))
 
     def _start_log_file(self) -> None:
         handler = logging.FileHandler(self.run_dir / "train.log")

@@ -56,3 +56,20 @@ def synthetic_rollout_rows(ctl, n=8):
         rollouts.append(Rollout(ex, i // 4, prompt, completion, logprobs, ex.response, 0,
                                 score=Score(reward=float(i % 3 == 0), correct=False)))
     return ctl.spec.build_rows(rollouts, ctl.row_ctx)[0]
+
+
+def two_source_steps(cfg):
+    """Set up a run and take two optimizer steps on its source's first two batches, without evaluation or
+    logging: (the learner's step outputs, rank 0's trainable state after them)."""
+    from rlft.controller import Controller
+
+    ctl = Controller(cfg, show_progress=False)
+    ctl.setup()
+    try:
+        outs = []
+        for iteration in (1, 2):
+            items, _ = ctl.source.next_batch(iteration, 0)
+            outs.append(ctl.optimize(ctl.spec.build_rows(items, ctl.row_ctx)[0])[0])
+        return outs, ctl.learners.call_one(0, "trainable_state")
+    finally:
+        ctl.close()

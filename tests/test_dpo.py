@@ -42,7 +42,7 @@ from rlft.ops.logprobs import IGNORE_INDEX
 from rlft.rewards import REWARD_COMPONENTS
 from rlft.rewards.base import ComponentConfig, ComponentSpec, ComponentValue
 from rlft.types import Rollout, Score
-from tests.helpers import tiny_config
+from tests.helpers import tiny_config, two_source_steps
 
 LOG2 = math.log(2.0)
 
@@ -360,25 +360,12 @@ def test_offline_run_with_full_fine_tuning_keeps_the_original_model_as_reference
         assert key in trained[-1], key
 
 
-def _two_offline_steps(cfg):
-    ctl = Controller(cfg, show_progress=False)
-    ctl.setup()
-    try:
-        outs = []
-        for it in (1, 2):
-            items, _ = ctl.source.next_batch(it, 0)
-            outs.append(ctl.optimize(ctl.spec.build_rows(items, ctl.row_ctx)[0])[0])
-        return outs, ctl.learners.call_one(0, "trainable_state")
-    finally:
-        ctl.close()
-
-
 def test_dpo_update_two_ranks_equal_one_rank(tmp_path):
     """Two optimizer steps of offline DPO (full fine-tuning, frozen reference copy on each rank): the
     first at pi = pi_ref (loss log 2), the second off it; 1 rank x 4 micro-batches of 2 rows equals 2
     ranks x 2 micro-batches in loss, metric sums, gradient norm and weights."""
-    one, one_state = _two_offline_steps(_offline(tmp_path, "one"))
-    two, two_state = _two_offline_steps(_offline(tmp_path, "two", runtime={"mode": "local"}, learner={"count": 2}))
+    one, one_state = two_source_steps(_offline(tmp_path, "one"))
+    two, two_state = two_source_steps(_offline(tmp_path, "two", runtime={"mode": "local"}, learner={"count": 2}))
     assert one[0]["loss"] == pytest.approx(LOG2, abs=1e-6) and one[1]["loss"] != pytest.approx(LOG2, abs=1e-4)
     for a, b in zip(one, two):
         for key in ("loss", "pairs", "reward_chosen_sum", "reward_rejected_sum", "logp_chosen_sum", "grad_norm"):

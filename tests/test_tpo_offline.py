@@ -10,6 +10,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
 from rlft.algorithms import ALGORITHMS
 from rlft.controller import Controller, train
@@ -18,7 +19,7 @@ from rlft.data.arith_lists import branch_prefixes, build_lists
 from rlft.data.model_config import ModelConfig
 from rlft.data.models import resolve_model
 from rlft.roles import ROLES
-from tests.helpers import tiny_config
+from tests.helpers import tiny_config, two_source_steps
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -30,8 +31,8 @@ def _write(path: Path, rows: list) -> Path:
 
 def _tpo_config(tmp_path, lists_path, **sections):
     algorithm = {"name": "tpo_offline", "path": str(lists_path), "list_size": 4, **sections.pop("algorithm", {})}
-    return tiny_config(tmp_path, "tpo", algorithm=algorithm, peft={"method": "lora", "r": 4},
-                       train={"steps": 2, "batch_size": 8, "micro_batch_size": 4, "lr": 1e-2}, **sections)
+    train = {"steps": 2, "batch_size": 8, "micro_batch_size": 4, "lr": 1e-2, **sections.pop("train", {})}
+    return tiny_config(tmp_path, "tpo", algorithm=algorithm, peft={"method": "lora", "r": 4}, train=train, **sections)
 
 
 class NeverStarted:
@@ -40,17 +41,22 @@ class NeverStarted:
 
 
 def test_bad_lists_row_names_file_and_line_before_any_role_starts(tmp_path):
+    """Malformed rows (read by the algorithm's checks) and prompts too long for train.max_length
+    (checked by the source with the tokenizer) stop the run before a role starts or a run folder is made."""
     ROLES["learner"].register("never", NeverStarted, replace=True)
     try:
         good = {"prompt": "Q: 1+2\n", "responses": ["A: 3", "A: 4"], "scores": [1, 0]}
         cases = [({**good, "scores": [1, "high"]}, r"lists.jsonl:3: 'scores'\[1\] must be a finite number"),
                  ({**good, "responses": ["A: 3"] * 5, "scores": [0] * 5}, r"lists.jsonl:3: 5 responses, more than "
-                                                                           r"algorithm.list_size=4")]
+                                                                           r"algorithm.list_size=4"),
+                 ({**good, "prompt": "Q: " + "1+" * 40 + "2\n"}, r"lists.jsonl:3: prompt of 85 tokens \+ 1 more "
+                                                                   r"does not fit train.max_length \(64\)")]
         for bad, message in cases:
             path = _write(tmp_path / "lists.jsonl", [good, "", bad])
             cfg = _tpo_config(tmp_path, path, runtime={"roles": {"learner": "never"}})
             with pytest.raises(ValueError, match=message):
                 Controller(cfg, show_progress=False).run()
+            assert not (tmp_path / "runs" / "tpo").exists()
     finally:
         ROLES["learner"].unregister("never")
 
@@ -108,3 +114,19 @@ def test_offline_run_end_to_end_on_the_tiny_model(tmp_path):
     assert trained[0]["train/reward_margin"] == 0.0  # step 1: the adapter is zero, every reward is 0
     assert trained[1]["train/reward_margin"] > 0.0  # the update moved the ranking the right way
     assert {"train/pair_accuracy", "train/ndcg"} <= set(trained[0])
+
+
+def test_tpo_update_two_ranks_equal_one_rank(tmp_path):
+    """Two optimizer steps on lists of 4 (ASR on, LoRA): 1 rank x 2 micro-batches of one list each equals
+    2 ranks x 1 micro-batch in loss, metric sums, gradient norm and adapter weights."""
+    path = _write(tmp_path / "lists.jsonl", build_lists(8, 4, start=100))
+    train = {"batch_size": 8, "micro_batch_size": 4, "lr": 1e-2, "grad_clip": 0.0}
+    one, one_state = two_source_steps(_tpo_config(tmp_path, path, train=train, run={"name": "one"}))
+    two, two_state = two_source_steps(_tpo_config(tmp_path, path, train=train, run={"name": "two"},
+                                                  runtime={"mode": "local"}, learner={"count": 2}))
+    assert one[1]["margin_sum"] != 0.0, "the second step should start off pi_ref"
+    for a, b in zip(one, two):
+        for key in ("loss", "pairs", "correct_pairs", "margin_sum", "ndcg_sum", "best_nll_sum", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-6), key
+    for name in one_state:
+        torch.testing.assert_close(two_state[name], one_state[name], atol=1e-5, rtol=1e-4)

@@ -14,5 +14,6 @@ ALGORITHMS: Registry = Registry("algorithm", {
     "ift": "rlft.algorithms.ift:SPEC",
     "dpo": "rlft.algorithms.dpo:SPEC",
     "dpo_offline": "rlft.algorithms.dpo:OFFLINE_SPEC",
-    "tpo_offline": "rlft.algorithms.tpo:SPEC",
+    "tpo": "rlft.algorithms.tpo:SPEC",
+    "tpo_offline": "rlft.algorithms.tpo:OFFLINE_SPEC",
 })

@@ -85,6 +85,11 @@ def single_pass(run_cfg) -> tuple[int, int]:
     return 1, 1
 
 
+def rollout_passes(run_cfg) -> tuple[int, int]:
+    """rollout.mini_batches optimizer steps per source batch, rollout.epochs times (on-line algorithms)."""
+    return run_cfg.rollout.mini_batches, run_cfg.rollout.epochs
+
+
 def one_sample(run_cfg) -> int:
     return 1
 

@@ -41,7 +41,15 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from rlft.algorithms.base import AlgorithmSpec, PolicyModel, RowContext, StepCounts, count_label_tokens, single_pass
+from rlft.algorithms.base import (
+    AlgorithmSpec,
+    PolicyModel,
+    RowContext,
+    StepCounts,
+    count_label_tokens,
+    rollout_passes,
+    single_pass,
+)
 from rlft.data.collate import encode_sft, pad_rows
 from rlft.data.jsonl import PreferencePair, read_preference_pairs
 from rlft.ops.logprobs import IGNORE_INDEX, token_logprobs
@@ -287,10 +295,6 @@ def validate_online(run_cfg) -> None:
 
 def needs_reference(run_cfg) -> bool:
     return not run_cfg.algorithm.reference_free
-
-
-def rollout_passes(run_cfg) -> tuple[int, int]:
-    return run_cfg.rollout.mini_batches, run_cfg.rollout.epochs
 
 
 def group_size(run_cfg) -> int:

@@ -39,7 +39,7 @@ from typing import Literal, NamedTuple
 import torch
 from pydantic import Field, model_validator
 
-from rlft.algorithms.base import AlgorithmSpec, PolicyModel, RowContext, StepCounts
+from rlft.algorithms.base import AlgorithmSpec, PolicyModel, RowContext, StepCounts, rollout_passes
 from rlft.ops.advantages import broadcast_to_tokens, dynamic_sampling_keep, group_relative_advantages
 from rlft.ops.kl import kl_penalty
 from rlft.ops.logprobs import token_entropy, token_logprobs
@@ -232,10 +232,6 @@ def validate(run_cfg) -> None:
         raise ValueError("algorithm.kl_placement=reward is not wired into the RL loop yet; use kl_placement=loss")
 
 
-def passes(run_cfg) -> tuple[int, int]:
-    return run_cfg.rollout.mini_batches, run_cfg.rollout.epochs
-
-
 def group_size(run_cfg) -> int:
     return run_cfg.algorithm.group_size
 
@@ -337,7 +333,7 @@ SPEC = AlgorithmSpec(
     micro_batch_loss=micro_batch_loss,
     build_rows=build_rows,
     pad=pad_rollout_rows,
-    passes=passes,
+    passes=rollout_passes,
     samples_per_prompt=group_size,
     needs_reference=needs_reference,
     validate=validate,

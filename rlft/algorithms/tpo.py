@@ -1,4 +1,9 @@
-"""Tree preference optimization (TPO; Liao et al., arXiv 2410.12854), offline from ranked lists (spec 2).
+"""Tree preference optimization (TPO; Liao et al., arXiv 2410.12854), spec 2: two registered algorithms.
+
+  tpo          online: the "trees" source (rlft.sources.trees) has the generators grow a tree per
+               prompt (a root trace, continuations of its step prefixes), the reward roles score
+               the leaves, and each tree's leaves are one ranked list (`tree_rows`).
+  tpo_offline  ranked lists read from a JSONL file (`algorithm.path`) by the "lists" source.
 
 Not TRL's `TPOTrainer`, which is *triple* preference optimization, a different method.
 
@@ -47,27 +52,26 @@ decoding, while beta = 0.5 with `1-cos` ASR improves it (configs/tpo_offline_tin
 from __future__ import annotations
 
 import math
-from bisect import bisect_right
 from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field
+from pydantic import Field, field_validator
 
-from rlft.algorithms.base import AlgorithmSpec, PolicyModel, RowContext, StepCounts
+from rlft.algorithms.base import AlgorithmSpec, PolicyModel, RowContext, StepCounts, rollout_passes
 from rlft.data.collate import encode_prompt, pad_rows
 from rlft.data.jsonl import RankedList
+from rlft.data.steps import segment_steps, step_of_tokens
+from rlft.types import Rollout
 from rlft.ops.logprobs import IGNORE_INDEX, token_logprobs
+from rlft.ops.ranking import delta_ndcg, gains, score_labels
 from rlft.schema import Section
 
 
-class TPOOfflineConfig(Section):
-    name: Literal["tpo_offline"] = "tpo_offline"
-    path: str = Field(description="Ranked-lists JSONL, rows {'prompt', 'responses': [...], 'scores': [...]}.")
-    list_size: int = Field(
-        5, ge=2, description="Responses per list (shorter lists are padded, longer ones are an error); "
-        "train.batch_size and train.micro_batch_size must be multiples of it."
-    )
+class TPOLossConfig(Section):
+    """The ranking loss and step rewards, shared by the offline and the online algorithm."""
+
+    name: str = Field(..., description="Algorithm name.")
     beta: float = Field(
         0.5, gt=0.0, description="beta of the implicit reward beta * log(pi_theta / pi_ref) (0.5: the TPO release)."
     )
@@ -95,63 +99,38 @@ class TPOOfflineConfig(Section):
     )
 
 
-# ---- labels, gains and lambda weights (no gradient) ----------------------------------------------
+class TPOOfflineConfig(TPOLossConfig):
+    name: Literal["tpo_offline"] = "tpo_offline"
+    path: str = Field(description="Ranked-lists JSONL, rows {'prompt', 'responses': [...], 'scores': [...]}.")
+    list_size: int = Field(
+        5, ge=2, description="Responses per list (shorter lists are padded, longer ones are an error); "
+        "train.batch_size and train.micro_batch_size must be multiples of it."
+    )
 
 
-def score_labels(scores: torch.Tensor, valid: torch.Tensor, mode: str, label_max: float = 5.0) -> torch.Tensor:
-    """Graded labels psi [L, N] of the scores [L, N] of each list (0 on padding rows)."""
-    if mode == "rank":
-        lower = (scores.unsqueeze(-2) < scores.unsqueeze(-1)) & valid.unsqueeze(-2)  # [L, i, j]: v_j < v_i
-        labels = lower.sum(-1).to(scores.dtype)
-    elif mode == "minmax":
-        low = torch.where(valid, scores, math.inf).amin(-1, keepdim=True)
-        high = torch.where(valid, scores, -math.inf).amax(-1, keepdim=True)
-        labels = label_max * (scores - low) / (high - low).clamp(min=1e-12)
-    else:
-        labels = scores
-    return torch.where(valid, labels, 0.0)
+class TPOConfig(TPOLossConfig):
+    name: Literal["tpo"] = "tpo"
+    branches: list[int] = Field(
+        [3, 2, 2], min_length=1, description="Tree shape: branches[d] continuations are sampled from the prefix of "
+        "the root's first d steps (d = 0: the prompt alone). A tree has 1 + sum(branches) leaves, one list."
+    )
 
+    @field_validator("branches")
+    @classmethod
+    def _positive(cls, branches: list[int]) -> list[int]:
+        if any(b < 0 for b in branches) or sum(branches) < 1:
+            raise ValueError(f"branches={branches}: counts must be >= 0 with at least one continuation")
+        return branches
 
-def gains(labels: torch.Tensor, kind: str) -> torch.Tensor:
-    return torch.exp2(labels) - 1.0 if kind == "exponential" else labels
-
-
-def discounts(rewards: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """d_i = 1 / log2(1 + position of i) in the ranking by reward [L, N], ties broken worse-label-first;
-    responses tied in both reward and label share the mean discount of their positions."""
-    r_i, r_j = rewards.unsqueeze(-1), rewards.unsqueeze(-2)  # [L, N, 1], [L, 1, N]
-    p_i, p_j = labels.unsqueeze(-1), labels.unsqueeze(-2)
-    others = valid.unsqueeze(-2)
-    ahead = (((r_j > r_i) | ((r_j == r_i) & (p_j < p_i))) & others).sum(-1)  # [L, N] placed before i
-    tied = ((r_j == r_i) & (p_j == p_i) & others).sum(-1).clamp(min=1)  # [L, N] including i
-    n = rewards.shape[-1]
-    positions = torch.arange(1, n + 1, dtype=rewards.dtype, device=rewards.device)
-    cumulative = F.pad(torch.cumsum(1.0 / torch.log2(1.0 + positions), 0), (1, 0))  # [N + 1], C[0] = 0
-    d = (cumulative[ahead + tied] - cumulative[ahead]) / tied
-    return torch.where(valid, d, 0.0)
-
-
-def ideal_dcg(gain: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """DCG [L] of each list sorted by gain (padding rows last, contributing 0)."""
-    ordered = torch.sort(torch.where(valid, gain, -math.inf), dim=-1, descending=True).values
-    n = gain.shape[-1]
-    positions = torch.arange(1, n + 1, dtype=gain.dtype, device=gain.device)
-    return torch.where(torch.isinf(ordered), 0.0, ordered / torch.log2(1.0 + positions)).sum(-1)
-
-
-def delta_ndcg(rewards: torch.Tensor, labels: torch.Tensor, gain: torch.Tensor, valid: torch.Tensor):
-    """(Delta [L, N, N], NDCG of the current ranking [L], IDCG [L]) from detached rewards [L, N]."""
-    d = discounts(rewards, labels, valid)
-    idcg = ideal_dcg(gain, valid)
-    norm = torch.where(idcg > 0, idcg, 1.0).unsqueeze(-1).unsqueeze(-1)
-    delta = (gain.unsqueeze(-1) - gain.unsqueeze(-2)).abs() * (d.unsqueeze(-1) - d.unsqueeze(-2)).abs() / norm
-    return delta, (gain * d).sum(-1) / norm[..., 0, 0], idcg
+    @property
+    def list_size(self) -> int:
+        return 1 + sum(self.branches)
 
 
 # ---- the ranking loss ------------------------------------------------------------------------------
 
 
-def ranking_loss(rewards: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor, cfg: TPOOfflineConfig):
+def ranking_loss(rewards: torch.Tensor, scores: torch.Tensor, valid: torch.Tensor, cfg: TPOLossConfig):
     """Per-list loss [L] = sum_{v_i > v_j} Delta_ij * -log sigmoid(r_i - r_j), and detached statistics.
 
     rewards [L, N] (with grad), scores [L, N], valid [L, N] (False on padding rows).
@@ -217,7 +196,7 @@ def best_responses(scores: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 
 
 def list_rewards(log_ratio: torch.Tensor, step_ids: torch.Tensor, hidden: torch.Tensor | None,
-                 scores: torch.Tensor, valid: torch.Tensor, cfg: TPOOfflineConfig) -> torch.Tensor:
+                 scores: torch.Tensor, valid: torch.Tensor, cfg: TPOLossConfig) -> torch.Tensor:
     """Rewards [L, N] of the micro-batch's lists from token log-ratios [B, T] (B = L * N)."""
     n = cfg.list_size
     lists = log_ratio.shape[0] // n
@@ -255,7 +234,7 @@ def _lists_of(batch: dict[str, torch.Tensor], n: int) -> int:
     return ids.shape[0] // n
 
 
-def micro_batch_loss(model: PolicyModel, batch: dict[str, torch.Tensor], cfg: TPOOfflineConfig,
+def micro_batch_loss(model: PolicyModel, batch: dict[str, torch.Tensor], cfg: TPOLossConfig,
                      counts: StepCounts) -> tuple[torch.Tensor, dict[str, float]]:
     """Sum of this micro-batch's list losses / the number of lists in the whole step."""
     lists = _lists_of(batch, cfg.list_size)
@@ -292,32 +271,28 @@ def log_metrics(sums: dict[str, float], steps: int) -> dict[str, float]:
 # ---- rows: one per response, a list's rows contiguous ---------------------------------------------
 
 
-def step_of_tokens(text: str, offsets: list[tuple[int, int]], delimiter: str) -> list[int]:
-    """Step index of each token (by its first character); a delimiter belongs to the step it ends."""
-    ends, start = [], text.find(delimiter)
-    while start != -1:
-        ends.append(start + len(delimiter))
-        start = text.find(delimiter, start + len(delimiter))
-    return [bisect_right(ends, first) for first, _ in offsets]
+def token_row(prompt_ids: list[int], ids: list[int], steps: list[int], score: float, list_id: int,
+              max_length: int) -> dict[str, Any]:
+    """prompt + response tokens (cut to max_length, never the prompt), step ids on shifted positions."""
+    room = max_length - len(prompt_ids)
+    ids, steps = ids[:room], steps[:room]
+    input_ids = list(prompt_ids) + list(ids)  # a new list per row: responses never share the prompt's list
+    step_ids = [-1] * (len(input_ids) - 1)
+    for k, step in enumerate(steps):
+        step_ids[len(prompt_ids) + k - 1] = step  # position t predicts token t + 1
+    return {"input_ids": input_ids, "labels": [IGNORE_INDEX] * len(prompt_ids) + list(ids), "step_ids": step_ids,
+            "score": float(score), "valid": 1.0, "list_id": list_id}
 
 
 def response_row(tokenizer, prompt_ids: list[int], response: str, score: float, list_id: int,
                  max_length: int, delimiter: str) -> dict[str, Any]:
-    """prompt + response + EOS (the response cut to max_length, never the prompt), step ids on shifted positions."""
+    """prompt + response text + EOS as a row; EOS belongs to the last step."""
     encoded = tokenizer(response, add_special_tokens=False, return_offsets_mapping=True)
     if "offset_mapping" not in encoded:
         raise ValueError("tpo needs a fast tokenizer (character offsets) to find step boundaries")
     steps = step_of_tokens(response, encoded["offset_mapping"], delimiter)
     ids = encoded["input_ids"] + [tokenizer.eos_token_id]
-    steps = steps + [steps[-1] if steps else 0]
-    room = max_length - len(prompt_ids)
-    ids, steps = ids[:room], steps[:room]
-    input_ids = list(prompt_ids) + ids  # a new list per row: responses never share the prompt's list
-    step_ids = [-1] * (len(input_ids) - 1)
-    for k, step in enumerate(steps):
-        step_ids[len(prompt_ids) + k - 1] = step  # position t predicts token t + 1
-    return {"input_ids": input_ids, "labels": [IGNORE_INDEX] * len(prompt_ids) + ids, "step_ids": step_ids,
-            "score": float(score), "valid": 1.0, "list_id": list_id}
+    return token_row(prompt_ids, ids, steps + [steps[-1] if steps else 0], score, list_id, max_length)
 
 
 def filler_row(prompt_ids: list[int], list_id: int) -> dict[str, Any]:
@@ -327,6 +302,7 @@ def filler_row(prompt_ids: list[int], list_id: int) -> dict[str, Any]:
 
 
 def build_rows(lists: list[RankedList], ctx: RowContext) -> tuple[list[dict], dict[str, float]]:
+    """Offline: each ranked list -> list_size rows (its responses, then fillers)."""
     cfg = ctx.algorithm
     rows, cut = [], 0
     for list_id, item in enumerate(lists):
@@ -339,6 +315,20 @@ def build_rows(lists: list[RankedList], ctx: RowContext) -> tuple[list[dict], di
             rows.append(row)
         rows += [filler_row(prompt_ids, list_id) for _ in range(cfg.list_size - len(item.responses))]
     return rows, {"data/cut_responses": float(cut)}
+
+
+def tree_rows(leaves: list[Rollout], ctx: RowContext) -> tuple[list[dict], dict[str, float]]:
+    """Online: the scored leaves of each tree (one group id) -> one list of list_size rows."""
+    trees: dict[int, list[Rollout]] = {}
+    for leaf in leaves:
+        trees.setdefault(leaf.group, []).append(leaf)
+    rows = []
+    for list_id, members in enumerate(trees.values()):
+        for leaf in members:
+            rows.append(token_row(leaf.prompt_ids, leaf.completion_ids, segment_steps(leaf.segments, len(leaf.completion_ids)), leaf.reward, list_id,
+                                  ctx.max_length))
+        rows += [filler_row(members[0].prompt_ids, list_id) for _ in range(ctx.algorithm.list_size - len(members))]
+    return rows, {}
 
 
 def pad_list_rows(rows: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -354,16 +344,24 @@ def pad_list_rows(rows: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Te
 # ---- config checks and the spec ------------------------------------------------------------------
 
 
-def validate(run_cfg) -> None:
-    """Batch sizes fit whole lists; every row of the lists file is well formed (errors name file:line)."""
-    from rlft.sources.lists import read_lists
-
+def _check_whole_lists(run_cfg, what: str) -> None:
     cfg, train = run_cfg.algorithm, run_cfg.train
     for key in ("batch_size", "micro_batch_size"):
         if getattr(train, key) % cfg.list_size:
-            raise ValueError(f"train.{key}={getattr(train, key)} is not a multiple of algorithm.list_size="
-                             f"{cfg.list_size}: a list's responses must stay in one micro-batch")
-    read_lists(cfg.path, cfg.list_size)
+            raise ValueError(f"train.{key}={getattr(train, key)} is not a multiple of {what}={cfg.list_size}: "
+                             "a list's responses must stay in one micro-batch")
+
+
+def validate_offline(run_cfg) -> None:
+    """Batch sizes fit whole lists; every row of the lists file is well formed (errors name file:line)."""
+    from rlft.sources.lists import read_lists
+
+    _check_whole_lists(run_cfg, "algorithm.list_size")
+    read_lists(run_cfg.algorithm.path, run_cfg.algorithm.list_size)
+
+
+def validate_online(run_cfg) -> None:
+    _check_whole_lists(run_cfg, "the tree size 1 + sum(algorithm.branches)")
 
 
 def list_size(run_cfg) -> int:
@@ -375,14 +373,13 @@ def always(run_cfg) -> bool:
 
 
 SPEC = AlgorithmSpec(
-    name="tpo_offline",
-    config_cls=TPOOfflineConfig,
-    source="lists",
-    micro_batch_loss=micro_batch_loss,
-    build_rows=build_rows,
-    pad=pad_list_rows,
-    samples_per_prompt=list_size,
-    needs_reference=always,
-    validate=validate,
-    log_metrics=log_metrics,
+    name="tpo", config_cls=TPOConfig, source="trees", roles=("generator", "reward"),
+    micro_batch_loss=micro_batch_loss, build_rows=tree_rows, pad=pad_list_rows, passes=rollout_passes,
+    samples_per_prompt=list_size, needs_reference=always, validate=validate_online, log_metrics=log_metrics,
+)
+
+OFFLINE_SPEC = AlgorithmSpec(
+    name="tpo_offline", config_cls=TPOOfflineConfig, source="lists",
+    micro_batch_loss=micro_batch_loss, build_rows=build_rows, pad=pad_list_rows,
+    samples_per_prompt=list_size, needs_reference=always, validate=validate_offline, log_metrics=log_metrics,
 )

@@ -86,16 +86,18 @@ class GeneratorActor:
         return self.weights.request() if self.weights is not None else None
 
     # ----------------------------------------------------------------- sampling
-    def generate(self, prompts: list[list[int]], n: int, max_new_tokens: int, temperature: float,
+    def generate(self, prompts: list[list[int]], n: int, max_new_tokens: int | list[int], temperature: float,
                  top_p: float, seed: int) -> list[list[dict[str, Any]]]:
-        """n samples per tokenised prompt: token ids, sampling log-probs, text, version."""
+        """n samples per tokenised prompt: token ids, sampling log-probs, text, version.
+        max_new_tokens: one limit for every prompt, or one per prompt."""
         if not prompts:
             return []
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         # One seed per prompt: a shared seed would give every prompt the same random stream.
-        params = [SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+        limits = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
+        params = [SamplingParams(n=n, max_tokens=limits[i], temperature=temperature, top_p=top_p,
                                  seed=seed + i, logprobs=0) for i in range(len(prompts))]
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=p) for p in prompts], params,

@@ -24,6 +24,7 @@ SOURCES: Registry = Registry("data source", {
     "rollouts": "rlft.sources.rollouts:RolloutSource",
     "pairs": "rlft.sources.pairs:PairSource",
     "lists": "rlft.sources.lists:ListSource",
+    "trees": "rlft.sources.trees:TreeSource",
 })
 
 

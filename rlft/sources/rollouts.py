@@ -24,22 +24,28 @@ def split_evenly(items: list, parts: int) -> list[list]:
     return out
 
 
-def generate(generators, tokenizer, chat: bool, examples: list, n: int, max_new_tokens: int,
-             temperature: float, top_p: float, seed: int) -> list[Rollout]:
-    """n samples per example, the prompts spread evenly over the generator roles; group = prompt index."""
-    prompts = [encode_prompt(tokenizer, ex.prompt, chat) for ex in examples]
-    chunks = split_evenly(list(range(len(examples))), len(generators))
+def sample(generators, prompts: list[list[int]], n: int, max_new_tokens: int | list[int], temperature: float,
+           top_p: float, seed: int) -> list[list[dict]]:
+    """n samples per tokenised prompt (max_new_tokens: one for all, or one per prompt), the prompts
+    spread evenly over the generator roles; results in prompt order."""
+    chunks = split_evenly(list(range(len(prompts))), len(generators))
+    limits = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
     results = generators.call_each("generate", [
-        ([prompts[i] for i in chunk], n, max_new_tokens, temperature, top_p, seed * 100_000 + chunk[0] if chunk else 0)
+        ([prompts[i] for i in chunk], n, [limits[i] for i in chunk], temperature, top_p,
+         seed * 100_000 + chunk[0] if chunk else 0)
         for chunk in chunks
     ])
-    rollouts = []
-    for chunk, per_prompt in zip(chunks, results):
-        for i, samples in zip(chunk, per_prompt):
-            for s in samples:
-                rollouts.append(Rollout(examples[i], i, prompts[i], s["completion_ids"], s["logprobs"],
-                                        s["text"], s["version"], s["finish_reason"]))
-    return rollouts
+    return [samples for per_prompt in results for samples in per_prompt]
+
+
+def generate(generators, tokenizer, chat: bool, examples: list, n: int, max_new_tokens: int,
+             temperature: float, top_p: float, seed: int) -> list[Rollout]:
+    """n samples per example as Rollouts; group = the example's index."""
+    prompts = [encode_prompt(tokenizer, ex.prompt, chat) for ex in examples]
+    per_prompt = sample(generators, prompts, n, max_new_tokens, temperature, top_p, seed)
+    return [Rollout(examples[i], i, prompts[i], s["completion_ids"], s["logprobs"], s["text"], s["version"],
+                    s["finish_reason"])
+            for i, samples in enumerate(per_prompt) for s in samples]
 
 
 def score(rewards, rollouts: list[Rollout]) -> None:
