@@ -96,6 +96,11 @@ class RolloutConfig(Section):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
     mini_batches: int = Field(1, ge=1, description="Optimizer steps per pass over a rollout batch.")
     epochs: int = Field(1, ge=1, description="Passes over each rollout batch (>1 or mini_batches>1: off-policy steps).")
+    max_staleness: int = Field(
+        0, ge=0, le=1, description="0: generate, then train (synchronous). 1: generate the next batch while the "
+        "learners train on this one (one step off-policy: a batch is sampled by the policy one version behind the "
+        "one it trains). Only for algorithms with generators."
+    )
 
 
 class SyncConfig(Section):

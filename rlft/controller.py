@@ -9,6 +9,12 @@ One loop runs every algorithm; the algorithm's spec (rlft.algorithms.base) says 
         -> sync.publish             when generators exist: versioned payload, fingerprints, parity probe
       log at optimizer step i * steps_per_iteration; evaluate / checkpoint when a cadence is due
 
+With rollout.max_staleness = 1, source.next_batch(i + 1) runs in a background thread while the
+learners train on batch i, under the policy version before batch i's update (one step
+off-policy; each rollout keeps the version and sampling log-probs that produced it). Every other
+use of the generators (publish, parity probe, evaluation) first waits for that batch, so a weight
+load never interleaves with sampling.
+
 Roles come from the registry that `runtime.roles` names (rlft.roles.ROLES), so a test can run
 this loop with fake roles. The controller holds no model weights (only a tokenizer).
 """
@@ -19,6 +25,7 @@ import logging
 import math
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +68,8 @@ class Controller:
         self.run_dir: Path = cfg.run_dir
         self._log_handler = None
         self.optimizer_steps_taken = 0  # StepCounts.step of the next learner step
+        self._prefetcher: ThreadPoolExecutor | None = None
+        self._next_batch: Future | None = None  # the source batch being generated while the learners train
 
     @property
     def learners(self) -> runtime.RoleGroup | None:
@@ -191,10 +200,31 @@ class Controller:
         totals["lr"] /= len(passes)
         return totals, len(passes)
 
-    def iteration(self, iteration: int) -> dict[str, float]:
+    def next_batch(self, iteration: int, prefetch: bool) -> tuple[list, dict[str, float]]:
+        """Source batch `iteration` (generated during the previous iteration when it was prefetched);
+        with `prefetch`, start generating batch iteration + 1 in the background."""
+        if self._next_batch is not None:
+            items, metrics = self._next_batch.result()
+        else:
+            items, metrics = self.source.next_batch(iteration, self.policy_version)
+        self._next_batch = None
+        if prefetch:
+            if self._prefetcher is None:
+                self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlft-prefetch")
+            # trained after this iteration's publish, so at version + 1: that is what staleness counts from
+            self._next_batch = self._prefetcher.submit(self.source.next_batch, iteration + 1, self.policy_version + 1)
+        return items, metrics
+
+    def settle(self) -> None:
+        """Wait for the batch in generation (if any), so the generators are free for the caller."""
+        if self._next_batch is not None:
+            wait([self._next_batch])
+
+    def iteration(self, iteration: int, last: bool = False) -> dict[str, float]:
         """One source batch -> rows -> optimizer steps -> publish; returns the logged metrics."""
         t0 = time.time()
-        items, metrics = self.source.next_batch(iteration, self.policy_version)
+        items, metrics = self.next_batch(iteration, prefetch=bool(self.cfg.rollout.max_staleness) and not last)
+        t_batch = time.time()
         rows, row_stats = self.spec.build_rows(items, self.row_ctx)
         self.samples_seen += len(rows)
         t1 = time.time()
@@ -203,10 +233,15 @@ class Controller:
         metrics.update(row_stats)
         metrics.update({"train/loss": sums["loss"] / steps, "train/grad_norm": sums["grad_norm"], "train/lr": sums["lr"],
                         "train/iteration": float(iteration), **self.spec.log_metrics(sums, steps)})
+        t_wait = time.time()
+        self.settle()
+        t3 = time.time()
         if self.sync is not None:
             metrics.update(self.sync.publish())
             metrics["perf/time_sync"] = metrics["sync/seconds"]
         elapsed = time.time() - t0
+        if self.cfg.rollout.max_staleness:  # the learners' idle time: waiting for a batch, for generation to end
+            metrics["perf/time_wait_generation"] = (t_batch - t0) + (t3 - t_wait)
         metrics.update({"perf/time_train": t2 - t1, "perf/train_tokens_per_s": sums["step_tokens"] / max(t2 - t1, 1e-9),
                         "perf/step_seconds": elapsed, "perf/samples_per_s": len(rows) / elapsed})
         return metrics
@@ -218,6 +253,7 @@ class Controller:
         if not self.eval_examples:
             return {}
         if "generator" in self.roles:
+            self.settle()
             rollouts = generate(self.roles["generator"], self.tokenizer, self.chat, self.eval_examples, 1,
                                 cfg.max_new_tokens, 0.0, 1.0, seed=0)
             score(self.roles["reward"], rollouts)
@@ -257,7 +293,7 @@ class Controller:
         self.samples_seen = 0
         with progress_bar("train", iterations, self.show_progress) as advance:
             for it in range(1, iterations + 1):
-                metrics = self.iteration(it)
+                metrics = self.iteration(it, last=it == iterations)
                 step = it * per_iteration
                 if due(cfg.train.log_every, step, per_iteration) or it == iterations:
                     self.tracker.log(metrics, step)
@@ -280,6 +316,9 @@ class Controller:
         }
 
     def close(self) -> None:
+        if self._prefetcher is not None:  # a batch still in generation ends before its roles do
+            self._prefetcher.shutdown(wait=True, cancel_futures=True)
+            self._prefetcher, self._next_batch = None, None
         for kind in reversed(list(self.roles)):
             group = self.roles.pop(kind)
             try:

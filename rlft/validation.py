@@ -28,6 +28,9 @@ def check_config(cfg, spec, peft_cls) -> None:
     if "generator" in spec.roles and peft_cls.payload_kind is None:
         raise ValueError(f"algorithm {spec.name!r} runs generators, and weight sync ships adapters: "
                          f"peft.method={cfg.peft.method} has nothing to ship; set peft.method to lora or pissa")
+    if cfg.rollout.max_staleness and "generator" not in spec.roles:
+        raise ValueError(f"rollout.max_staleness={cfg.rollout.max_staleness}: algorithm {spec.name!r} generates "
+                         "nothing, so there is no generation to overlap with training; set it to 0")
     if spec.needs_reference(cfg) and not peft_cls.has_reference:
         raise ValueError(f"algorithm {spec.name!r} needs a reference policy, which peft.method={cfg.peft.method} "
                          "does not keep; use lora or pissa, or turn the KL term off")

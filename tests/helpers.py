@@ -35,6 +35,23 @@ def tiny_config(tmp_path, name: str = "t", **sections) -> RLFTConfig:
     return config_from_dict(raw, source="<test>")
 
 
+# GPPO with LoRA, 1 vLLM generator (64 MiB of KV cache) and 1 learner rank, inline: the smallest RL loop.
+RL = dict(
+    algorithm={"name": "gppo", "group_size": 4},
+    peft={"method": "lora", "r": 4, "alpha": 8},
+    generator={"count": 1, "kv_cache_mb": 64},
+    rollout={"max_new_tokens": 24},
+    train={"batch_size": 8, "micro_batch_size": 4, "lr": 1e-2},
+)
+
+
+def rl_config(tmp_path, name: str, **over) -> RLFTConfig:
+    sections = {k: dict(v) for k, v in RL.items()}
+    for key, values in over.items():
+        sections.setdefault(key, {}).update(values)
+    return tiny_config(tmp_path, name, **sections)
+
+
 class LearnerOnlyGPPOConfig(GPPOConfig):
     name: Literal["gppo_learner_only"] = "gppo_learner_only"
 

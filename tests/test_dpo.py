@@ -393,10 +393,11 @@ def parity_reward():
 
 def test_online_dpo_run_end_to_end(tmp_path, parity_reward):
     """Online DPO with LoRA: 1 vLLM generator samples 4 responses per prompt, the reward role scores
-    them, best vs worst pairs train, and the adapter is synced and verified after each of 2 iterations."""
+    them, best vs worst pairs train, and the adapter is synced and verified after each of 2 iterations;
+    the second batch is generated while the first trains (one step off-policy)."""
     cfg = tiny_config(
         tmp_path, "online", algorithm={"name": "dpo", "group_size": 4, "beta": 0.5}, peft={"method": "lora", "r": 4},
-        generator={"count": 1, "kv_cache_mb": 64}, rollout={"max_new_tokens": 24},
+        generator={"count": 1, "kv_cache_mb": 64}, rollout={"max_new_tokens": 24, "max_staleness": 1},
         reward={"components": [{"name": "answer"}, {"name": "first_token_parity"}]},
         train={"steps": 2, "batch_size": 8, "micro_batch_size": 4, "lr": 1e-2})
     summary = train(cfg, show_progress=False)
@@ -404,6 +405,7 @@ def test_online_dpo_run_end_to_end(tmp_path, parity_reward):
     rows = [json.loads(line) for line in (tmp_path / "runs" / "online" / "metrics.jsonl").read_text().splitlines()]
     trained = [r for r in rows if "train/loss" in r]
     assert [r["step"] for r in trained] == [1, 2]
+    assert [r["rollout/staleness"] for r in trained] == [0.0, 1.0]
     for key in ("rollout/pairs_per_prompt", "rollout/prompts_with_pairs", "reward/mean", "train/reward_accuracy",
                 "train/reward_margin", "train/pairs", "sync/version", "sync/parity_max_abs_diff"):
         assert key in trained[-1], key

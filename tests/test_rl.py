@@ -12,28 +12,14 @@ from rlft.controller import Controller, train
 from rlft.sources.rollouts import generate, score
 from rlft.sync.protocol import SyncError
 from rlft.types import Score
-from tests.helpers import LEARNER_ONLY_GPPO, synthetic_rollout_rows, tiny_config
+from tests.helpers import LEARNER_ONLY_GPPO, rl_config, synthetic_rollout_rows
 
-RL = dict(
-    algorithm={"name": "gppo", "group_size": 4},
-    peft={"method": "lora", "r": 4, "alpha": 8},
-    generator={"count": 1, "kv_cache_mb": 64},
-    rollout={"max_new_tokens": 24},
-    train={"batch_size": 8, "micro_batch_size": 4, "lr": 1e-2},
-)
-
-
-def _rl_config(tmp_path, name, **over):
-    sections = {k: dict(v) for k, v in RL.items()}
-    for key, values in over.items():
-        sections.setdefault(key, {}).update(values)
-    return tiny_config(tmp_path, name, **sections)
 
 
 @pytest.fixture(scope="module")
 def controller(tmp_path_factory):
     """One inline RL controller (1 vLLM engine, 1 learner rank) shared by the sync tests."""
-    ctl = Controller(_rl_config(tmp_path_factory.mktemp("rl"), "sync"), show_progress=False)
+    ctl = Controller(rl_config(tmp_path_factory.mktemp("rl"), "sync"), show_progress=False)
     ctl.setup()
     yield ctl
     ctl.close()
@@ -87,8 +73,8 @@ def _gppo_step(cfg):
 
 def test_gppo_update_two_ranks_equal_one_rank(tmp_path, learner_only_gppo):
     algo = {"name": LEARNER_ONLY_GPPO.name}
-    one_out, one_state = _gppo_step(_rl_config(tmp_path, "g1", algorithm=algo, train={"lr": 1e-3, "grad_clip": 0.0}))
-    two_out, two_state = _gppo_step(_rl_config(tmp_path, "g2", algorithm=algo, train={"lr": 1e-3, "grad_clip": 0.0},
+    one_out, one_state = _gppo_step(rl_config(tmp_path, "g1", algorithm=algo, train={"lr": 1e-3, "grad_clip": 0.0}))
+    two_out, two_state = _gppo_step(rl_config(tmp_path, "g2", algorithm=algo, train={"lr": 1e-3, "grad_clip": 0.0},
                                                runtime={"mode": "local"}, learner={"count": 2}))
     assert one_out["clip_low_tokens"] + one_out["clip_high_tokens"] > 0, "the test should exercise clipping"
     for key in ("loss", "pg_loss_sum", "clip_low_tokens", "clip_high_tokens", "grad_norm"):
@@ -103,7 +89,7 @@ def test_rl_run_end_to_end(tmp_path, mode):
             "reward": {"components": [{"name": "answer"}, {"name": "steps", "weight": 0.5}]}}
     if mode == "local":
         over.update(generator={"count": 2}, learner={"count": 2})
-    summary = train(_rl_config(tmp_path, mode, **over), show_progress=False)
+    summary = train(rl_config(tmp_path, mode, **over), show_progress=False)
     assert summary["policy_version"] == 2
     rows = [json.loads(line) for line in (tmp_path / "runs" / mode / "metrics.jsonl").read_text().splitlines()]
     keys = set().union(*rows)
@@ -132,7 +118,7 @@ def test_rl_run_end_to_end(tmp_path, mode):
     ({"train": {"max_length": 512}}, "longer than the model's context"),
 ])
 def test_unsupported_rl_settings_fail_before_any_role_starts(tmp_path, over, message):
-    ctl = Controller(_rl_config(tmp_path, "bad", **over), show_progress=False)
+    ctl = Controller(rl_config(tmp_path, "bad", **over), show_progress=False)
     with pytest.raises(ValueError, match=message):
         ctl.setup()
     assert ctl.learners is None and not (tmp_path / "runs" / "bad").exists()
@@ -150,7 +136,7 @@ def test_rlft_eval_reproduces_the_final_accuracy_of_a_run_with_a_warm_start(tmp_
         "task: {name: arith, train_size: 2000, eval_size: 32}\nalgorithm: {name: sft}\n"
         "train: {steps: 200, batch_size: 64, micro_batch_size: 64, lr: 3.0e-3, warmup_steps: 20, schedule: cosine, max_length: 64}\n"
         "learner: {count: 1}\neval: {num_examples: 32, max_new_tokens: 24}\ntracking: {wandb: disabled, plots: false}\n")
-    cfg = _rl_config(tmp_path, "rl", warm_start={"recipe": str(warm)}, task={"train_size": 2000, "eval_size": 32},
+    cfg = rl_config(tmp_path, "rl", warm_start={"recipe": str(warm)}, task={"train_size": 2000, "eval_size": 32},
                      eval={"num_examples": 32}, train={"steps": 2, "lr": 1e-3})
     summary = train(cfg, show_progress=False)
     assert summary["eval/accuracy"] > 0.2, "the warm start should leave a model that gets some problems right"
