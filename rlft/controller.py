@@ -246,6 +246,18 @@ class Controller:
                         "perf/step_seconds": elapsed, "perf/samples_per_s": len(rows) / elapsed})
         return metrics
 
+    def memory(self) -> dict[str, float]:
+        """perf/mem_<role>_<measure>: the largest value over each role's members (rlft.memory)."""
+        found: dict[str, float] = {}
+        for kind, group in self.roles.items():
+            try:
+                per_member = group.call("memory")
+            except AttributeError:  # an injected role class without the probe
+                continue
+            for key in per_member[0]:
+                found[f"perf/mem_{kind}_{key}"] = max(m[key] for m in per_member)
+        return found
+
     # ----------------------------------------------------------------- eval and outputs
     def evaluate(self, step: int) -> dict[str, float]:
         """Greedy held-out accuracy: by the generators (current version) when there are any, else learner rank 0."""
@@ -296,7 +308,7 @@ class Controller:
                 metrics = self.iteration(it, last=it == iterations)
                 step = it * per_iteration
                 if due(cfg.train.log_every, step, per_iteration) or it == iterations:
-                    self.tracker.log(metrics, step)
+                    self.tracker.log({**metrics, **self.memory()}, step)
                 if due(cfg.train.eval_every, step, per_iteration) and it != iterations:
                     self.tracker.log(self.evaluate(step), step)
                 if due(cfg.train.save_every, step, per_iteration):

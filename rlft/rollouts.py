@@ -2,7 +2,9 @@
 
 A row holds prompt + completion token ids, labels (IGNORE_INDEX on the prompt), and per shifted
 position (aligned with rlft.ops.logprobs.token_logprobs) the behaviour log-prob and the
-advantage of the completion token predicted there.
+advantage of the completion token predicted there, and per row the sampling temperature T: the
+behaviour log-probs are of the tempered distribution softmax(logits / T), so the learner scores
+the same distribution (rlft.algorithms.gppo.tempered).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ def rollout_row(rollout: Rollout, advantage: float, positive: float, max_length:
         "old_logprobs": old_logprobs,
         "advantages": advantages,
         "positive": positive,
+        "temperature": rollout.temperature,
     }
 
 
@@ -39,7 +42,7 @@ def filler_row(like: dict[str, Any]) -> dict[str, Any]:
     """A row that carries no loss (all labels ignored): keeps micro-batch counts fixed."""
     n = len(like["input_ids"])
     return {"input_ids": like["input_ids"], "labels": [IGNORE_INDEX] * n, "old_logprobs": [0.0] * (n - 1),
-            "advantages": [0.0] * (n - 1), "positive": 0.0}
+            "advantages": [0.0] * (n - 1), "positive": 0.0, "temperature": like.get("temperature", 1.0)}
 
 
 def pad_rollout_rows(rows: list[dict[str, Any]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -51,4 +54,5 @@ def pad_rollout_rows(rows: list[dict[str, Any]], pad_id: int) -> dict[str, torch
     for key in ("old_logprobs", "advantages"):
         batch[key] = torch.tensor([r[key] + [0.0] * (width - len(r[key])) for r in rows], dtype=torch.float32)
     batch["positive"] = torch.tensor([r["positive"] for r in rows], dtype=torch.float32)
+    batch["temperature"] = torch.tensor([r.get("temperature", 1.0) for r in rows], dtype=torch.float32)
     return batch

@@ -60,6 +60,7 @@ class Rollout:
     finish_reason: str | None = None
     segments: list[Segment] = field(default_factory=list)
     score: Score | None = None
+    temperature: float = 1.0    # sampling temperature: `logprobs` are of pi(.)^(1/T), renormalised
 
     @property
     def reward(self) -> float:

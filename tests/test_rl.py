@@ -105,6 +105,11 @@ def test_rl_run_end_to_end(tmp_path, mode):
         assert r["rollout/staleness"] == 0.0
     assert [r["step"] for r in trained] == [1, 2]
     assert max(r.get("sync/parity_max_abs_diff", 0.0) for r in rows) < 1e-3
+    for kind in ("learner", "generator", "reward"):  # per-role memory (in inline mode: the one shared process)
+        assert 50 < trained[-1][f"perf/mem_{kind}_rss_mb"] < 64_000
+        assert trained[-1][f"perf/mem_{kind}_peak_rss_mb"] > 50
+    if mode == "local":  # each role its own process; the generator's includes its vLLM engine core
+        assert trained[-1]["perf/mem_generator_rss_mb"] > trained[-1]["perf/mem_reward_rss_mb"]
     adapter = tmp_path / "runs" / mode / "checkpoints" / "final" / "adapter_config.json"
     assert json.loads(adapter.read_text())["r"] == 4
 
@@ -145,3 +150,39 @@ def test_rlft_eval_reproduces_the_final_accuracy_of_a_run_with_a_warm_start(tmp_
     config = json.loads((ckpt / "adapter_config.json").read_text())
     assert Path(config["base_model_name_or_path"]).is_absolute()
     assert evaluate_checkpoint(cfg, str(ckpt), show_progress=False)["eval/accuracy"] == summary["eval/accuracy"]
+
+
+def test_tempered_rollouts_are_scored_by_the_learner_as_sampled(tmp_path):
+    """rollout.temperature = 0.6: vLLM's sampling log-probs are of softmax(logits / T), the rows carry T,
+    and GPPO's `tempered` logits give the same log-probs at version 0 (ratio 1), where the untempered
+    policy would not."""
+    from transformers import AutoModelForCausalLM
+
+    from rlft.algorithms.gppo import tempered
+    from rlft.data.models import resolve_model
+    from rlft.ops.logprobs import token_logprobs
+
+    cfg = rl_config(tmp_path, "tempered", rollout={"temperature": 0.6})
+    ctl = Controller(cfg, show_progress=False)
+    ctl.setup()
+    try:
+        rollouts, _ = ctl.source.next_batch(1, 0)
+        batch = ctl.spec.pad(ctl.spec.build_rows(rollouts, ctl.row_ctx)[0], ctl.pad_id())
+    finally:
+        ctl.close()
+    assert all(r.temperature == 0.6 for r in rollouts) and torch.all(batch["temperature"] == 0.6)
+    model = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model))
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    learner, mask = token_logprobs(tempered(logits, batch), batch["labels"])
+    untempered, _ = token_logprobs(logits, batch["labels"])
+    sampled = batch["old_logprobs"]
+    assert mask.sum() > 50
+    assert ((learner - sampled).abs() * mask).max() < 1e-3
+    assert ((untempered - sampled).abs() * mask).max() > 0.05
+
+
+def test_rl_needs_sampled_rollouts(tmp_path):
+    ctl = Controller(rl_config(tmp_path, "greedy", rollout={"temperature": 0.0}), show_progress=False)
+    with pytest.raises(ValueError, match="rollout.temperature=0 samples greedily"):
+        ctl.setup()

@@ -228,6 +228,8 @@ def validate(run_cfg) -> None:
     if run_cfg.train.batch_size % cfg.group_size:
         raise ValueError(f"train.batch_size={run_cfg.train.batch_size} is not a multiple of "
                          f"algorithm.group_size={cfg.group_size}")
+    if run_cfg.rollout.temperature <= 0:
+        raise ValueError("rollout.temperature=0 samples greedily: a policy gradient needs sampled rollouts (T > 0)")
     if cfg.kl_coef > 0 and cfg.kl_placement == "reward":
         raise ValueError("algorithm.kl_placement=reward is not wired into the RL loop yet; use kl_placement=loss")
 
@@ -254,10 +256,19 @@ def _reduce(values: torch.Tensor, mask: torch.Tensor, cfg: GPPOConfig, counts: S
     )
 
 
+def tempered(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """logits / T per row: the policy the rollouts were sampled from (vLLM returns log-probs of the
+    tempered distribution), so the importance ratio is 1 at version parity whatever T is."""
+    if "temperature" not in batch:
+        return logits
+    temperature = batch["temperature"].to(logits.device, logits.dtype)
+    return logits / temperature.view(-1, *([1] * (logits.dim() - 1)))
+
+
 def _kl_in_loss(model, batch, logprobs, mask, cfg, counts) -> tuple[torch.Tensor, torch.Tensor]:
     """(beta * reduced KL, masked KL sum) against the reference policy."""
     with torch.no_grad():
-        ref_logprobs, _ = token_logprobs(model.reference_logits(batch), batch["labels"])
+        ref_logprobs, _ = token_logprobs(tempered(model.reference_logits(batch), batch), batch["labels"])
     kl = kl_penalty(logprobs, ref_logprobs, cfg.kl_estimator, cfg.k3_clamp)
     return cfg.kl_coef * _reduce(kl, mask, cfg, counts), (kl.detach() * mask).sum()
 
@@ -306,7 +317,7 @@ def micro_batch_loss(
     Metrics are sums over this micro-batch (add across micro-batches/ranks, divide by counts);
     kl_sum is 0 unless the KL is in the loss.
     """
-    logits = model.logits(batch)
+    logits = tempered(model.logits(batch), batch)
     logprobs, mask = token_logprobs(logits, batch["labels"])
     # Off-mask logprobs are 0: zero old_logprobs there too so delta = 1 whatever the batch holds.
     old_logprobs = torch.where(mask > 0, batch["old_logprobs"].to(logprobs.dtype), 0.0)

@@ -20,6 +20,8 @@ def engine_kwargs(gen_cfg, model_path: str, dtype: str, lora_rank: int | None, m
     kwargs: dict[str, Any] = dict(
         model=model_path, dtype=dtype, enforce_eager=gen_cfg.enforce_eager, seed=seed,
         max_model_len=max_model_len, worker_extension_cls=EXTENSION,
+        # sampling log-probs of the distribution actually sampled (after temperature), which the learner scores
+        logprobs_mode="processed_logprobs",
     )
     if gen_cfg.kv_cache_mb:
         kwargs["kv_cache_memory_bytes"] = gen_cfg.kv_cache_mb << 20
@@ -126,6 +128,11 @@ class GeneratorActor:
         )
         return [[entry[tok].logprob for entry, tok in zip(out.prompt_logprobs[1:], seq[1:])]
                 for out, seq in zip(outputs, sequences)]
+
+    def memory(self) -> dict[str, float]:
+        from rlft.memory import process_memory
+
+        return process_memory()
 
     def close(self) -> None:
         self.llm = None

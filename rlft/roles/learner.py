@@ -233,6 +233,11 @@ class LearnerActor:
         """Copies of the trainable parameters (for invariance checks and tests)."""
         return {n: p.detach().float().cpu().clone() for n, p in self.engine.module.named_parameters() if p.requires_grad}
 
+    def memory(self) -> dict[str, float]:
+        from rlft.memory import process_memory
+
+        return process_memory()
+
     def close(self) -> None:
         """Release the engine; the process group stays (remote ranks exit, inline ones reuse it)."""
         self.engine = None

@@ -29,5 +29,10 @@ class RewardActor:
     def score(self, rollouts: list[Rollout]) -> list[Score]:
         return [combine(r, self.components, self.task.score(r.example, r.text) >= 1.0) for r in rollouts]
 
+    def memory(self) -> dict[str, float]:
+        from rlft.memory import process_memory
+
+        return process_memory()
+
     def close(self) -> None:
         self.task, self.components = None, []

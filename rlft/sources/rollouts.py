@@ -44,7 +44,7 @@ def generate(generators, tokenizer, chat: bool, examples: list, n: int, max_new_
     prompts = [encode_prompt(tokenizer, ex.prompt, chat) for ex in examples]
     per_prompt = sample(generators, prompts, n, max_new_tokens, temperature, top_p, seed)
     return [Rollout(examples[i], i, prompts[i], s["completion_ids"], s["logprobs"], s["text"], s["version"],
-                    s["finish_reason"])
+                    s["finish_reason"], temperature=temperature)
             for i, samples in enumerate(per_prompt) for s in samples]
 
 

@@ -40,7 +40,8 @@ def leaf(root: Rollout, cut: int, continuation: dict, tokenizer, delimiter: str)
     logprobs = root.logprobs[:cut] + continuation["logprobs"]
     text = tokenizer.decode(ids, skip_special_tokens=True)
     return Rollout(root.example, root.group, root.prompt_ids, ids, logprobs, text, continuation["version"],
-                   continuation["finish_reason"], step_segments(token_steps(tokenizer, ids, delimiter)))
+                   continuation["finish_reason"], step_segments(token_steps(tokenizer, ids, delimiter)),
+                   temperature=root.temperature)
 
 
 class TreeSource:
@@ -55,7 +56,8 @@ class TreeSource:
         prompts = [encode_prompt(ctx.tokenizer, ex.prompt, ctx.chat) for ex in examples]
         trees = []
         for i, samples in enumerate(sample(generators, prompts, 1, ro.max_new_tokens, ro.temperature, ro.top_p, seed)):
-            root = leaf(Rollout(examples[i], i, prompts[i], [], [], "", 0), 0, samples[0], ctx.tokenizer, delimiter)
+            seed_root = Rollout(examples[i], i, prompts[i], [], [], "", 0, temperature=ro.temperature)
+            root = leaf(seed_root, 0, samples[0], ctx.tokenizer, delimiter)
             trees.append([root])
         for depth, count in enumerate(algo.branches):
             if count == 0:
