@@ -105,8 +105,9 @@ class RolloutConfig(Section):
 
 class SyncConfig(Section):
     parity_every: int = Field(1, ge=0, description="Run the logprob parity probe every N syncs (0: never).")
-    parity_tolerance: float = Field(
-        1e-3, gt=0, description="Max |learner - generator| probe logprob difference before the run stops."
+    parity_tolerance: float | None = Field(
+        None, gt=0, description="Max |learner - generator| probe logprob difference before the run stops "
+        "(None: by the model dtype, rlft.sync.protocol.PARITY_TOLERANCE: 1e-3 in float32, 5e-2 in 16-bit)."
     )
 
 

@@ -68,6 +68,7 @@ class Controller:
         self.run_dir: Path = cfg.run_dir
         self._log_handler = None
         self.optimizer_steps_taken = 0  # StepCounts.step of the next learner step
+        self.samples_seen = 0  # training rows built so far
         self._prefetcher: ThreadPoolExecutor | None = None
         self._next_batch: Future | None = None  # the source batch being generated while the learners train
 
@@ -108,7 +109,7 @@ class Controller:
         for kind in self.spec.roles:
             self.roles[kind] = getattr(self, f"_start_{kind}s")()
         if "generator" in self.roles:
-            self.sync = WeightSync(self.learners, self.roles["generator"], cfg.sync, self._probe())
+            self.sync = WeightSync(self.learners, self.roles["generator"], cfg.sync, self._probe(), self.dtype())
         self.row_ctx = RowContext(self.tokenizer, self.chat, cfg.train.max_length, cfg.algorithm)
 
     def _start_log_file(self) -> None:
@@ -145,10 +146,14 @@ class Controller:
         self.learner_info = info[0]
         return group
 
+    def dtype(self):
+        """The weights dtype of learners and generators (model.dtype resolved on the learner device)."""
+        return resolve_dtype(self.cfg.model.dtype, detect_device(self.cfg.learner.device))
+
     def _start_generators(self) -> runtime.RoleGroup:
         cfg, gen = self.cfg, self.cfg.generator
         device = detect_device(cfg.learner.device)
-        dtype = str(resolve_dtype(cfg.model.dtype, device)).removeprefix("torch.")
+        dtype = str(self.dtype()).removeprefix("torch.")
         cores = os.cpu_count() or 1
         kwargs = [dict(cfg=cfg, index=i, model_path=str(self.model_path), dtype=dtype, seed=cfg.run.seed + i,
                        lora_rank=self.peft(cfg.peft).generator_lora_rank(),
@@ -302,7 +307,6 @@ class Controller:
             initial["sync/parity_max_abs_diff"] = self.sync.check_parity()
         self.tracker.log(initial, 0)
         metrics: dict[str, float] = {}
-        self.samples_seen = 0
         with progress_bar("train", iterations, self.show_progress) as advance:
             for it in range(1, iterations + 1):
                 metrics = self.iteration(it, last=it == iterations)

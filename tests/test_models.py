@@ -135,6 +135,24 @@ def test_resolve_dtype():
         resolve_dtype("int8", "cpu")
 
 
+@pytest.mark.parametrize("flags, native", [("fpu sse avx512f avx512_bf16 avx512_vnni", True),
+                                           ("fpu amx_tile amx_bf16 amx_int8", True),
+                                           ("fpu sse avx2 avx512f avx512_vnni", False)])
+def test_fast_dtype_is_bf16_only_where_the_cpu_computes_it(tmp_path, monkeypatch, flags, native):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n\nprocessor\t: 1\nflags\t\t: {flags}\n")
+    assert models.cpu_has_native_bf16(str(cpuinfo)) is native
+    assert models.cpu_has_native_bf16(str(tmp_path / "missing")) is False  # no /proc/cpuinfo: assume nothing
+    monkeypatch.setattr(models, "cpu_has_native_bf16", lambda: native)
+    assert resolve_dtype("fast", "cpu") == (torch.bfloat16 if native else torch.float32)
+
+
+def test_fast_dtype_on_a_gpu_follows_its_bf16_support(monkeypatch):
+    for supported, dtype in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
+        assert resolve_dtype("fast", "cuda:0") == dtype
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("gguf") is None, reason="needs the gguf package")
 def test_smollm2_converts_once_to_a_plain_folder(tmp_path):

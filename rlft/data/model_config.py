@@ -39,8 +39,9 @@ class ModelConfig(Section):
         "tiny",
         description='"tiny", "smollm2-135m-instruct", a local HF folder, or a hub id (online only).',
     )
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Weights dtype; auto: float32 on CPU, bfloat16 on GPU."
+    dtype: Literal["auto", "fast", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="Weights dtype; auto: float32 on CPU, bfloat16 on GPU; fast: bfloat16 wherever the "
+        "hardware computes it natively (GPUs with bf16, CPUs with avx512_bf16 or AMX), else float32."
     )
     tiny: TinyModelConfig = Field(
         default_factory=TinyModelConfig, description='Sizes of the model built for name="tiny".'

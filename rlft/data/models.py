@@ -28,12 +28,26 @@ SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """True when the CPU flags include avx512_bf16 or amx_bf16 (Linux; elsewhere False: assume nothing)."""
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
 def resolve_dtype(name: str, device: str) -> torch.dtype:
     """The torch dtype for a config dtype name on a device ("cpu", "cuda", "cuda:1", ...)."""
+    on_cpu = str(device).startswith("cpu")
     if name == "auto":
-        return torch.float32 if str(device).startswith("cpu") else torch.bfloat16
+        return torch.float32 if on_cpu else torch.bfloat16
+    if name == "fast":
+        native = cpu_has_native_bf16() if on_cpu else torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if native else torch.float32
     if name not in _DTYPES:
-        raise ValueError(f"unknown dtype {name!r}; expected auto or one of {sorted(_DTYPES)}")
+        raise ValueError(f"unknown dtype {name!r}; expected auto, fast or one of {sorted(_DTYPES)}")
     return _DTYPES[name]
 
 

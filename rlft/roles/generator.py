@@ -71,7 +71,7 @@ class GeneratorActor:
         from vllm import LLM
 
         self.llm = LLM(**engine_kwargs(self.cfg, self.model_path, self.dtype, self.lora_rank, self.max_model_len, self.seed))
-        return {"index": self.index, "model": self.model_path, "lora": bool(self.lora_rank)}
+        return {"index": self.index, "model": self.model_path, "lora": bool(self.lora_rank), "dtype": self.dtype}
 
     # ----------------------------------------------------------------- weights
     def load_weights(self, payload) -> str:

@@ -168,7 +168,7 @@ class LearnerActor:
         )
         self.policy = _Policy(self)
         trainable, total = count_parameters(model)
-        return {"rank": self.rank, "device": self.device, "backend": backend,
+        return {"rank": self.rank, "device": self.device, "backend": backend, "dtype": str(self.dtype),
                 "trainable_params": trainable, "total_params": total}
 
     # ----------------------------------------------------------------- training
