@@ -1,4 +1,4 @@
-"""Command line: `rlft train|eval|plot|doctor`."""
+"""Command line: `rlft train|eval|plot|algorithms|doctor`."""
 
 from __future__ import annotations
 
@@ -38,6 +38,22 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_algorithms(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from rlft.algorithms import ALGORITHMS
+
+    table = Table(title="algorithms (algorithm.name)")
+    for column in ("name", "data source", "roles besides learners", "what"):
+        table.add_column(column)
+    for name in ALGORITHMS.names():
+        spec = ALGORITHMS[name]
+        table.add_row(name, spec.source, ", ".join(spec.roles) or "-", spec.summary)
+    Console().print(table)
+    return 0
+
+
 def _cmd_doctor(args: argparse.Namespace) -> int:
     from rlft.doctor import devices, package_versions, run_checks
     from rlft.progress import print_summary
@@ -66,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     plot = sub.add_parser("plot", help="write PNG plots of a run's metrics")
     plot.add_argument("run_dir")
     plot.set_defaults(func=_cmd_plot)
+    algorithms = sub.add_parser("algorithms", help="list the registered algorithms and what each one is")
+    algorithms.set_defaults(func=_cmd_algorithms)
     doctor = sub.add_parser("doctor", help="report versions, devices and whether Ray/DeepSpeed/vLLM work")
     doctor.set_defaults(func=_cmd_doctor)
     return parser

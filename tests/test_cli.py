@@ -37,3 +37,14 @@ def test_a_run_that_cannot_start_is_one_line_before_any_role(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("rlft: error: train example 0: prompt of ") and "does not fit train.max_length (64)" in err
     assert not (tmp_path / "runs").exists()
+
+
+def test_algorithms_command_lists_every_registered_algorithm(capsys):
+    from rlft.algorithms import ALGORITHMS
+
+    assert main(["algorithms"]) == 0
+    out = capsys.readouterr().out
+    for name in ALGORITHMS.names():
+        assert name in out, name
+    assert "TPOTrainer" in out  # tpo says it is not TRL's (triple preference optimization)
+    assert all(ALGORITHMS[name].summary for name in ALGORITHMS.names())

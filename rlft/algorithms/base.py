@@ -15,7 +15,8 @@ The spec says everything the controller needs, so the controller never branches 
   * `samples_per_prompt(run_cfg)`: rollouts per prompt (the group size) for rollout sources;
   * `needs_reference(run_cfg)`: whether the learner must keep a reference policy;
   * `log_metrics(sums, steps)`: summed metric sums -> logged `train/...` metrics;
-  * `validate(run_cfg)`: its own checks of the whole config (ValueError before any role starts).
+  * `validate(run_cfg)`: its own checks of the whole config (ValueError before any role starts);
+  * `summary`: what it is, in one line (`rlft algorithms` lists them).
 
 The learner knows nothing about any algorithm: for each micro-batch it calls
 `spec.micro_batch_loss(...)` and backpropagates the returned loss.
@@ -123,6 +124,7 @@ class AlgorithmSpec:
     needs_reference: Callable[[Any], bool] = never
     validate: Callable[[Any], None] = no_checks
     log_metrics: Callable[[dict[str, float], int], dict[str, float]] = loss_only
+    summary: str = ""  # what it is, in one line (`rlft algorithms`)
 
     def optimizer_steps(self, run_cfg) -> int:
         """Optimizer steps taken on one source batch."""

@@ -302,6 +302,7 @@ def group_size(run_cfg) -> int:
 
 
 SPEC = AlgorithmSpec(
+    summary="DPO online: samples per prompt, scored, paired (best vs worst or correct x wrong); cDPO, IPO, RPO",
     name="dpo", config_cls=DPOConfig, source="rollouts", roles=("generator", "reward"),
     micro_batch_loss=micro_batch_loss, build_rows=rollout_pair_rows, pad=pad_pair_rows, count_tokens=count_pair_rows,
     passes=rollout_passes, samples_per_prompt=group_size,
@@ -309,6 +310,7 @@ SPEC = AlgorithmSpec(
 )
 
 OFFLINE_SPEC = AlgorithmSpec(
+    summary="DPO offline, from a pairs JSONL file (prompt, chosen, rejected)",
     name="dpo_offline", config_cls=OfflineDPOConfig, source="pairs", micro_batch_loss=micro_batch_loss,
     build_rows=file_pair_rows, pad=pad_pair_rows, count_tokens=count_pair_rows, passes=single_pass,
     needs_reference=needs_reference, validate=validate_offline, log_metrics=log_metrics,

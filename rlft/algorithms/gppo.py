@@ -337,6 +337,7 @@ def micro_batch_loss(
 
 
 SPEC = AlgorithmSpec(
+    summary="GPPO / PPO-clip policy gradient with GRPO group advantages (the main job)",
     name="gppo",
     config_cls=GPPOConfig,
     source="rollouts",

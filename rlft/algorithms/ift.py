@@ -221,5 +221,8 @@ def log_metrics(sums: dict[str, float], steps: int) -> dict[str, float]:
             "train/greedy_match": sums["greedy_match"] / tokens, "train/ift_lambda": sums["lambda_tokens"] / tokens}
 
 
-SPEC = AlgorithmSpec(name="ift", config_cls=IFTConfig, source="dataset", micro_batch_loss=micro_batch_loss,
-                     build_rows=build_rows, log_metrics=log_metrics)
+SPEC = AlgorithmSpec(
+    summary="IFT (intuitive fine-tuning): SFT rows, inputs mixed with the model's own predictions",
+    name="ift", config_cls=IFTConfig, source="dataset", micro_batch_loss=micro_batch_loss,
+    build_rows=build_rows, log_metrics=log_metrics,
+)

@@ -61,5 +61,8 @@ def log_metrics(sums: dict[str, float], steps: int) -> dict[str, float]:
     return {"train/nll": sums["nll_sum"] / max(sums["tokens"], 1.0)}
 
 
-SPEC = AlgorithmSpec(name="sft", config_cls=SFTConfig, source="dataset", micro_batch_loss=micro_batch_loss,
-                     build_rows=build_rows, log_metrics=log_metrics)
+SPEC = AlgorithmSpec(
+    summary="supervised fine-tuning on (prompt, response) rows",
+    name="sft", config_cls=SFTConfig, source="dataset", micro_batch_loss=micro_batch_loss,
+    build_rows=build_rows, log_metrics=log_metrics,
+)

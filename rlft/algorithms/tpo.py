@@ -373,12 +373,15 @@ def always(run_cfg) -> bool:
 
 
 SPEC = AlgorithmSpec(
+    summary="tree preference optimization, online trees from the generators "
+            "(not TRL's TPOTrainer: that is triple preference optimization)",
     name="tpo", config_cls=TPOConfig, source="trees", roles=("generator", "reward"),
     micro_batch_loss=micro_batch_loss, build_rows=tree_rows, pad=pad_list_rows, passes=rollout_passes,
     samples_per_prompt=list_size, needs_reference=always, validate=validate_online, log_metrics=log_metrics,
 )
 
 OFFLINE_SPEC = AlgorithmSpec(
+    summary="tree preference optimization from a ranked-lists JSONL file",
     name="tpo_offline", config_cls=TPOOfflineConfig, source="lists",
     micro_batch_loss=micro_batch_loss, build_rows=build_rows, pad=pad_list_rows,
     samples_per_prompt=list_size, needs_reference=always, validate=validate_offline, log_metrics=log_metrics,
