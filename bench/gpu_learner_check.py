@@ -1,0 +1,138 @@
+"""GPU learner check: DeepSpeed + PEFT LoRA on one CUDA GPU (bf16, NCCL), against a CPU reference.
+
+    .venv/bin/python bench/gpu_learner_check.py --reference bench/data/gpu_learner_check_cpu.json   # CPU: write it
+    python bench/gpu_learner_check.py                                                               # GPU: compare
+
+No vLLM, Ray or generator: one inline learner rank (rlft.roles.learner.LearnerActor through the
+controller) on the tiny model with LoRA r=8 takes 3 SFT steps on the arith train split and 3 GPPO
+steps on fixed rollout rows (reference traces, fixed advantages, old log-probs perturbed from 0),
+the same rows on every machine. The CPU run (float32, gloo) saves per-step losses and gradient
+norms; the GPU run (model.dtype auto = bfloat16, NCCL) recomputes them and prints both, with
+their relative differences. Passes when every value is finite and within 5% of the CPU value
+(bf16 keeps ~3 significant digits). Where no CUDA GPU is present it says so and checks nothing.
+`bench/gpu_learner_check.sh` wraps it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_REFERENCE = ROOT / "bench" / "data" / "gpu_learner_check_cpu.json"
+TOLERANCE = 0.05
+
+
+def config(algorithm: dict, out: Path):
+    from rlft.config import config_from_dict
+
+    return config_from_dict({
+        "run": {"name": f"gpu_check_{algorithm['name']}", "output_dir": str(out), "seed": 0, "if_exists": "overwrite"},
+        "runtime": {"mode": "inline"}, "model": {"name": "tiny"},
+        "peft": {"method": "lora", "r": 8, "alpha": 16},
+        "task": {"name": "arith", "train_size": 512, "eval_size": 8}, "algorithm": algorithm,
+        "train": {"steps": 3, "batch_size": 16, "micro_batch_size": 8, "lr": 1e-2, "max_length": 64},
+        "learner": {"count": 1}, "eval": {"num_examples": 0}, "tracking": {"wandb": "disabled", "plots": False},
+    }, source="<gpu_learner_check>")
+
+
+def learner_only_gppo():
+    """GPPO's learner step without generators, registered under its own name."""
+    from rlft.algorithms import ALGORITHMS
+    from rlft.algorithms.gppo import GPPOConfig
+
+    class Config(GPPOConfig):
+        name: Literal["gppo_learner_check"] = "gppo_learner_check"
+
+    spec = dataclasses.replace(ALGORITHMS["gppo"], name="gppo_learner_check", roles=(), config_cls=Config)
+    ALGORITHMS.register(spec.name, spec, replace=True)
+
+
+def rollout_rows(ctl) -> list[dict]:
+    """16 rows from the reference traces: 4 groups of 4, rewards 1 for every third, old log-probs in [-2, 0]."""
+    import torch
+
+    from rlft.data.collate import encode_prompt
+    from rlft.types import Rollout, Score
+
+    gen = torch.Generator().manual_seed(0)
+    rollouts = []
+    for i, ex in enumerate(ctl.train_examples[:16]):
+        prompt = encode_prompt(ctl.tokenizer, ex.prompt, False)
+        completion = ctl.tokenizer(ex.response, add_special_tokens=False)["input_ids"] + [ctl.tokenizer.eos_token_id]
+        logprobs = (-torch.rand(len(completion), generator=gen) * 2).tolist()
+        rollouts.append(Rollout(ex, i // 4, prompt, completion, logprobs, ex.response, 0,
+                                score=Score(reward=float(i % 3 == 0), correct=False)))
+    return ctl.spec.build_rows(rollouts, ctl.row_ctx)[0]
+
+
+def steps(algorithm: str, out: Path) -> tuple[list[dict], dict]:
+    """Three learner steps; (per step {loss, grad_norm}, learner info)."""
+    from rlft.controller import Controller
+
+    ctl = Controller(config({"name": algorithm} | ({"group_size": 4} if algorithm != "sft" else {}), out),
+                     show_progress=False)
+    ctl.setup()
+    try:
+        found = []
+        for iteration in (1, 2, 3):
+            if algorithm == "sft":
+                rows = ctl.spec.build_rows(ctl.source.next_batch(iteration, 0)[0], ctl.row_ctx)[0]
+            else:
+                rows = rollout_rows(ctl)
+            result = ctl.learner_step(rows)
+            found.append({"loss": result["loss"], "grad_norm": result["grad_norm"]})
+        return found, ctl.learner_info
+    finally:
+        ctl.close()
+
+
+def run_all(out: Path) -> tuple[dict, dict]:
+    learner_only_gppo()
+    sft, info = steps("sft", out)
+    gppo, _ = steps("gppo_learner_check", out)
+    return {"sft": sft, "gppo": gppo}, info
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--reference", type=Path, help="write the CPU reference here (run on a CPU machine)")
+    parser.add_argument("--against", type=Path, default=DEFAULT_REFERENCE, help="CPU reference to compare with")
+    args = parser.parse_args()
+    import torch
+
+    out = Path(tempfile.mkdtemp(prefix="rlft_gpu_check_"))
+    if args.reference:
+        found, info = run_all(out)
+        args.reference.parent.mkdir(parents=True, exist_ok=True)
+        args.reference.write_text(json.dumps({"info": info, **found}, indent=1) + "\n")
+        print(f"CPU reference ({info['device']}, {info['dtype']}, {info['backend']}) written to {args.reference}")
+        return 0
+    if not torch.cuda.is_available():
+        print("no CUDA GPU on this machine: the GPU learner check did not run (nothing was checked)")
+        return 0
+    reference = json.loads(args.against.read_text())
+    found, info = run_all(out)
+    print(f"GPU: {torch.cuda.get_device_name(0)}; learner on {info['device']}, {info['dtype']}, {info['backend']}")
+    print(f"CPU reference: {reference['info']['device']}, {reference['info']['dtype']}, {reference['info']['backend']}\n")
+    print("| algorithm | step | value | CPU float32 | GPU | rel. diff |")
+    print("|---|---|---|---|---|---|")
+    ok = info["device"].startswith("cuda") and info["backend"] == "nccl"
+    for algorithm in ("sft", "gppo"):
+        for step, (cpu, gpu) in enumerate(zip(reference[algorithm], found[algorithm]), start=1):
+            for key in ("loss", "grad_norm"):
+                rel = abs(gpu[key] - cpu[key]) / max(abs(cpu[key]), 1e-8)
+                ok &= math.isfinite(gpu[key]) and rel <= TOLERANCE
+                print(f"| {algorithm} | {step} | {key} | {cpu[key]:.5f} | {gpu[key]:.5f} | {rel:.2%} |")
+    print(f"\n{'PASS' if ok else 'FAIL'}: finite and within {TOLERANCE:.0%} of the CPU reference, on cuda with nccl")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
