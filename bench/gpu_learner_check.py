@@ -47,10 +47,9 @@ def learner_only_gppo():
     from rlft.algorithms import ALGORITHMS
     from rlft.algorithms.gppo import GPPOConfig
 
-    class Config(GPPOConfig):
-        name: Literal["gppo_learner_check"] = "gppo_learner_check"
-
-    spec = dataclasses.replace(ALGORITHMS["gppo"], name="gppo_learner_check", roles=(), config_cls=Config)
+    config_cls = type("LearnerCheckGPPOConfig", (GPPOConfig,), {
+        "__annotations__": {"name": Literal["gppo_learner_check"]}, "name": "gppo_learner_check"})
+    spec = dataclasses.replace(ALGORITHMS["gppo"], name="gppo_learner_check", roles=(), config_cls=config_cls)
     ALGORITHMS.register(spec.name, spec, replace=True)
 
 
@@ -94,9 +93,14 @@ def steps(algorithm: str, out: Path) -> tuple[list[dict], dict]:
 
 
 def run_all(out: Path) -> tuple[dict, dict]:
+    from rlft.algorithms import ALGORITHMS
+
     learner_only_gppo()
-    sft, info = steps("sft", out)
-    gppo, _ = steps("gppo_learner_check", out)
+    try:
+        sft, info = steps("sft", out)
+        gppo, _ = steps("gppo_learner_check", out)
+    finally:
+        ALGORITHMS.unregister("gppo_learner_check")
     return {"sft": sft, "gppo": gppo}, info
 
 

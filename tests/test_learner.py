@@ -54,3 +54,23 @@ def test_lora_two_ranks_equal_one_rank(tmp_path):
     one = _run_steps(tiny_config(tmp_path, "lora1", peft=lora, train={"lr": 1e-2}))
     two = _run_steps(tiny_config(tmp_path, "lora2", peft=lora, train={"lr": 1e-2}, runtime={"mode": "local"}, learner={"count": 2}))
     _assert_same(one, two)
+
+
+def test_gpu_learner_check_cpu_reference_is_current(tmp_path):
+    """bench/gpu_learner_check.py compares a GPU run with bench/data/gpu_learner_check_cpu.json: the same
+    steps on this CPU in float32 must reproduce that file, or the GPU check would compare with stale numbers."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("gpu_learner_check", root / "bench" / "gpu_learner_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    reference = json.loads((root / "bench" / "data" / "gpu_learner_check_cpu.json").read_text())
+    found, info = check.run_all(tmp_path)
+    assert (info["device"], info["dtype"], info["backend"]) == ("cpu", "torch.float32", "gloo")
+    for algorithm in ("sft", "gppo"):
+        for cpu, now in zip(reference[algorithm], found[algorithm], strict=True):
+            assert now == pytest.approx(cpu, rel=1e-5), algorithm
+    assert found["sft"][-1]["loss"] < found["sft"][0]["loss"]
