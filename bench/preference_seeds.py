@@ -54,9 +54,9 @@ def run_name(algorithm: str, seed: int, steps: int | None) -> str:
 
 
 def run_one(algorithm: str, seed: int, args) -> float:
-    """Train one recipe at one seed (skipped if its run folder already has a summary); seconds taken."""
+    """Train one recipe at one seed (skipped when its run folder holds a final checkpoint); seconds taken."""
     name = run_name(algorithm, seed, args.steps)
-    if (args.out / name / "summary.json").exists():
+    if (args.out / name / "checkpoints" / "final").exists():
         return 0.0
     overrides = [f"run.name={name}", f"run.seed={seed}", f"run.output_dir={args.out}", "run.if_exists=error",
                  "tracking.wandb=disabled", f"train.eval_every={EVAL_EVERY[algorithm]}"]
