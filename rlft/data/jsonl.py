@@ -36,6 +36,7 @@ class PreferencePair:
     prompt: str
     chosen: str
     rejected: str
+    source: str = field(default="", compare=False)  # "<path>:<line>" it was read from ("" if built in code)
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,7 @@ class RankedList:
     prompt: str
     responses: list[str]
     scores: list[float]
+    source: str = field(default="", compare=False)  # "<path>:<line>" it was read from ("" if built in code)
 
 
 class DataError(ValueError):
@@ -74,6 +76,7 @@ def read_preference_pairs(path: str | os.PathLike) -> list[PreferencePair]:
             prompt=_required_str(obj, "prompt", where),
             chosen=_required_str(obj, "chosen", where),
             rejected=_required_str(obj, "rejected", where),
+            source=where,
         )
         for where, obj in _objects(path)
     ]
@@ -92,7 +95,7 @@ def read_ranked_lists(path: str | os.PathLike) -> list[RankedList]:
             )
         if len(responses) < 2:
             raise DataError(f"{where}: 'responses' needs at least 2 items, got {len(responses)}")
-        lists.append(RankedList(prompt=prompt, responses=responses, scores=[float(s) for s in scores]))
+        lists.append(RankedList(prompt=prompt, responses=responses, scores=[float(s) for s in scores], source=where))
     return lists
 
 

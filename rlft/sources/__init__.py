@@ -38,6 +38,19 @@ class SourceContext:
     train_examples: list
     roles: dict[str, Any]    # role kind -> RoleGroup ("generator", "reward", ...)
 
+    def check_prompts_fit(self, rows) -> None:
+        """DataError naming the first row (its `source`, "<path>:<line>") whose prompt leaves no room
+        in train.max_length for a single response token."""
+        from rlft.data.collate import encode_prompt
+        from rlft.data.jsonl import DataError
+
+        limit = self.cfg.train.max_length
+        for row in rows:
+            length = len(encode_prompt(self.tokenizer, row.prompt, self.chat))
+            if length >= limit:
+                raise DataError(f"{row.source}: prompt of {length} tokens + 1 more does not fit "
+                                f"train.max_length ({limit})")
+
     def rows_per_batch(self) -> int:
         """Training rows one source batch must yield: batch_size per optimizer step x mini-batches."""
         mini_batches, _ = self.spec.passes(self.cfg)

@@ -10,36 +10,27 @@ stops the run, naming its file and line, before any role starts.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-from rlft.data.collate import encode_prompt
 from rlft.data.jsonl import DataError, RankedList, read_ranked_lists
 from rlft.data.sampler import EpochSampler
 from rlft.sources import SourceContext
 
 
-def read_lists(path: str | os.PathLike, max_size: int) -> list[tuple[str, RankedList]]:
-    """("<path>:<line>", list) for every row; DataError for a malformed row or one over max_size responses."""
+def read_lists(path: str | os.PathLike, max_size: int) -> list[RankedList]:
+    """Every row; DataError names a malformed row or one over max_size responses by its file:line."""
     lists = read_ranked_lists(path)
-    with Path(path).open(encoding="utf-8") as lines:  # the same non-blank lines read_ranked_lists parsed
-        where = [f"{path}:{number}" for number, line in enumerate(lines, start=1) if line.strip()]
-    for location, item in zip(where, lists):
+    for item in lists:
         if len(item.responses) > max_size:
-            raise DataError(f"{location}: {len(item.responses)} responses, more than algorithm.list_size={max_size}")
-    return list(zip(where, lists))
+            raise DataError(f"{item.source}: {len(item.responses)} responses, more than algorithm.list_size={max_size}")
+    return lists
 
 
 class ListSource:
     def __init__(self, ctx: SourceContext):
         self.ctx = ctx
         size = ctx.spec.samples_per_prompt(ctx.cfg)
-        located = read_lists(ctx.cfg.algorithm.path, size)
-        limit = ctx.cfg.train.max_length
-        for where, item in located:  # a prompt must leave room for at least one response token
-            length = len(encode_prompt(ctx.tokenizer, item.prompt, ctx.chat))
-            if length >= limit:
-                raise DataError(f"{where}: prompt of {length} tokens + 1 more does not fit train.max_length ({limit})")
-        self.lists = [item for _, item in located]
+        self.lists = read_lists(ctx.cfg.algorithm.path, size)
+        ctx.check_prompts_fit(self.lists)
         self.per_batch = ctx.rows_per_batch() // size
         self.sampler = EpochSampler(len(self.lists), ctx.cfg.run.seed)
 

@@ -19,7 +19,7 @@ import time
 
 from rlft.data.collate import encode_prompt
 from rlft.data.sampler import EpochSampler
-from rlft.data.steps import step_segments, token_steps
+from rlft.data.steps import segment_steps, step_segments, token_steps
 from rlft.sources import SourceContext
 from rlft.sources.rollouts import reward_metrics, sample, score
 from rlft.types import Rollout
@@ -30,8 +30,7 @@ def branch_points(steps: list[int], depth: int) -> int | None:
     step past `depth - 1` to branch from."""
     if depth == 0:
         return 0
-    cut = next((t for t, step in enumerate(steps) if step >= depth), None)
-    return cut
+    return next((t for t, step in enumerate(steps) if step >= depth), None)
 
 
 def leaf(root: Rollout, cut: int, continuation: dict, tokenizer, delimiter: str) -> Rollout:
@@ -59,10 +58,10 @@ class TreeSource:
             seed_root = Rollout(examples[i], i, prompts[i], [], [], "", 0, temperature=ro.temperature)
             root = leaf(seed_root, 0, samples[0], ctx.tokenizer, delimiter)
             trees.append([root])
+        steps = [segment_steps(tree[0].segments, len(tree[0].completion_ids)) for tree in trees]  # the roots'
         for depth, count in enumerate(algo.branches):
             if count == 0:
                 continue
-            steps = [token_steps(ctx.tokenizer, tree[0].completion_ids, delimiter) for tree in trees]
             cuts = [branch_points(s, depth) for s in steps]
             growing = [i for i, cut in enumerate(cuts) if cut is not None and cut < ro.max_new_tokens]
             if not growing:
