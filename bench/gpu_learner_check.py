@@ -5,8 +5,8 @@
 
 No vLLM, Ray or generator: one inline learner rank (rlft.roles.learner.LearnerActor through the
 controller) on the tiny model with LoRA r=8 takes 3 SFT steps on the arith train split and 3 GPPO
-steps on fixed rollout rows (reference traces, fixed advantages, old log-probs perturbed from 0),
-the same rows on every machine. The CPU run (float32, gloo) saves per-step losses and gradient
+steps on fixed rollout rows (tests.helpers.synthetic_rollout_rows: reference traces, fixed
+rewards, old log-probs perturbed from 0), the same rows on every machine. The CPU run (float32, gloo) saves per-step losses and gradient
 norms; the GPU run (model.dtype auto = bfloat16, NCCL) recomputes them and prints both, with
 their relative differences. Passes when every value is finite and within 5% of the CPU value
 (bf16 keeps ~3 significant digits). Where no CUDA GPU is present it says so and checks nothing.
@@ -16,15 +16,14 @@ their relative differences. Passes when every value is finite and within 5% of t
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import sys
 import tempfile
 from pathlib import Path
-from typing import Literal
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # tests.helpers: the learner-only GPPO spec and its fixed rollout rows
 DEFAULT_REFERENCE = ROOT / "bench" / "data" / "gpu_learner_check_cpu.json"
 TOLERANCE = 0.05
 
@@ -42,38 +41,11 @@ def config(algorithm: dict, out: Path):
     }, source="<gpu_learner_check>")
 
 
-def learner_only_gppo():
-    """GPPO's learner step without generators, registered under its own name."""
-    from rlft.algorithms import ALGORITHMS
-    from rlft.algorithms.gppo import GPPOConfig
-
-    config_cls = type("LearnerCheckGPPOConfig", (GPPOConfig,), {
-        "__annotations__": {"name": Literal["gppo_learner_check"]}, "name": "gppo_learner_check"})
-    spec = dataclasses.replace(ALGORITHMS["gppo"], name="gppo_learner_check", roles=(), config_cls=config_cls)
-    ALGORITHMS.register(spec.name, spec, replace=True)
-
-
-def rollout_rows(ctl) -> list[dict]:
-    """16 rows from the reference traces: 4 groups of 4, rewards 1 for every third, old log-probs in [-2, 0]."""
-    import torch
-
-    from rlft.data.collate import encode_prompt
-    from rlft.types import Rollout, Score
-
-    gen = torch.Generator().manual_seed(0)
-    rollouts = []
-    for i, ex in enumerate(ctl.train_examples[:16]):
-        prompt = encode_prompt(ctl.tokenizer, ex.prompt, False)
-        completion = ctl.tokenizer(ex.response, add_special_tokens=False)["input_ids"] + [ctl.tokenizer.eos_token_id]
-        logprobs = (-torch.rand(len(completion), generator=gen) * 2).tolist()
-        rollouts.append(Rollout(ex, i // 4, prompt, completion, logprobs, ex.response, 0,
-                                score=Score(reward=float(i % 3 == 0), correct=False)))
-    return ctl.spec.build_rows(rollouts, ctl.row_ctx)[0]
-
-
 def steps(algorithm: str, out: Path) -> tuple[list[dict], dict]:
     """Three learner steps; (per step {loss, grad_norm}, learner info)."""
     from rlft.controller import Controller
+
+    from tests.helpers import synthetic_rollout_rows
 
     ctl = Controller(config({"name": algorithm} | ({"group_size": 4} if algorithm != "sft" else {}), out),
                      show_progress=False)
@@ -84,7 +56,7 @@ def steps(algorithm: str, out: Path) -> tuple[list[dict], dict]:
             if algorithm == "sft":
                 rows = ctl.spec.build_rows(ctl.source.next_batch(iteration, 0)[0], ctl.row_ctx)[0]
             else:
-                rows = rollout_rows(ctl)
+                rows = synthetic_rollout_rows(ctl, n=16)
             result = ctl.learner_step(rows)
             found.append({"loss": result["loss"], "grad_norm": result["grad_norm"]})
         return found, ctl.learner_info
@@ -94,13 +66,14 @@ def steps(algorithm: str, out: Path) -> tuple[list[dict], dict]:
 
 def run_all(out: Path) -> tuple[dict, dict]:
     from rlft.algorithms import ALGORITHMS
+    from tests.helpers import LEARNER_ONLY_GPPO  # GPPO's learner step without generators
 
-    learner_only_gppo()
+    ALGORITHMS.register(LEARNER_ONLY_GPPO.name, LEARNER_ONLY_GPPO, replace=True)
     try:
         sft, info = steps("sft", out)
-        gppo, _ = steps("gppo_learner_check", out)
+        gppo, _ = steps(LEARNER_ONLY_GPPO.name, out)
     finally:
-        ALGORITHMS.unregister("gppo_learner_check")
+        ALGORITHMS.unregister(LEARNER_ONLY_GPPO.name)
     return {"sft": sft, "gppo": gppo}, info
 
 

@@ -62,6 +62,26 @@ LEARNER_ONLY_GPPO = dataclasses.replace(ALGORITHMS["gppo"], name="gppo_learner_o
                                         config_cls=LearnerOnlyGPPOConfig)
 
 
+def held_out_probe(ctl) -> dict[str, torch.Tensor]:
+    """The first held-out example with its reference response, as one padded row."""
+    from rlft.data.collate import encode_sft, pad_rows
+
+    ex = ctl.eval_examples[0]
+    return pad_rows([encode_sft(ctl.tokenizer, ex.prompt, ex.response, 64, False)], ctl.tokenizer.pad_token_id)
+
+
+def original_model_logprobs(cfg, probe: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Token log-probs of the probe under the untouched model that cfg.model names."""
+    from transformers import AutoModelForCausalLM
+
+    from rlft.data.models import resolve_model
+    from rlft.ops.logprobs import token_logprobs
+
+    with torch.no_grad():
+        base = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model))
+        return token_logprobs(base(input_ids=probe["input_ids"]).logits, probe["labels"])[0]
+
+
 def synthetic_rollout_rows(ctl, n=8):
     """Rollout rows from reference responses with fixed advantages and perturbed old log-probs."""
     gen = torch.Generator().manual_seed(0)

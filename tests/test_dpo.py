@@ -42,7 +42,7 @@ from rlft.ops.logprobs import IGNORE_INDEX
 from rlft.rewards import REWARD_COMPONENTS
 from rlft.rewards.base import ComponentConfig, ComponentSpec, ComponentValue
 from rlft.types import Rollout, Score
-from tests.helpers import tiny_config, two_source_steps
+from tests.helpers import held_out_probe, original_model_logprobs, tiny_config, two_source_steps
 
 LOG2 = math.log(2.0)
 
@@ -326,27 +326,18 @@ def test_bad_pairs_row_names_file_and_line_before_any_role_starts(tmp_path):
 def test_offline_run_with_full_fine_tuning_keeps_the_original_model_as_reference(tmp_path):
     """Offline DPO, full fine-tuning: the frozen copy scores a probe exactly as the original model
     before and after training while the policy moves; the run logs the DPO metrics."""
-    from transformers import AutoModelForCausalLM
-
-    from rlft.data.collate import encode_sft, pad_rows
-    from rlft.data.models import resolve_model
-    from rlft.ops.logprobs import token_logprobs
-
     cfg = _offline(tmp_path, "offline", train={"steps": 3, "lr": 1e-2, "micro_batch_size": 4}, eval={"num_examples": 4})
     ctl = Controller(cfg, show_progress=False)
     ctl.setup()
     try:
-        ex = ctl.eval_examples[0]
-        probe = pad_rows([encode_sft(ctl.tokenizer, ex.prompt, ex.response, 64, False)], ctl.tokenizer.pad_token_id)
+        probe = held_out_probe(ctl)
         before = ctl.learners.call_one(0, "token_logprobs", probe, reference=True)
         summary = ctl.loop()
         after = ctl.learners.call_one(0, "token_logprobs", probe, reference=True)
         policy = ctl.learners.call_one(0, "token_logprobs", probe)
     finally:
         ctl.close()
-    with torch.no_grad():
-        base = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model))
-        original = token_logprobs(base(input_ids=probe["input_ids"]).logits, probe["labels"])[0]
+    original = original_model_logprobs(cfg, probe)
     torch.testing.assert_close(before, original, atol=1e-6, rtol=1e-6)
     torch.testing.assert_close(after, original, atol=1e-6, rtol=1e-6)
     assert not torch.allclose(policy, original, atol=1e-3), "training should have moved the policy"

@@ -2,13 +2,15 @@
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM
 
 from rlft.controller import Controller
-from rlft.data.collate import encode_sft, pad_rows
-from rlft.data.models import resolve_model
-from rlft.ops.logprobs import token_logprobs
-from tests.helpers import LEARNER_ONLY_GPPO, synthetic_rollout_rows, tiny_config
+from tests.helpers import (
+    LEARNER_ONLY_GPPO,
+    held_out_probe,
+    original_model_logprobs,
+    synthetic_rollout_rows,
+    tiny_config,
+)
 
 
 @pytest.mark.parametrize("method", ["lora", "pissa"])
@@ -20,8 +22,7 @@ def test_reference_policy_is_the_original_model_before_and_after_training(tmp_pa
     ctl = Controller(cfg, show_progress=False)
     ctl.setup()
     try:
-        ex = ctl.eval_examples[0]
-        probe = pad_rows([encode_sft(ctl.tokenizer, ex.prompt, ex.response, 64, False)], ctl.tokenizer.pad_token_id)
+        probe = held_out_probe(ctl)
         before = ctl.learners.call_one(0, "token_logprobs", probe, reference=True)
         for _ in range(2):
             ctl.optimize(synthetic_rollout_rows(ctl))
@@ -29,9 +30,7 @@ def test_reference_policy_is_the_original_model_before_and_after_training(tmp_pa
         policy = ctl.learners.call_one(0, "token_logprobs", probe)
     finally:
         ctl.close()
-    base = AutoModelForCausalLM.from_pretrained(resolve_model(cfg.model))
-    with torch.no_grad():
-        original = token_logprobs(base(input_ids=probe["input_ids"]).logits, probe["labels"])[0]
+    original = original_model_logprobs(cfg, probe)
     torch.testing.assert_close(before, original, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(after, original, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(policy, original, atol=1e-3), "training should have moved the policy"
