@@ -1,31 +1,36 @@
-"""End-to-end RL throughput: rlft's tiny GPPO loop vs TRL's GRPOTrainer (HF generate), in completions/s.
+"""End-to-end RL throughput: rlft's GPPO loop vs TRL's GRPOTrainer (HF generate), in completions/s.
 
-    .venv/bin/python bench/e2e_vs_trl.py                          # defaults: rlft 40 steps, TRL 12 steps x 2 thread settings
-    .venv/bin/python bench/e2e_vs_trl.py --rlft-steps 80 --trl-steps 24
+    .venv/bin/python bench/e2e_vs_trl.py                          # tiny model (the main job's recipe)
+    .venv/bin/python bench/e2e_vs_trl.py --model smollm2          # SmolLM2-135M-Instruct, bfloat16 where native
+    .venv/bin/python bench/e2e_vs_trl.py --model smollm2 --rlft-variants sync,one-engine --skip-trl
     .venv/bin/python bench/e2e_vs_trl.py --skip-trl               # rlft only
 
-Both train the same model (the warm-start checkpoint of configs/gppo_tiny_arith.yaml, created by
-the recipe if missing) with LoRA r=8 / alpha 16 on the same modules, on the arith train prompts,
-rewarded by rlft's arith checker (`task.score`), with group size 8, 64 completions per optimizer
-step, one rollout batch of rollout.mini_batches x 64 completions (256 in the recipe) per
-generation, at most 32 sampled tokens per completion, temperature 1.0.
+Both systems train the same model with LoRA on the same modules and rank, on the same train prompts,
+rewarded by rlft's task checker (`task.score`), with the same group size, completions per optimizer
+step, completions per generation (rollout.mini_batches optimizer steps per generation in both),
+completion length, temperature 1 and dtype:
 
-* rlft: `rlft.controller.train` on the recipe as shipped (2 vLLM generator actors, 1 reward
-  actor, 2 DeepSpeed learner ranks, 4 optimizer steps per rollout batch of 256), with evaluation,
-  wandb and plots off. Reported: the run's own `samples_per_s` (RL loop only, roles already
-  started) and the median of the per-iteration `perf/samples_per_s` (completions per second) in metrics.jsonl, first
-  iteration skipped as warm-up.
-* TRL: `GRPOTrainer` in one process (the only learner), HF `generate`, no vLLM,
-  per_device_train_batch_size 32 x gradient_accumulation_steps 2 = 64 completions = 8 prompts x 8
-  per optimizer step, generation_batch_size 256 (one generation feeds 4 optimizer steps, as in
-  rlft); once per `--trl-threads` entry (torch intra-op
-  threads: 2 is torch's default here, and on a shared machine its OpenMP threads stall whenever
-  another process holds a core, so 1 thread is also measured). Reported: completions/s between
-  the end of the first (warm-up) generation cycle and the end of the last.
+* tiny: the main job's recipe (configs/gppo_tiny_arith.yaml, its warm start created if missing),
+  float32, LoRA r=8, group 8, 4 steps of 64 per generation of 256, <= 32 tokens.
+* smollm2: configs/gppo_smollm2_gsm.yaml (gsm_symbolic, chat template), `model.dtype=fast` (bfloat16
+  where the CPU has native bf16, as TRL gets with bf16=True), LoRA r=16, group 4, 2 steps of 32 per
+  generation of 64, <= 128 tokens.
+
+Rows:
+* rlft variants (`--rlft-variants`): `sync` (rollout.max_staleness=0, the recipe's 2 vLLM generators,
+  each pinned to its own core), `overlapped` (max_staleness=1), `one-engine` (synchronous, 1 generator
+  on every core): `rlft.controller.train` with evaluation, wandb and plots off. Reported: completions
+  over the loop's seconds (`summary['samples_per_s']`, roles already started) and the median of the
+  per-iteration `perf/samples_per_s`, first iteration skipped as warm-up.
+* TRL: `GRPOTrainer` in one process (the only learner), HF `generate`, no vLLM, once per
+  `--trl-threads` entry (torch intra-op threads; on a shared machine OpenMP threads stall whenever
+  another process holds a core, so the tiny model also measures 1 thread). Reported: completions/s
+  between the end of the first (warm-up) generation cycle and the end of the last.
 
 Each system runs in its own child process (this script with `--worker`), one after the other,
 so nothing is shared and a crash of one is reported instead of ending the benchmark. If TRL
-cannot run here, its row shows why. Ratios are against the fastest TRL run. Goal: rlft >= 10x TRL.
+cannot run here, its row shows why. Ratios are against the fastest TRL row. Goals (issue 8):
+rlft >= 1.5x TRL on SmolLM2, >= 1.0x on the tiny model.
 """
 
 from __future__ import annotations
@@ -41,53 +46,75 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
-from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = "configs/gppo_tiny_arith.yaml"
+
+# Per model: the recipe and the sizes both systems share (flags override them).
+MODELS = {
+    "tiny": dict(recipe="configs/gppo_tiny_arith.yaml", overrides=[], rlft_steps=40, trl_steps=12,
+                 completions_per_step=64, mini_batches=4, group_size=8, max_tokens=32, micro_batch=32,
+                 trl_threads="2,1", bf16=False),
+    "smollm2": dict(recipe="configs/gppo_smollm2_gsm.yaml",
+                    overrides=["model.dtype=fast", "sync.parity_tolerance=null", "train.micro_batch_size=4",
+                               "train.warmup_steps=0"],
+                    rlft_steps=8, trl_steps=8, completions_per_step=32, mini_batches=2, group_size=4,
+                    max_tokens=128, micro_batch=8, trl_threads="2", bf16=True),
+}
+GOALS = {"tiny": 1.0, "smollm2": 1.5}
+VARIANTS = {  # rlft rows: overrides on top of the shared ones
+    "sync": ["rollout.max_staleness=0"],
+    "overlapped": ["rollout.max_staleness=1"],
+    "one-engine": ["rollout.max_staleness=0", "generator.count=1"],
+}
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--rlft-steps", type=int, default=40,
-                   help="rlft optimizer steps (rollout.mini_batches per rollout batch; the first batch is warm-up)")
-    p.add_argument("--trl-steps", type=int, default=12,
-                   help="TRL optimizer steps, a multiple of the recipe's rollout.mini_batches (the first generation is warm-up)")
-    p.add_argument("--completions-per-step", type=int, default=64)
-    p.add_argument("--group-size", type=int, default=8)
-    p.add_argument("--max-tokens", type=int, default=32, help="max completion tokens")
-    p.add_argument("--trl-micro-batch", type=int, default=32, help="TRL per-device batch (rlft's micro_batch_size)")
-    p.add_argument("--trl-threads", default="2,1",
+    p.add_argument("--model", choices=sorted(MODELS), default="tiny")
+    p.add_argument("--rlft-steps", type=int,
+                   help="rlft optimizer steps, a multiple of the rollout's mini-batches (the first batch is warm-up)")
+    p.add_argument("--trl-steps", type=int,
+                   help="TRL optimizer steps, a multiple of the rollout's mini-batches (the first generation is warm-up)")
+    p.add_argument("--completions-per-step", type=int)
+    p.add_argument("--group-size", type=int)
+    p.add_argument("--max-tokens", type=int, help="max completion tokens")
+    p.add_argument("--trl-micro-batch", type=int, help="TRL per-device batch")
+    p.add_argument("--trl-threads",
                    help="comma list: one TRL run per torch thread count (2 = torch's default on 2 cores)")
-    p.add_argument("--run-name", default="bench_rlft", help="rlft run folder under runs/")
+    p.add_argument("--rlft-variants", default="sync,overlapped", help=f"comma list of {', '.join(VARIANTS)}")
+    p.add_argument("--run-name", default="bench_rlft", help="rlft run folder under runs/ (variant appended)")
     p.add_argument("--skip-rlft", action="store_true")
     p.add_argument("--skip-trl", action="store_true")
     p.add_argument("--worker", choices=["rlft", "trl"], help=argparse.SUPPRESS)
+    p.add_argument("--variant", choices=sorted(VARIANTS), default="sync", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     p.add_argument("--threads", type=int, default=0, help=argparse.SUPPRESS)
-    return p.parse_args()
+    args = p.parse_args()
+    preset = MODELS[args.model]
+    for flag, key in (("rlft_steps", "rlft_steps"), ("trl_steps", "trl_steps"), ("group_size", "group_size"),
+                      ("completions_per_step", "completions_per_step"), ("max_tokens", "max_tokens"),
+                      ("trl_micro_batch", "micro_batch"), ("trl_threads", "trl_threads")):
+        if getattr(args, flag) is None:
+            setattr(args, flag, preset[key])
+    unknown = set(args.rlft_variants.split(",")) - set(VARIANTS)
+    if unknown:
+        p.error(f"unknown --rlft-variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
+    return args
 
 
 # ----------------------------------------------------------------- shared set-up
 def rlft_config(args):
     from rlft.config import load_config
 
+    preset = MODELS[args.model]
     overrides = [
+        *preset["overrides"], f"rollout.mini_batches={preset['mini_batches']}", *VARIANTS[args.variant],
         f"train.steps={args.rlft_steps}", f"train.batch_size={args.completions_per_step}",
         f"algorithm.group_size={args.group_size}", f"rollout.max_new_tokens={args.max_tokens}",
         "rollout.temperature=1.0", "rollout.epochs=1", "train.eval_every=0", "eval.num_examples=0", "tracking.wandb=disabled",
-        "tracking.plots=false", f"run.name={args.run_name}",
+        "tracking.plots=false", f"run.name={args.run_name}_{args.model}_{args.variant}",
     ]
-    return load_config(RECIPE, overrides)
-
-
-def warm_start_path(cfg) -> Path:
-    """Where the recipe's warm start leaves its full checkpoint (what rlft trains from)."""
-    from rlft.config import load_config
-
-    ws = cfg.warm_start
-    sub = load_config(ws.recipe, [*ws.overrides, f"run.output_dir={cfg.run.output_dir}"])
-    return sub.run_dir / "checkpoints" / "final"
+    return load_config(preset["recipe"], overrides)
 
 
 # ----------------------------------------------------------------- rlft
@@ -108,6 +135,9 @@ def run_rlft(args) -> dict:
         "reward": statistics.mean(r["reward/mean"] for r in per_iter) if per_iter else None,
         "length": statistics.mean(r["rollout/response_length"] for r in per_iter) if per_iter else None,
         "step_seconds": [round(r["perf/step_seconds"], 2) for r in rows if "perf/step_seconds" in r],
+        "split": {key: statistics.median(r[f"perf/time_{key}"] for r in per_iter)
+                  for key in ("generate", "train", "sync") if per_iter and f"perf/time_{key}" in per_iter[0]},
+        "dtype": cfg.model.dtype,
         "unit": f"iteration ({cfg.train.batch_size * cfg.rollout.mini_batches} completions, "
                 f"{cfg.rollout.mini_batches} optimizer steps)",
     }
@@ -117,10 +147,12 @@ def run_rlft(args) -> dict:
 def trl_reward(task, examples):
     """TRL reward function: rlft's arith checker on each completion (`idx` is a dataset column)."""
 
-    def arith_correct(completions, idx, **_):
-        return [float(task.score(examples[i], c)) for c, i in zip(completions, idx)]
+    def task_correct(completions, idx, **_):
+        # conversational prompts give completions as message lists
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return [float(task.score(examples[i], text)) for text, i in zip(texts, idx)]
 
-    return arith_correct
+    return task_correct
 
 
 def step_timer():
@@ -146,33 +178,38 @@ def run_trl(args) -> dict:
     from transformers import AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
+    from rlft.data.collate import uses_chat_template
     from rlft.data.tasks import build_task
+    from rlft.data.models import resolve_dtype
+    from rlft.runs import base_model_path
 
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     cfg = rlft_config(args)
-    model_path = warm_start_path(cfg)
-    if not (model_path / "config.json").is_file():
-        raise FileNotFoundError(f"{model_path} missing: run the rlft side first (it creates the warm start)")
+    model_path = base_model_path(cfg, run_warm_start=False)  # the rlft side creates a missing warm start
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    chat = uses_chat_template(tokenizer, cfg.data.chat_template)  # as rlft encodes prompts
+    bf16 = MODELS[args.model]["bf16"] and resolve_dtype("fast", "cpu") == torch.bfloat16
     task = build_task(cfg.task)
     examples = task.split("train")[: 2 * args.trl_steps * args.completions_per_step]
-    data = Dataset.from_dict({"prompt": [ex.prompt for ex in examples], "idx": list(range(len(examples)))})
+    prompts = [[{"role": "user", "content": ex.prompt}] if chat else ex.prompt for ex in examples]
+    data = Dataset.from_dict({"prompt": prompts, "idx": list(range(len(examples)))})
     grpo = GRPOConfig(
         output_dir=tempfile.mkdtemp(prefix="rlft_bench_trl_"), max_steps=args.trl_steps,
         per_device_train_batch_size=args.trl_micro_batch,
         gradient_accumulation_steps=args.completions_per_step // args.trl_micro_batch,
         generation_batch_size=args.completions_per_step * cfg.rollout.mini_batches,  # as rlft: one batch, k steps
         num_generations=args.group_size, max_completion_length=args.max_tokens, temperature=1.0, top_p=1.0,
-        learning_rate=cfg.train.lr, beta=0.0, use_vllm=False, use_cpu=True, bf16=False,
-        model_init_kwargs={"dtype": torch.float32}, logging_steps=1, report_to="none", save_strategy="no",
+        learning_rate=cfg.train.lr, beta=0.0, use_vllm=False, use_cpu=True, bf16=bf16,
+        model_init_kwargs={"dtype": torch.bfloat16 if bf16 else torch.float32}, logging_steps=1, report_to="none", save_strategy="no",
         disable_tqdm=True, seed=cfg.run.seed, dataloader_num_workers=0,
     )
     lora = LoraConfig(r=cfg.peft.r, lora_alpha=cfg.peft.alpha, lora_dropout=cfg.peft.dropout,
                       target_modules=list(cfg.peft.target_modules), task_type="CAUSAL_LM")
     timer = step_timer()
     trainer = GRPOTrainer(model=str(model_path), reward_funcs=trl_reward(task, examples), args=grpo,
-                          train_dataset=data, processing_class=AutoTokenizer.from_pretrained(model_path),
+                          train_dataset=data, processing_class=tokenizer,
                           peft_config=lora, callbacks=[timer])
     trainer.train()
     shutil.rmtree(grpo.output_dir, ignore_errors=True)
@@ -193,7 +230,7 @@ def run_trl(args) -> dict:
         "length": statistics.mean(h["completions/mean_length"] for h in logs) if logs else None,
         "step_seconds": [round(b - a, 2) for a, b in zip([timer.begin, *ends], ends)],
         "unit": f"optimizer step ({args.completions_per_step} completions; one generation of {per_cycle} every {k})",
-        "threads": torch.get_num_threads(), "versions": versions(),
+        "threads": torch.get_num_threads(), "versions": versions(), "dtype": "bfloat16" if bf16 else "float32",
     }
 
 
@@ -214,12 +251,12 @@ def worker(args) -> None:
     Path(args.out).write_text(json.dumps(result))
 
 
-def spawn(system: str, argv: list[str], threads: int = 0) -> dict:
+def spawn(system: str, argv: list[str], threads: int = 0, variant: str = "sync") -> dict:
     """Run one system in a child process; a hard crash becomes an error entry with the stderr tail."""
     out = Path(tempfile.mkstemp(prefix=f"bench_{system}_", suffix=".json")[1])
-    print(f"--- running {system} ...", flush=True)
+    print(f"--- running {system} ({variant if system == 'rlft' else f'{threads} threads'}) ...", flush=True)
     t0 = time.time()
-    extra = ["--threads", str(threads)] if threads else []
+    extra = ["--threads", str(threads)] if threads else ["--variant", variant]
     proc = subprocess.run([sys.executable, __file__, *argv, *extra, "--worker", system, "--out", str(out)],
                           cwd=ROOT, stderr=subprocess.PIPE, text=True)
     sys.stderr.write(proc.stderr[-4000:])
@@ -242,8 +279,11 @@ def print_table(results: dict, args) -> None:
     from rich.table import Table
 
     trl = max((r.get("completions_per_s") or 0 for n, r in results.items() if n.startswith("TRL")), default=0)
-    table = Table(title=f"end to end: tiny model, arith, group {args.group_size}, {args.completions_per_step} "
-                        f"completions/step, <= {args.max_tokens} tokens, temperature 1, LoRA r=8")
+    preset = MODELS[args.model]
+    dtypes = sorted({r["dtype"] for r in results.values() if "dtype" in r})
+    table = Table(title=f"end to end: {args.model} ({preset['recipe']}), group {args.group_size}, "
+                        f"{args.completions_per_step} completions/step, {preset['mini_batches']} steps per generation, "
+                        f"<= {args.max_tokens} tokens, temperature 1, dtype {'/'.join(dtypes)}")
     for col in ("system", "completions/s", "per-iteration median", "ratio vs best TRL", "steps", "completions",
                 "setup s", "loop s", "mean reward", "mean length"):
         table.add_column(col, justify="left" if col == "system" else "right")
@@ -258,10 +298,13 @@ def print_table(results: dict, args) -> None:
                       fmt(r["reward"], ".3f"), fmt(r["length"], ".1f"))
     Console(width=170).print(table)
     print("completions/s: rlft = summary['completions_per_s'] (whole RL loop); TRL = generation cycles 2..N (one\n"
-          "generation + its optimizer steps). 'per-iteration median' skips the first iteration / cycle. Ratios are against the fastest TRL row. Goal: rlft >= 10x TRL.")
+          "generation + its optimizer steps). 'per-iteration median' skips the first iteration / cycle. Ratios are against the\n"
+          f"fastest TRL row. Goal: rlft >= {GOALS[args.model]}x TRL.")
     for name, r in results.items():
         if r.get("step_seconds"):
             print(f"{name}: seconds per {r['unit']}: {r['step_seconds']}")
+        if r.get("split"):
+            print(f"{name}: median seconds per iteration: " + ", ".join(f"{k} {v:.2f}" for k, v in r["split"].items()))
         if r.get("versions"):
             print(f"{name}: {r['versions']}, torch threads {r['threads']}")
     for name, r in results.items():
@@ -277,7 +320,8 @@ def main() -> None:
     argv = [a for a in sys.argv[1:]]
     results: dict[str, dict] = {}
     if not args.skip_rlft:  # first: it creates the warm-start checkpoint TRL also uses
-        results["rlft GPPO (2 gen + 2 learners)"] = spawn("rlft", argv)
+        for variant in args.rlft_variants.split(","):
+            results[f"rlft GPPO {variant}"] = spawn("rlft", argv, variant=variant)
     if not args.skip_trl:
         for threads in [int(t) for t in args.trl_threads.split(",")]:
             results[f"TRL GRPOTrainer ({threads} thread{'s' if threads > 1 else ''})"] = spawn("trl", argv, threads)

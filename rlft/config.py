@@ -77,7 +77,7 @@ class GeneratorConfig(Section):
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="Fraction of device memory for vLLM.")
     enforce_eager: bool = Field(True, description="Skip CUDA graphs / torch.compile (faster start).")
     max_model_len: int | None = Field(None, description="Context length (None: the model's).")
-    bind_cpus: bool = Field(True, description="On CPU, pin engine i's threads to core i (mod cores).")
+    bind_cpus: bool = Field(True, description="On CPU, give each engine its own share of the cores (one engine: all of them).")
 
 
 class RewardConfig(Section):

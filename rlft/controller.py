@@ -40,6 +40,7 @@ from rlft.evaluate import score_greedy
 from rlft.peft import PEFT_METHODS
 from rlft.progress import print_summary, progress_bar
 from rlft.roles import ROLES
+from rlft.roles.generator import engine_cpu_bind
 from rlft.roles.learner import detect_device
 from rlft.runs import base_model_path, prepare_run_dir
 from rlft.sources import SOURCES, SourceContext
@@ -157,7 +158,7 @@ class Controller:
         cores = os.cpu_count() or 1
         kwargs = [dict(cfg=cfg, index=i, model_path=str(self.model_path), dtype=dtype, seed=cfg.run.seed + i,
                        lora_rank=self.peft(cfg.peft).generator_lora_rank(),
-                       cpu_bind=str(i % cores) if device == "cpu" and gen.bind_cpus else None)
+                       cpu_bind=engine_cpu_bind(i, gen.count, cores) if device == "cpu" and gen.bind_cpus else None)
                   for i in range(gen.count)]
         return self._create("generator", kwargs, gen.cpus_per_actor, gen.gpus_per_actor)[0]
 

@@ -262,3 +262,13 @@ def test_import_config_loads_no_heavy_dependency():
             "print([m for m in ('torch', 'transformers', 'vllm', 'deepspeed', 'ray') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_cpu_engines_get_even_shares_of_the_cores():
+    from rlft.roles.generator import engine_cpu_bind
+
+    assert [engine_cpu_bind(i, 1, 2) for i in range(1)] == ["0-1"]        # one engine: every core
+    assert [engine_cpu_bind(i, 2, 2) for i in range(2)] == ["0", "1"]
+    assert [engine_cpu_bind(i, 2, 8) for i in range(2)] == ["0-3", "4-7"]
+    assert [engine_cpu_bind(i, 3, 8) for i in range(3)] == ["0-1", "2-3", "4-5"]  # 2 cores left for the rest
+    assert [engine_cpu_bind(i, 3, 2) for i in range(3)] == ["0", "1", "0"]      # more engines than cores

@@ -32,6 +32,17 @@ def engine_kwargs(gen_cfg, model_path: str, dtype: str, lora_rank: int | None, m
     return kwargs
 
 
+def engine_cpu_bind(index: int, count: int, cores: int) -> str:
+    """Cores for CPU engine `index` of `count` (VLLM_CPU_OMP_THREADS_BIND syntax): an even share of the
+    machine's cores each when there are at least as many cores as engines (one engine: all of them),
+    else one core each, round robin."""
+    share = cores // count
+    if share <= 1:
+        return str(index % cores)
+    first = index * share
+    return f"{first}-{first + share - 1}"
+
+
 # vLLM accepts only these max_lora_rank values (vllm 0.32, spec 8.0).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
