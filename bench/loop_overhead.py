@@ -168,6 +168,7 @@ def rlft_loop(args) -> dict:
     median = lambda key: statistics.median(r[key] for r in per_iter)  # noqa: E731
     return {"seconds": median("perf/step_seconds"), "all": [r["perf/step_seconds"] for r in per_iter],
             "sync_seconds": median("sync/seconds"), "sync_bytes": median("sync/bytes"),
+            "parity_seconds": median("sync/parity_seconds") if "sync/parity_seconds" in per_iter[0] else None,
             "generate_seconds": median("perf/time_generate"), "train_seconds": median("perf/time_train"),
             "staleness": max(r["rollout/staleness"] for r in per_iter)}
 
@@ -215,8 +216,11 @@ def main() -> int:
         found = results[name]
         if "error" not in found:
             share = found["sync_seconds"] / found["seconds"]
+            parity = found.get("parity_seconds")
+            parity_text = (f"; parity probe {parity * 1000:.0f} ms = {100 * parity / found['seconds']:.2f}%"
+                           if parity is not None else "")
             print(f"\n{name}: sync {found['sync_seconds'] * 1000:.0f} ms and {found['sync_bytes'] / 1024:.0f} KiB per "
-                  f"iteration = {100 * share:.2f}% of the iteration; generate {found['generate_seconds']:.2f} s, "
+                  f"iteration = {100 * share:.2f}% of the iteration{parity_text}; generate {found['generate_seconds']:.2f} s, "
                   f"train {found['train_seconds']:.2f} s; max staleness {found['staleness']:.0f}")
     return 0
 

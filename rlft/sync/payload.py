@@ -90,9 +90,8 @@ class LoraPayload(Payload):
         return cls(version=version, tensors=serialize(tensors), fingerprint=fingerprint(tensors), config=config)
 
     def apply(self, engine, previous):
-        seen = engine.collective_rpc("rlft_add_lora", args=(self.version, self.tensors, self.config))
-        if isinstance(previous, LoraPayload):
-            engine.collective_rpc("rlft_remove_lora", args=(previous.version,))
+        replaces = previous.version if isinstance(previous, LoraPayload) else None
+        seen = engine.collective_rpc("rlft_add_lora", args=(self.version, self.tensors, self.config, replaces))
         if len(set(seen)) != 1:
             raise RuntimeError(f"engine workers loaded different adapters: {seen}")
         return seen[0]

@@ -52,7 +52,9 @@ class WeightSync:
         metrics = {"sync/version": float(self.version), "sync/bytes": float(payload.num_bytes),
                    "sync/seconds": time.time() - t0}
         if self.cfg.parity_every and self.version % self.cfg.parity_every == 0:
+            t1 = time.time()
             metrics["sync/parity_max_abs_diff"] = self.check_parity()
+            metrics["sync/parity_seconds"] = time.time() - t1
         return metrics
 
     def check_parity(self) -> float:

@@ -13,7 +13,8 @@ from __future__ import annotations
 class WeightSyncExtension:
     """Mixed into vLLM's worker class (`worker_extension_cls`); `self` is the worker."""
 
-    def rlft_add_lora(self, lora_id: int, payload: bytes, config: dict) -> str:
+    def rlft_add_lora(self, lora_id: int, payload: bytes, config: dict, replaces: int | None = None) -> str:
+        """Register adapter `lora_id` from serialised tensors, then drop adapter `replaces` (one round trip)."""
         from vllm.lora.lora_model import LoRAModel
         from vllm.lora.peft_helper import PEFTHelper
 
@@ -36,7 +37,6 @@ class WeightSyncExtension:
             manager.remove_oldest_adapter()
         if not manager.add_adapter(lora):
             raise RuntimeError(f"vLLM refused LoRA adapter {lora_id}")
+        if replaces is not None:
+            manager.remove_adapter(replaces)
         return received
-
-    def rlft_remove_lora(self, lora_id: int) -> bool:
-        return self.model_runner.lora_manager._adapter_manager.remove_adapter(lora_id)
