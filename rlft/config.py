@@ -86,7 +86,8 @@ class RewardConfig(Section):
     components: list[Any] = Field(
         [{"name": "answer", "weight": 1.0}],
         description="Weighted reward components (rlft.rewards): answer = the task's answer checker, "
-        "steps = mean of its per-step checker; reward = sum of weight x value.",
+        "steps = mean of its per-step checker, progress = mid-step rewards from a progress tracker (needs "
+        "rollout.step_delimiter); reward = sum of weight x value.",
     )
 
 
@@ -94,6 +95,10 @@ class RolloutConfig(Section):
     max_new_tokens: int = Field(32, ge=1, description="Sampled tokens per completion.")
     temperature: float = Field(1.0, ge=0, description="Sampling temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass.")
+    step_delimiter: str | None = Field(
+        None, min_length=1, description="Cut each completion into step segments at this text (\"\\n\": one step per "
+        "line); step rewards (reward component `progress`) and process advantages (gppo process_coef) need it."
+    )
     mini_batches: int = Field(1, ge=1, description="Optimizer steps per pass over a rollout batch.")
     epochs: int = Field(1, ge=1, description="Passes over each rollout batch (>1 or mini_batches>1: off-policy steps).")
     max_staleness: int = Field(

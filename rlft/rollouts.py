@@ -13,21 +13,49 @@ from typing import Any
 
 import torch
 
+from rlft.ops.advantages import process_step_advantages
 from rlft.ops.logprobs import IGNORE_INDEX
 from rlft.types import Rollout
 
 
-def rollout_row(rollout: Rollout, advantage: float, positive: float, max_length: int) -> dict[str, Any]:
-    """Training row of one rollout; the completion is cut (never the prompt) to max_length."""
+def token_values_from_steps(segments, step_values: list[float], length: int) -> list[float]:
+    """Per completion token, the value of the step (each non-observation segment, in order) that
+    holds it; 0 for observation tokens and tokens outside every segment."""
+    values = [0.0] * length
+    steps = [s for s in segments if s.kind != "observation"]
+    for segment, value in zip(steps, step_values):
+        values[segment.start:segment.end] = [value] * (segment.end - segment.start)
+    return values
+
+
+def process_token_advantages(rollouts: list[Rollout], scale_by_std: bool = True) -> list[list[float]]:
+    """Process advantages per completion token (rlft.ops.advantages.process_step_advantages) from
+    the rollouts' step rewards (`Score.segment_rewards`, one per segment; observations excluded)."""
+    step_rewards = []
+    for r in rollouts:
+        if r.scored.segment_rewards is None:
+            raise ValueError(
+                "a rollout has no step rewards: process advantages need step segments (rollout.step_delimiter) "
+                "and a reward component that scores steps (e.g. {name: progress})"
+            )
+        step_rewards.append([v for s, v in zip(r.segments, r.scored.segment_rewards) if s.kind != "observation"])
+    per_step = process_step_advantages(step_rewards, [r.group for r in rollouts], scale_by_std)
+    return [token_values_from_steps(r.segments, a, len(r.completion_ids)) for r, a in zip(rollouts, per_step)]
+
+
+def rollout_row(rollout: Rollout, advantage: float | list[float], positive: float, max_length: int) -> dict[str, Any]:
+    """Training row of one rollout; the completion is cut (never the prompt) to max_length.
+    `advantage`: one for every completion token (outcome), or one per completion token."""
     prompt, completion = rollout.prompt_ids, rollout.completion_ids[: max(0, max_length - len(rollout.prompt_ids))]
     if len(rollout.logprobs) < len(completion):
         raise ValueError(f"rollout has {len(rollout.logprobs)} log-probs for {len(completion)} tokens")
     input_ids = prompt + completion
     old_logprobs = [0.0] * (len(input_ids) - 1)
     advantages = [0.0] * (len(input_ids) - 1)
+    per_token = advantage if isinstance(advantage, list) else [advantage] * len(completion)
     for k, logprob in enumerate(rollout.logprobs[: len(completion)]):
         old_logprobs[len(prompt) + k - 1] = logprob  # position t predicts token t + 1
-        advantages[len(prompt) + k - 1] = advantage
+        advantages[len(prompt) + k - 1] = per_token[k]
     return {
         "input_ids": input_ids,
         "labels": [IGNORE_INDEX] * len(prompt) + completion,

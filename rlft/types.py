@@ -20,11 +20,12 @@ SegmentKind = Literal["step", "turn", "observation"]
 
 @dataclass(frozen=True)
 class Segment:
-    """A span [start, end) of completion tokens."""
+    """A span [start, end) of completion tokens, with their text when the source knows it."""
 
     start: int
     end: int
     kind: SegmentKind = "step"
+    text: str = ""
 
     def __post_init__(self) -> None:
         if not 0 <= self.start <= self.end:

@@ -44,7 +44,7 @@ from rlft.ops.advantages import broadcast_to_tokens, dynamic_sampling_keep, grou
 from rlft.ops.kl import kl_penalty
 from rlft.ops.logprobs import token_entropy, token_logprobs
 from rlft.ops.reductions import aggregate, token_mean
-from rlft.rollouts import filler_row, pad_rollout_rows, rollout_row
+from rlft.rollouts import filler_row, pad_rollout_rows, process_token_advantages, rollout_row
 from rlft.schema import Section
 from rlft.types import Rollout
 
@@ -80,6 +80,11 @@ class GPPOConfig(Section):
         0.0, ge=0.0, description="Weight of the auxiliary NLL on fully-correct responses (Klear uses 0.1)."
     )
     group_size: int = Field(8, ge=1, description="Rollouts per prompt (the GRPO group).")
+    outcome_coef: float = Field(1.0, ge=0.0, description="Weight of the outcome advantage (group-normalised sequence reward).")
+    process_coef: float = Field(
+        0.0, ge=0.0, description="Weight of the process advantage (group-normalised step rewards summed from each "
+        "token's step on, spec 4.2); needs rollout.step_delimiter and a reward component that scores steps (progress)."
+    )
     scale_by_std: bool = Field(True, description="Divide group advantages by their std (False: Dr.GRPO).")
     dynamic_sampling: bool = Field(False, description="Drop groups whose rewards are all equal (DAPO).")
     positive_reward_threshold: float = Field(
@@ -90,6 +95,8 @@ class GPPOConfig(Section):
     def _max_len_for_sum_norm(self) -> "GPPOConfig":
         if self.reduction == "seq-mean-token-sum-norm" and self.max_len is None:
             raise ValueError("reduction 'seq-mean-token-sum-norm' needs max_len (the constant T_max)")
+        if self.outcome_coef == 0 and self.process_coef == 0:
+            raise ValueError("outcome_coef and process_coef are both 0: no advantage is left to train on")
         return self
 
 
@@ -205,8 +212,12 @@ def build_rows(rollouts: list[Rollout], ctx: RowContext) -> tuple[list[dict], di
     rewards = torch.tensor([r.reward for r in rollouts], dtype=torch.float32)
     groups = torch.tensor([r.group for r in rollouts])
     seq = sequence_advantages(rewards, groups, cfg)
-    rows = [rollout_row(r, float(a), float(p), ctx.max_length)
-            for r, a, p, keep in zip(rollouts, seq["advantages"], seq["positive"], seq["keep"]) if keep]
+    advantages: list = [cfg.outcome_coef * float(a) for a in seq["advantages"]]
+    if cfg.process_coef:  # per token: outcome + process (mixed by the two weights)
+        advantages = [[a + cfg.process_coef * p for p in per_token]
+                      for a, per_token in zip(advantages, process_token_advantages(rollouts, cfg.scale_by_std))]
+    rows = [rollout_row(r, a, float(p), ctx.max_length)
+            for r, a, p, keep in zip(rollouts, advantages, seq["positive"], seq["keep"]) if keep]
     kept = len(rows)
     like = rows[0] if rows else rollout_row(rollouts[0], 0.0, 0.0, ctx.max_length)
     rows += [filler_row(like) for _ in range(len(rollouts) - kept)]
@@ -232,6 +243,14 @@ def validate(run_cfg) -> None:
         raise ValueError("rollout.temperature=0 samples greedily: a policy gradient needs sampled rollouts (T > 0)")
     if cfg.kl_coef > 0 and cfg.kl_placement == "reward":
         raise ValueError("algorithm.kl_placement=reward is not wired into the RL loop yet; use kl_placement=loss")
+    if cfg.process_coef > 0:
+        from rlft.rewards import REWARD_COMPONENTS
+
+        if run_cfg.rollout.step_delimiter is None:
+            raise ValueError("algorithm.process_coef > 0 needs step segments: set rollout.step_delimiter (e.g. '\\n')")
+        if not any(REWARD_COMPONENTS[c.name].scores_segments for c in run_cfg.reward.components):
+            raise ValueError("algorithm.process_coef > 0 needs step rewards: add a reward component that scores "
+                             "steps to reward.components (e.g. {name: progress, weight: 0, segment_weight: 1})")
 
 
 def group_size(run_cfg) -> int:

@@ -20,10 +20,15 @@ def step_of_tokens(text: str, offsets: list[tuple[int, int]], delimiter: str) ->
     return [bisect_right(ends, first) for first, _ in offsets]
 
 
-def token_steps(tokenizer, ids: list[int], delimiter: str) -> list[int]:
+def token_pieces(tokenizer, ids: list[int]) -> list[str]:
+    """The text of each token on its own ("" for special tokens)."""
+    return [tokenizer.decode([token], skip_special_tokens=True) for token in ids]
+
+
+def token_steps(tokenizer, ids: list[int], delimiter: str, pieces: list[str] | None = None) -> list[int]:
     """Step index of each generated token, from the text of each token on its own. Tokens without
     text (EOS and other special tokens) join the step of the token before them."""
-    pieces = [tokenizer.decode([token], skip_special_tokens=True) for token in ids]
+    pieces = token_pieces(tokenizer, ids) if pieces is None else pieces
     offsets, at = [], 0
     for piece in pieces:
         offsets.append((at, at + len(piece)))
@@ -43,6 +48,13 @@ def step_segments(steps: list[int]) -> list[Segment]:
             segments.append(Segment(start, t, "step"))
             start = t
     return segments
+
+
+def completion_steps(tokenizer, ids: list[int], delimiter: str) -> list[Segment]:
+    """Step segments of a completion, each with the text of its tokens (what progress trackers read)."""
+    pieces = token_pieces(tokenizer, ids)
+    return [Segment(s.start, s.end, "step", "".join(pieces[s.start:s.end]))
+            for s in step_segments(token_steps(tokenizer, ids, delimiter, pieces))]
 
 
 def segment_steps(segments: list[Segment], length: int) -> list[int]:

@@ -8,6 +8,11 @@ GRPO (DeepSeekMath, spec 4.2), for the G responses of one prompt with rewards r_
 A group of size 1 has no baseline: following veRL (spec 4.2) it gets mean 0 and std 1, so its
 advantage is r / (1 + eps) (GRPO) or r (Dr.GRPO), not 0.
 Outcome supervision gives every response token its sequence's advantage (`broadcast_to_tokens`).
+
+Process supervision (spec 4.2) normalises every step reward r_i^(j) over all step rewards of the
+group and gives each token the sum of the normalised rewards of its step and every later step:
+
+    A_{i,t} = sum_{j >= step(t)} (r_i^(j) - mean(R)) / (std(R) + eps),   R = the group's step rewards
 """
 
 from __future__ import annotations
@@ -69,6 +74,24 @@ def group_relative_advantages(
 def broadcast_to_tokens(advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Outcome supervision: every valid token of sequence i gets A_i ([N] -> [N, T]); 0 off-mask."""
     return advantages.unsqueeze(-1).to(mask.dtype) * mask
+
+
+def process_step_advantages(
+    step_rewards: list[list[float]], group_ids: list[int], scale_by_std: bool = True, eps: float = GRPO_EPS
+) -> list[list[float]]:
+    """Per response, one advantage per step: step rewards normalised over all steps of the group
+    (unbiased std; scale_by_std=False: only centred), then summed from each step to the last."""
+    flat = torch.tensor([r for rewards in step_rewards for r in rewards], dtype=torch.float64)
+    if flat.numel() == 0:
+        return [[] for _ in step_rewards]
+    flat_groups = torch.tensor([g for g, rewards in zip(group_ids, step_rewards) for _ in rewards])
+    mean, std = group_mean_std(flat, flat_groups)
+    normalised = (flat - mean) / (std + eps) if scale_by_std else flat - mean
+    out, at = [], 0
+    for rewards in step_rewards:
+        out.append(reverse_cumsum(normalised[at:at + len(rewards)]).tolist())
+        at += len(rewards)
+    return out
 
 
 def dynamic_sampling_keep(

@@ -12,4 +12,5 @@ from rlft.registry import Registry
 REWARD_COMPONENTS: Registry = Registry("reward component", {
     "answer": "rlft.rewards.answer:SPEC",
     "steps": "rlft.rewards.steps:SPEC",
+    "progress": "rlft.rewards.progress:SPEC",
 })

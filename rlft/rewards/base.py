@@ -2,8 +2,8 @@
 
 A component is built once per reward actor from its config section and the task, and maps a
 rollout to a value (and optionally one value per segment of the rollout: steps, turns). The
-reward is sum_k weight_k * value_k; each component's unweighted value is kept by name so the
-controller can log it (`reward/<name>`). Correctness always comes from the task's answer checker.
+reward is sum_k weight_k * value_k, and the step rewards sum_k segment_weight_k * step values_k;
+each component's unweighted value is kept by name so the controller can log it (`reward/<name>`). Correctness always comes from the task's answer checker.
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ class ComponentConfig(Section):
 
     name: str = Field(description="Registered component name.")
     weight: float = Field(1.0, description="Weight of this component in the summed reward.")
+    segment_weight: float | None = Field(
+        None, description="Weight of its per-step values in the step rewards (None: `weight`); e.g. weight 0 and "
+        "segment_weight 1 give step rewards without adding to the sequence reward."
+    )
 
 
 @dataclass
@@ -42,6 +46,7 @@ class ComponentSpec:
     name: str
     config_cls: type[ComponentConfig]
     build: Callable[[Any, Any], RewardComponent]
+    scores_segments: bool = False  # gives one value per step/turn segment (what process advantages need)
 
 
 def combine(rollout: Rollout, components: list[tuple[ComponentConfig, RewardComponent]], correct: bool) -> Score:
@@ -52,7 +57,8 @@ def combine(rollout: Rollout, components: list[tuple[ComponentConfig, RewardComp
         total += cfg.weight * out.value
         named[cfg.name] = out.value
         if out.segment_values is not None:
-            weighted = [cfg.weight * v for v in out.segment_values]
+            weight = cfg.weight if cfg.segment_weight is None else cfg.segment_weight
+            weighted = [weight * v for v in out.segment_values]
             if segments is None:
                 segments = weighted
             elif len(segments) != len(weighted):

@@ -1,8 +1,7 @@
 """Per-step checker: the mean of the task's per-step scores (a denser signal than the answer alone).
 
 For arith the steps are the digit-column lines followed by the answer; tasks without steps give
-one score (their answer score). Per-segment values need step segments on the rollout, which
-the progress-tracker issue adds; until then this is a sequence-level reward.
+one score (their answer score). A sequence-level reward; `progress` gives per-step rewards.
 """
 
 from __future__ import annotations

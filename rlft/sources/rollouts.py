@@ -10,6 +10,7 @@ import time
 
 from rlft.data.collate import encode_prompt
 from rlft.data.sampler import EpochSampler
+from rlft.data.steps import completion_steps
 from rlft.sources import SourceContext
 from rlft.types import Rollout
 
@@ -39,12 +40,15 @@ def sample(generators, prompts: list[list[int]], n: int, max_new_tokens: int | l
 
 
 def generate(generators, tokenizer, chat: bool, examples: list, n: int, max_new_tokens: int,
-             temperature: float, top_p: float, seed: int) -> list[Rollout]:
-    """n samples per example as Rollouts; group = the example's index."""
+             temperature: float, top_p: float, seed: int, step_delimiter: str | None = None) -> list[Rollout]:
+    """n samples per example as Rollouts; group = the example's index. With a step delimiter each
+    rollout carries its step segments (rlft.data.steps)."""
     prompts = [encode_prompt(tokenizer, ex.prompt, chat) for ex in examples]
     per_prompt = sample(generators, prompts, n, max_new_tokens, temperature, top_p, seed)
     return [Rollout(examples[i], i, prompts[i], s["completion_ids"], s["logprobs"], s["text"], s["version"],
-                    s["finish_reason"], temperature=temperature)
+                    s["finish_reason"],
+                    completion_steps(tokenizer, s["completion_ids"], step_delimiter) if step_delimiter else [],
+                    temperature=temperature)
             for i, samples in enumerate(per_prompt) for s in samples]
 
 
@@ -76,7 +80,8 @@ class RolloutSource:
         prompts = self.sampler.next_batch(ctx.train_examples, ctx.rows_per_batch() // group)
         t0 = time.time()
         rollouts = generate(ctx.roles["generator"], ctx.tokenizer, ctx.chat, prompts, group, ro.max_new_tokens,
-                            ro.temperature, ro.top_p, seed=ctx.cfg.run.seed * 100_003 + iteration)
+                            ro.temperature, ro.top_p, seed=ctx.cfg.run.seed * 100_003 + iteration,
+                            step_delimiter=ro.step_delimiter)
         t1 = time.time()
         score(ctx.roles["reward"], rollouts)
         t2 = time.time()

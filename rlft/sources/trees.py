@@ -19,7 +19,7 @@ import time
 
 from rlft.data.collate import encode_prompt
 from rlft.data.sampler import EpochSampler
-from rlft.data.steps import segment_steps, step_segments, token_steps
+from rlft.data.steps import completion_steps, segment_steps
 from rlft.sources import SourceContext
 from rlft.sources.rollouts import reward_metrics, sample, score
 from rlft.types import Rollout
@@ -39,7 +39,7 @@ def leaf(root: Rollout, cut: int, continuation: dict, tokenizer, delimiter: str)
     logprobs = root.logprobs[:cut] + continuation["logprobs"]
     text = tokenizer.decode(ids, skip_special_tokens=True)
     return Rollout(root.example, root.group, root.prompt_ids, ids, logprobs, text, continuation["version"],
-                   continuation["finish_reason"], step_segments(token_steps(tokenizer, ids, delimiter)),
+                   continuation["finish_reason"], completion_steps(tokenizer, ids, delimiter),
                    temperature=root.temperature)
 
 
