@@ -110,9 +110,13 @@ class RolloutConfig(Section):
 
 class SyncConfig(Section):
     parity_every: int = Field(1, ge=0, description="Run the logprob parity probe every N syncs (0: never).")
+    parity_statistic: Literal["auto", "max", "mean"] = Field(
+        "auto", description="What the probe compares: max or mean |learner - generator| log-prob over its tokens "
+        "(auto: max in float32, mean in 16 bits, where single tokens differ by rounding)."
+    )
     parity_tolerance: float | None = Field(
-        None, gt=0, description="Max |learner - generator| probe logprob difference before the run stops "
-        "(None: by the model dtype, rlft.sync.protocol.PARITY_TOLERANCE: 1e-3 in float32, 5e-2 in 16-bit)."
+        None, gt=0, description="Largest allowed value of that statistic before the run stops (None: by statistic and "
+        "dtype, rlft.sync.protocol.PARITY_TOLERANCE: max 1e-3 in float32, mean 0.1 in 16 bits)."
     )
 
 

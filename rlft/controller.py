@@ -305,7 +305,7 @@ class Controller:
         start = time.time()
         initial = self.evaluate(0)
         if self.sync is not None and cfg.sync.parity_every:
-            initial["sync/parity_max_abs_diff"] = self.sync.check_parity()
+            initial.update(self.sync.check_parity())
         self.tracker.log(initial, 0)
         metrics: dict[str, float] = {}
         with progress_bar("train", iterations, self.show_progress) as advance:

@@ -189,8 +189,8 @@ def test_rl_needs_sampled_rollouts(tmp_path):
 
 
 def test_bf16_learner_and_generator_agree_within_the_16_bit_tolerance(tmp_path):
-    """model.dtype bfloat16 on CPU: DeepSpeed (bf16) and vLLM both run bf16; the parity probe takes the
-    16-bit default tolerance and passes after each of 2 updates."""
+    """model.dtype bfloat16 on CPU: DeepSpeed (bf16) and vLLM both run bf16; the parity probe compares
+    the mean difference with the 16-bit default tolerance and passes after each of 2 updates."""
     from rlft.sync.protocol import PARITY_TOLERANCE
 
     ctl = Controller(rl_config(tmp_path, "bf16", model={"name": "tiny", "dtype": "bfloat16"}), show_progress=False)
@@ -198,8 +198,18 @@ def test_bf16_learner_and_generator_agree_within_the_16_bit_tolerance(tmp_path):
     try:
         assert ctl.learner_info["dtype"] == "torch.bfloat16"
         assert ctl.roles["generator"].members[0].dtype == "bfloat16"
-        assert ctl.sync.tolerance == PARITY_TOLERANCE[torch.bfloat16] == 5e-2
-        diffs = [ctl.iteration(it, last=it == 2)["sync/parity_max_abs_diff"] for it in (1, 2)]
+        assert (ctl.sync.statistic, ctl.sync.tolerance) == ("mean", PARITY_TOLERANCE[("mean", 16)]) == ("mean", 0.1)
+        found = [ctl.iteration(it, last=it == 2) for it in (1, 2)]
     finally:
         ctl.close()
-    assert all(0 < d < 5e-2 for d in diffs), diffs  # bf16 engines differ, but only by rounding
+    for m in found:  # bf16 engines differ, but only by rounding
+        assert 0 < m["sync/parity_mean_abs_diff"] <= m["sync/parity_max_abs_diff"] < 5e-2, m
+
+
+def test_parity_check_defaults_by_dtype_and_statistic():
+    from rlft.sync.protocol import parity_check
+
+    assert parity_check(torch.float32) == ("max", 1e-3)
+    assert parity_check(torch.bfloat16) == parity_check(torch.float16) == ("mean", 0.1)
+    assert parity_check(torch.bfloat16, "max") == ("max", 0.5)
+    assert parity_check(torch.float32, "mean", 2e-3) == ("mean", 2e-3)
