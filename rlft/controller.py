@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
@@ -295,6 +296,11 @@ class Controller:
         try:
             self.setup()
             return self.loop()
+        except Exception:
+            if self._log_handler is not None:  # the run folder keeps why it stopped (the console shows the error)
+                self._log_handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, "run stopped by an error",
+                                                        None, sys.exc_info()))
+            raise
         finally:
             self.close()
 

@@ -235,6 +235,8 @@ def test_wrong_fingerprint_from_a_generator_stops_the_run(tmp_path):
         train(_config(tmp_path), show_progress=False)
     assert CALLS.count(("learner", "train_step")) == 1  # nothing trained after the failed sync
     assert {("learner", "close"), ("generator", "close"), ("reward", "close")} <= set(CALLS)
+    log = next((tmp_path / "runs").glob("*/train.log")).read_text()  # the run folder says why it stopped
+    assert "run stopped by an error" in log and "SyncError: generator 0 loaded fake weights" in log
 
 
 def test_a_run_folder_is_never_destroyed_by_default(tmp_path):

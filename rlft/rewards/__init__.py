@@ -13,4 +13,5 @@ REWARD_COMPONENTS: Registry = Registry("reward component", {
     "answer": "rlft.rewards.answer:SPEC",
     "steps": "rlft.rewards.steps:SPEC",
     "progress": "rlft.rewards.progress:SPEC",
+    "budget": "rlft.rewards.budget:SPEC",
 })

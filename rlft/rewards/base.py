@@ -36,7 +36,8 @@ class ComponentValue:
 
 class RewardComponent(Protocol):
     def __call__(self, rollout: Rollout) -> ComponentValue:
-        """Score one rollout."""
+        """Score one rollout. A component with `per_group = True` is instead called with the rollouts
+        of one group (one prompt) and returns one value each: group-relative rewards (length shaping)."""
 
 
 @dataclass(frozen=True)
@@ -49,11 +50,27 @@ class ComponentSpec:
     scores_segments: bool = False  # gives one value per step/turn segment (what process advantages need)
 
 
-def combine(rollout: Rollout, components: list[tuple[ComponentConfig, RewardComponent]], correct: bool) -> Score:
+def component_values(rollouts: list[Rollout], component: RewardComponent) -> list[ComponentValue]:
+    """One value per rollout: rollout by rollout, or group by group for a per-group component."""
+    if not getattr(component, "per_group", False):
+        return [component(r) for r in rollouts]
+    groups: dict[int, list[int]] = {}
+    for i, r in enumerate(rollouts):
+        groups.setdefault(r.group, []).append(i)
+    values: list[ComponentValue | None] = [None] * len(rollouts)
+    for members in groups.values():
+        found = component([rollouts[i] for i in members])
+        if len(found) != len(members):
+            raise ValueError(f"a per-group reward component returned {len(found)} values for {len(members)} rollouts")
+        for i, value in zip(members, found):
+            values[i] = value
+    return values
+
+
+def combine_values(values: list[tuple[ComponentConfig, ComponentValue]], correct: bool) -> Score:
     """Weighted sum of component values; segment rewards summed over components that give them."""
     total, named, segments = 0.0, {}, None
-    for cfg, component in components:
-        out = component(rollout)
+    for cfg, out in values:
         total += cfg.weight * out.value
         named[cfg.name] = out.value
         if out.segment_values is not None:
@@ -67,3 +84,16 @@ def combine(rollout: Rollout, components: list[tuple[ComponentConfig, RewardComp
             else:
                 segments = [a + b for a, b in zip(segments, weighted)]
     return Score(reward=total, correct=correct, components=named, segment_rewards=segments)
+
+
+def combine(rollout: Rollout, components: list[tuple[ComponentConfig, RewardComponent]], correct: bool) -> Score:
+    """The Score of one rollout from per-rollout components."""
+    return combine_values([(cfg, component(rollout)) for cfg, component in components], correct)
+
+
+def score_rollouts(rollouts: list[Rollout], components: list[tuple[ComponentConfig, RewardComponent]],
+                   correct: list[bool]) -> list[Score]:
+    """Scores of a batch whose groups are whole (per-group components see every member)."""
+    per_component = [component_values(rollouts, component) for _, component in components]
+    return [combine_values([(cfg, values[i]) for (cfg, _), values in zip(components, per_component)], ok)
+            for i, ok in enumerate(correct)]

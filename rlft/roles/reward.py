@@ -10,7 +10,7 @@ from typing import Any
 
 from rlft.data.tasks import build_task
 from rlft.rewards import REWARD_COMPONENTS
-from rlft.rewards.base import combine
+from rlft.rewards.base import score_rollouts
 from rlft.types import Rollout, Score
 
 
@@ -27,7 +27,8 @@ class RewardActor:
         return {"index": self.index, "task": self.task.name, "components": [c.name for c, _ in self.components]}
 
     def score(self, rollouts: list[Rollout]) -> list[Score]:
-        return [combine(r, self.components, self.task.score(r.example, r.text) >= 1.0) for r in rollouts]
+        """Scores of rollouts that hold whole groups (rlft.sources.rollouts.score splits by group)."""
+        return score_rollouts(rollouts, self.components, [self.task.score(r.example, r.text) >= 1.0 for r in rollouts])
 
     def memory(self) -> dict[str, float]:
         from rlft.memory import process_memory

@@ -52,9 +52,17 @@ def generate(generators, tokenizer, chat: bool, examples: list, n: int, max_new_
             for i, samples in enumerate(per_prompt) for s in samples]
 
 
+def split_groups(rollouts: list[Rollout], parts: int) -> list[list[Rollout]]:
+    """`parts` chunks of whole groups (group-relative rewards need every member), as even as groups allow."""
+    groups: dict[int, list[Rollout]] = {}
+    for r in rollouts:
+        groups.setdefault(r.group, []).append(r)
+    return [[r for group in chunk for r in group] for chunk in split_evenly(list(groups.values()), parts)]
+
+
 def score(rewards, rollouts: list[Rollout]) -> None:
-    """Attach a Score to every rollout, the rollouts spread evenly over the reward roles."""
-    chunks = split_evenly(rollouts, len(rewards))
+    """Attach a Score to every rollout, whole groups spread evenly over the reward roles."""
+    chunks = split_groups(rollouts, len(rewards))
     for chunk, scores in zip(chunks, rewards.call_each("score", [(c,) for c in chunks])):
         for rollout, s in zip(chunk, scores):
             rollout.score = s
@@ -92,4 +100,5 @@ class RolloutSource:
             "rollout/staleness": float(policy_version - min(r.version for r in rollouts)),
             "perf/time_generate": t1 - t0, "perf/time_reward": t2 - t1,
             "perf/gen_tokens_per_s": gen_tokens / max(t1 - t0, 1e-9),
+            **({"rollout/steps": sum(len(r.segments) for r in rollouts) / len(rollouts)} if ro.step_delimiter else {}),
         }

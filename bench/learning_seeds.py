@@ -1,12 +1,14 @@
-"""Learning results over seeds on one budget: SFT vs IFT, and online DPO vs tree preference optimization.
+"""Learning results over seeds on one budget: SFT vs IFT, online DPO vs tree preference optimization,
+and GPPO with outcome rewards vs outcome + process (progress-tracker) rewards.
 
-    .venv/bin/python bench/preference_seeds.py                       # 3 seeds, both comparisons, the recipes' budgets
-    .venv/bin/python bench/preference_seeds.py --pairs dpo-tpo --seeds 0 1 2 --steps 400
-    .venv/bin/python bench/preference_seeds.py --report-only         # table and PNG from runs already made
+    .venv/bin/python bench/learning_seeds.py                         # 3 seeds, every comparison, the recipes' budgets
+    .venv/bin/python bench/learning_seeds.py --pairs dpo-tpo --seeds 0 1 2 --steps 400
+    .venv/bin/python bench/learning_seeds.py --pairs outcome-process --png bench/results/outcome_process_seeds.png
+    .venv/bin/python bench/learning_seeds.py --report-only           # table and PNG from runs already made
 
 Each run is a shipped recipe (`rlft train`) with `run.seed` set, in its own child process, under
---out (default runs/bench_preference; a run already finished there is reused, never overwritten).
-Within a comparison both recipes share everything but the algorithm:
+--out (default runs/bench_seeds; a run already finished there is reused, never overwritten).
+Within a comparison both recipes share everything but what is compared:
 
 * sft vs ift: configs/sft_tiny_arith.yaml and configs/ift_tiny_arith.yaml, full fine-tuning of the
   untrained tiny model on the same worked traces, same steps, batch, lr and schedule.
@@ -15,6 +17,9 @@ Within a comparison both recipes share everything but the algorithm:
   responses per iteration (DPO: 8 independent samples, correct x wrong pairs by the answer
   checker; TPO: a tree of 8 leaves ranked by the answer and per-line checkers), 4 optimizer
   steps of 64 rows per iteration, same lr and schedule.
+* outcome vs process: configs/gppo_tiny_arith.yaml (the main job) and
+  configs/gppo_process_tiny_arith.yaml, the same warm start, sizes and budget; the second adds
+  step segments, progress-tracker step rewards and GPPO's process advantage to the outcome one.
 
 The seed changes the data order, the sampling and (for SFT/IFT) the initial weights' training
 order; the warm start is shared. Reported: held-out greedy accuracy (200 problems) at the end,
@@ -33,9 +38,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {"sft": "configs/sft_tiny_arith.yaml", "ift": "configs/ift_tiny_arith.yaml",
-           "dpo": "configs/dpo_tiny_arith.yaml", "tpo": "configs/tpo_tiny_arith.yaml"}
-PAIRS = {"sft-ift": ("sft", "ift"), "dpo-tpo": ("dpo", "tpo")}
-EVAL_EVERY = {"sft": 50, "ift": 50, "dpo": 80, "tpo": 80}
+           "dpo": "configs/dpo_tiny_arith.yaml", "tpo": "configs/tpo_tiny_arith.yaml",
+           "gppo": "configs/gppo_tiny_arith.yaml", "gppo_process": "configs/gppo_process_tiny_arith.yaml"}
+PAIRS = {"sft-ift": ("sft", "ift"), "dpo-tpo": ("dpo", "tpo"), "outcome-process": ("gppo", "gppo_process")}
+EVAL_EVERY = {"sft": 50, "ift": 50, "dpo": 80, "tpo": 80, "gppo": 80, "gppo_process": 80}
 
 
 def parse_args() -> argparse.Namespace:
@@ -43,8 +49,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--pairs", nargs="+", choices=sorted(PAIRS), default=sorted(PAIRS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None, help="train.steps for every run (default: the recipes')")
-    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_preference")
-    parser.add_argument("--png", type=Path, default=None, help="plot path (default: <out>/preference_seeds.png)")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_seeds")
+    parser.add_argument("--png", type=Path, default=None, help="plot path (default: <out>/learning_seeds.png)")
     parser.add_argument("--report-only", action="store_true", help="only read finished runs")
     return parser.parse_args()
 
@@ -140,7 +146,7 @@ def main() -> int:
             start = f"{statistics.mean(starts):.3f}" if starts else "-"
             print(f"| {pair} | {algorithm} | {start} | {summarise(finals)} | "
                   f"{', '.join(f'{v:.3f}' for v in finals)} | {timing} |")
-    png = args.png or args.out / "preference_seeds.png"
+    png = args.png or args.out / "learning_seeds.png"
     plot(curves, args.pairs, png)
     print(f"\ncurves: {png}")
     return 0
