@@ -18,8 +18,11 @@ completion length, temperature 1 and dtype:
 
 Rows:
 * rlft variants (`--rlft-variants`): `sync` (rollout.max_staleness=0, the recipe's 2 vLLM generators,
-  each pinned to its own core), `overlapped` (max_staleness=1), `one-engine` (synchronous, 1 generator
-  on every core): `rlft.controller.train` with evaluation, wandb and plots off. Reported: completions
+  each pinned to its own core, the policy shipped as a LoRA adapter), `overlapped` (max_staleness=1),
+  `one-engine` (synchronous, 1 generator on every core), and `merged`, `merged-overlapped`,
+  `merged-one-engine` (the same with sync.weights=merged: generators reload every weight with the
+  adapter merged in, and generate without LoRA kernels): `rlft.controller.train` with evaluation,
+  wandb and plots off. Reported: completions
   over the loop's seconds (`summary['samples_per_s']`, roles already started) and the median of the
   per-iteration `perf/samples_per_s`, first iteration skipped as warm-up.
 * TRL: `GRPOTrainer` in one process (the only learner), HF `generate`, no vLLM, once per
@@ -53,18 +56,21 @@ ROOT = Path(__file__).resolve().parents[1]
 MODELS = {
     "tiny": dict(recipe="configs/gppo_tiny_arith.yaml", overrides=[], rlft_steps=40, trl_steps=12,
                  completions_per_step=64, mini_batches=4, group_size=8, max_tokens=32, micro_batch=32,
-                 trl_threads="2,1", bf16=False),
+                 trl_threads="2,1", bf16=False, variants="sync,overlapped,merged"),
     "smollm2": dict(recipe="configs/gppo_smollm2_gsm.yaml",
                     overrides=["model.dtype=fast", "sync.parity_tolerance=null", "train.micro_batch_size=4",
                                "train.warmup_steps=0"],
                     rlft_steps=8, trl_steps=8, completions_per_step=32, mini_batches=2, group_size=4,
-                    max_tokens=128, micro_batch=8, trl_threads="2", bf16=True),
+                    max_tokens=128, micro_batch=8, trl_threads="2", bf16=True, variants="sync,merged,merged-overlapped"),
 }
 GOALS = {"tiny": 1.0, "smollm2": 1.5}
 VARIANTS = {  # rlft rows: overrides on top of the shared ones
-    "sync": ["rollout.max_staleness=0"],
-    "overlapped": ["rollout.max_staleness=1"],
-    "one-engine": ["rollout.max_staleness=0", "generator.count=1"],
+    "sync": ["rollout.max_staleness=0", "sync.weights=adapter"],
+    "overlapped": ["rollout.max_staleness=1", "sync.weights=adapter"],
+    "one-engine": ["rollout.max_staleness=0", "sync.weights=adapter", "generator.count=1"],
+    "merged": ["rollout.max_staleness=0", "sync.weights=merged"],
+    "merged-overlapped": ["rollout.max_staleness=1", "sync.weights=merged"],
+    "merged-one-engine": ["rollout.max_staleness=0", "sync.weights=merged", "generator.count=1"],
 }
 
 
@@ -81,7 +87,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--trl-micro-batch", type=int, help="TRL per-device batch")
     p.add_argument("--trl-threads",
                    help="comma list: one TRL run per torch thread count (2 = torch's default on 2 cores)")
-    p.add_argument("--rlft-variants", default="sync,overlapped", help=f"comma list of {', '.join(VARIANTS)}")
+    p.add_argument("--rlft-variants", help=f"comma list of {', '.join(VARIANTS)} (default per model)")
     p.add_argument("--run-name", default="bench_rlft", help="rlft run folder under runs/ (variant appended)")
     p.add_argument("--skip-rlft", action="store_true")
     p.add_argument("--skip-trl", action="store_true")
@@ -93,7 +99,7 @@ def parse_args() -> argparse.Namespace:
     preset = MODELS[args.model]
     for flag, key in (("rlft_steps", "rlft_steps"), ("trl_steps", "trl_steps"), ("group_size", "group_size"),
                       ("completions_per_step", "completions_per_step"), ("max_tokens", "max_tokens"),
-                      ("trl_micro_batch", "micro_batch"), ("trl_threads", "trl_threads")):
+                      ("trl_micro_batch", "micro_batch"), ("trl_threads", "trl_threads"), ("rlft_variants", "variants")):
         if getattr(args, flag) is None:
             setattr(args, flag, preset[key])
     unknown = set(args.rlft_variants.split(",")) - set(VARIANTS)

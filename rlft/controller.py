@@ -158,7 +158,7 @@ class Controller:
         dtype = str(self.dtype()).removeprefix("torch.")
         cores = os.cpu_count() or 1
         kwargs = [dict(cfg=cfg, index=i, model_path=str(self.model_path), dtype=dtype, seed=cfg.run.seed + i,
-                       lora_rank=self.peft(cfg.peft).generator_lora_rank(),
+                       lora_rank=self.peft(cfg.peft).generator_lora_rank() if cfg.sync.weights == "adapter" else None,
                        cpu_bind=engine_cpu_bind(i, gen.count, cores) if device == "cpu" and gen.bind_cpus else None)
                   for i in range(gen.count)]
         return self._create("generator", kwargs, gen.cpus_per_actor, gen.gpus_per_actor)[0]

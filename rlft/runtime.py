@@ -131,6 +131,18 @@ class RoleGroup:
             return getattr(member, method)(*args, **kwargs)
         return self._gather([getattr(member, method).remote(*args, **kwargs)])[0]
 
+    def submit_one(self, index: int, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Start a call on one member without waiting for it. The handle can be an argument of another
+        group's `call` (remote: Ray hands the result over without the driver fetching it first) and
+        `result(handle)` resolves it. Inline, the call runs now and the handle is its result."""
+        member = self.members[index]
+        if not self.remote:
+            return getattr(member, method)(*args, **kwargs)
+        return getattr(member, method).remote(*args, **kwargs)
+
+    def result(self, handle: Any) -> Any:
+        return self._gather([handle])[0]
+
     def shutdown(self) -> None:
         if self.remote:
             import ray

@@ -25,9 +25,10 @@ def check_config(cfg, spec, peft_cls) -> None:
     if cfg.train.steps % per_iteration:
         raise ValueError(f"train.steps={cfg.train.steps} is not a multiple of the {per_iteration} optimizer steps "
                          f"that algorithm {spec.name!r} takes per batch (rollout.mini_batches x rollout.epochs)")
-    if "generator" in spec.roles and peft_cls.payload_kind is None:
-        raise ValueError(f"algorithm {spec.name!r} runs generators, and weight sync ships adapters: "
-                         f"peft.method={cfg.peft.method} has nothing to ship; set peft.method to lora or pissa")
+    if "generator" in spec.roles and peft_cls.payload_kind is None and cfg.sync.weights == "adapter":
+        raise ValueError(f"algorithm {spec.name!r} runs generators, and sync.weights=adapter ships adapters: "
+                         f"peft.method={cfg.peft.method} has none; set sync.weights=merged (every weight is "
+                         "reloaded after each update) or peft.method to lora or pissa")
     if cfg.rollout.max_staleness and "generator" not in spec.roles:
         raise ValueError(f"rollout.max_staleness={cfg.rollout.max_staleness}: algorithm {spec.name!r} generates "
                          "nothing, so there is no generation to overlap with training; set it to 0")

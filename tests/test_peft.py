@@ -34,3 +34,35 @@ def test_reference_policy_is_the_original_model_before_and_after_training(tmp_pa
     torch.testing.assert_close(before, original, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(after, original, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(policy, original, atol=1e-3), "training should have moved the policy"
+
+
+@pytest.mark.parametrize("method", ["lora", "pissa"])
+def test_merged_weights_are_the_policy_the_learner_trains(method):
+    """sync.weights=merged ships effective_weights(model): loaded into a plain copy of the base model
+    (checkpoint naming), it computes the adapted model's logits."""
+    from transformers import AutoModelForCausalLM
+
+    from rlft.config import PeftConfig
+    from rlft.data.model_config import ModelConfig
+    from rlft.data.models import resolve_model
+    from rlft.peft import PEFT_METHODS
+
+    path = resolve_model(ModelConfig(name="tiny"))
+    peft = PEFT_METHODS[method](PeftConfig(method=method, r=4, alpha=8, pissa_niter=None))
+    model = peft.wrap(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), seed=0, with_reference=True)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if ".lora_B.default" in name:
+                param.add_(0.05 * torch.randn_like(param))  # a trained-looking adapter
+    weights = peft.effective_weights(model)
+    assert not any("lora_" in name or "base_layer" in name for name in weights)
+    plain = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    missing, unexpected = plain.load_state_dict(weights, strict=False)
+    tied = plain.config.tie_word_embeddings  # a tied head is the embedding, shipped once (as checkpoints do)
+    assert not unexpected and set(missing) == ({"lm_head.weight"} if tied else set())
+    ids = torch.tensor([[1, 53, 30, 4, 24, 27, 15, 23, 28, 99]])
+    with torch.no_grad():
+        adapted, merged, base = model(ids).logits, plain(ids).logits, AutoModelForCausalLM.from_pretrained(path)(ids).logits
+    assert torch.allclose(merged, adapted, atol=1e-5)
+    assert (merged - base).abs().max() > 1e-2  # the adapter does move the policy

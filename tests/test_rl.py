@@ -213,3 +213,31 @@ def test_parity_check_defaults_by_dtype_and_statistic():
     assert parity_check(torch.bfloat16) == parity_check(torch.float16) == ("mean", 0.1)
     assert parity_check(torch.bfloat16, "max") == ("max", 0.5)
     assert parity_check(torch.float32, "mean", 2e-3) == ("mean", 2e-3)
+
+
+@pytest.mark.parametrize("method", ["lora", "full"])
+def test_merged_weight_sync_reloads_the_whole_policy_into_vllm(tmp_path, method, monkeypatch):
+    """sync.weights=merged: generators run no LoRA; after every update they reload every weight in
+    place (adapter merged in; full fine-tuning ships its weights) and the probe agrees to float32
+    precision. A generator that reports the fingerprint without reloading fails the probe."""
+    cfg = rl_config(tmp_path, method, sync={"weights": "merged"}, peft={"method": method}, train={"lr": 1e-2})
+    ctl = Controller(cfg, show_progress=False)
+    ctl.setup()
+    try:
+        generator = ctl.roles["generator"].members[0]
+        assert generator.lora_rank is None and generator._request() is None
+        found = [ctl.iteration(it) for it in (1, 2)]
+        for m in found:
+            assert m["sync/parity_max_abs_diff"] < 1e-3
+            assert m["sync/bytes"] > 1_000_000  # the whole tiny model (0.44M float32 parameters), not an adapter
+        assert generator.version == 2
+        rollouts = generate(ctl.roles["generator"], ctl.tokenizer, False, ctl.train_examples[:2], 4, 24, 1.0, 1.0, seed=1)
+        score(ctl.roles["reward"], rollouts)
+        for i, r in enumerate(rollouts):  # every advantage non-zero so the update moves the policy
+            r.score = Score(reward=float(i % 2), correct=False)
+        ctl.optimize(ctl.spec.build_rows(rollouts, ctl.row_ctx)[0])
+        monkeypatch.setattr(generator, "load_weights", lambda payload: payload.fingerprint)
+        with pytest.raises(SyncError, match="logprob parity probe"):
+            ctl.sync.publish()
+    finally:
+        ctl.close()

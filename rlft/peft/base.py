@@ -40,6 +40,16 @@ class PeftMethod:
         """LoRA rank generators must accept to apply the payloads (None: not a LoRA payload)."""
         return None
 
+    def effective_weights(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """Every weight of the policy as the base model would hold it (checkpoint naming)."""
+        return {name: p.detach() for name, p in model.named_parameters()}
+
+    def export_merged(self, model: torch.nn.Module, version: int):
+        """The whole policy as a dense payload (sync.weights: merged)."""
+        from rlft.sync.payload import DensePayload
+
+        return DensePayload.build(version, self.effective_weights(model))
+
     def save(self, model: torch.nn.Module, tokenizer, out_dir: Path) -> Path:
         raise NotImplementedError
 

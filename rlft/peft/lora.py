@@ -24,6 +24,26 @@ def adapter_tensors(model, adapter_name: str = "default") -> dict[str, torch.Ten
     return {k: v.detach().cpu().clone() for k, v in state.items()}
 
 
+def merged_weights(model, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """The base model's weights with the adapter merged in (W + scale B A), in checkpoint naming
+    (`...q_proj.base_layer.weight` -> `...q_proj.weight`); adapter tensors themselves are left out."""
+    from peft.tuners.lora import LoraLayer
+
+    base = model.get_base_model()
+    deltas = {f"{name}.base_layer.weight": module.get_delta_weight(adapter_name)
+              for name, module in base.named_modules()
+              if isinstance(module, LoraLayer) and adapter_name in module.lora_A}
+    out = {}
+    for name, param in base.named_parameters():
+        if ".lora_" in name:
+            continue
+        weight = param.detach()
+        if name in deltas:
+            weight = weight + deltas[name].to(weight.dtype)
+        out[name.replace(".base_layer.", ".")] = weight
+    return out
+
+
 class LoRA(PeftMethod):
     name = "lora"
     payload_kind = "lora"
@@ -54,6 +74,9 @@ class LoRA(PeftMethod):
 
     def generator_lora_rank(self) -> int:
         return self.cfg.r
+
+    def effective_weights(self, model):
+        return merged_weights(model)
 
     def export(self, model, version):
         tensors, rank, alpha = self.shipped_lora(model)

@@ -220,6 +220,8 @@ class LearnerActor:
         """Rank 0: what generators need after an update, as a versioned payload (rlft.sync)."""
         if self.rank != 0:
             return None
+        if self.cfg.sync.weights == "merged":
+            return self.peft.export_merged(self.engine.module, version)
         return self.peft.export(self.engine.module, version)
 
     def save(self, out_dir: str) -> str | None:

@@ -7,9 +7,11 @@ actually deserialised. Kinds:
 * `lora`: LoRA A/B tensors in PEFT naming (`base_model.model.<module>.lora_A.weight`) plus the
   adapter config; the generator registers them with vLLM as a new adapter per version, from
   memory (rlft.sync.vllm_worker). PiSSA ships as a rank-2r LoRA on the original base.
+* `dense`: every weight of the model in Hugging Face checkpoint naming (adapters merged in:
+  W + scale B A), reloaded in place into the engine (`sync.weights: merged`, and full
+  fine-tuning); the engine then generates at base-model speed, with no LoRA kernels.
 
-Dense tensor sets and sparse deltas (sparse PEFT) are further kinds with the same three
-operations: `build` on the learner, `apply(engine, previous)` on the generator, and
+Sparse deltas (sparse PEFT) are a further kind with the same three operations: `build` on the learner, `apply(engine, previous)` on the generator, and
 `request()` for what a generate call must name (a LoRA request, or nothing).
 """
 
@@ -110,4 +112,22 @@ class LoraPayload(Payload):
         return folder
 
 
-PAYLOAD_KINDS: Registry = Registry("payload kind", {"lora": LoraPayload})
+@dataclass(frozen=True)
+class DensePayload(Payload):
+    kind: ClassVar[str] = "dense"
+
+    @classmethod
+    def build(cls, version: int, tensors: dict[str, torch.Tensor]) -> "DensePayload":
+        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+        return cls(version=version, tensors=serialize(tensors), fingerprint=fingerprint(tensors))
+
+    def apply(self, engine, previous):
+        seen = engine.collective_rpc("rlft_load_dense", args=(self.tensors,))
+        # cached KV blocks were computed with the old weights
+        engine.reset_prefix_cache()
+        if len(set(seen)) != 1:
+            raise RuntimeError(f"engine workers loaded different weights: {seen}")
+        return seen[0]
+
+
+PAYLOAD_KINDS: Registry = Registry("payload kind", {"lora": LoraPayload, "dense": DensePayload})

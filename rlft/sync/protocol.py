@@ -1,14 +1,14 @@
 """The weight-sync protocol (DESIGN section 3): publish a version, verify it, probe it.
 
     learner rank 0 --export_weights(v)--> payload (kind, version, fingerprint)
-        --share once (Ray object store; inline: the object itself)--> every generator
+        --handed over by reference (Ray object store; inline: the object itself)--> every generator
         --load_weights(payload)--> fingerprint of what each generator deserialised
     mismatch -> SyncError.  Every `parity_every` versions: a fixed probe sequence is scored by
     learner rank 0 and every generator; a statistic of |log-prob difference| over the probe tokens
     (max in float32, mean in 16 bits) > tolerance -> SyncError.
 
 The controller calls `publish()` after each update and nothing else; transports other than the
-object store (NCCL, vLLM's weight-transfer API) go behind `RoleGroup.share`.
+object store (NCCL, vLLM's weight-transfer API) go behind `RoleGroup.submit_one` / `call`.
 """
 
 from __future__ import annotations
@@ -52,8 +52,10 @@ class WeightSync:
     def publish(self) -> dict[str, float]:
         """Export the next version, ship it to every generator, verify; probe parity when due."""
         t0 = time.time()
-        payload = self.learners.call_one(0, "export_weights", self.version + 1)
-        loaded = self.generators.call("load_weights", self.generators.share(payload))
+        # the generators start loading as soon as the export is done, the payload never passing the driver first
+        exported = self.learners.submit_one(0, "export_weights", self.version + 1)
+        loaded = self.generators.call("load_weights", exported)
+        payload = self.learners.result(exported)
         for index, seen in enumerate(loaded):
             if seen != payload.fingerprint:
                 raise SyncError(

@@ -40,3 +40,13 @@ class WeightSyncExtension:
         if replaces is not None:
             manager.remove_adapter(replaces)
         return received
+
+    def rlft_load_dense(self, payload: bytes) -> str:
+        """Reload every weight in place from serialised tensors in checkpoint naming (vLLM repacks them
+        for its kernels); returns the fingerprint of what was received."""
+        from rlft.sync.payload import fingerprint, load_tensors
+
+        tensors = load_tensors(payload)
+        received = fingerprint(tensors)
+        self.model_runner.reload_weights(weights_iterator=list(tensors.items()), is_checkpoint_format=True)
+        return received
