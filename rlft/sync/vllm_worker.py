@@ -9,6 +9,8 @@ learner's.
 
 from __future__ import annotations
 
+import logging
+
 
 class WeightSyncExtension:
     """Mixed into vLLM's worker class (`worker_extension_cls`); `self` is the worker."""
@@ -48,5 +50,13 @@ class WeightSyncExtension:
 
         tensors = load_tensors(payload)
         received = fingerprint(tensors)
-        self.model_runner.reload_weights(weights_iterator=list(tensors.items()), is_checkpoint_format=True)
+        # Layers without checkpoint weights (rotary buffers, a head tied to the embedding) keep their
+        # tensors; vLLM warns about each of them at every reload.
+        layerwise = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
+        level = layerwise.level
+        layerwise.setLevel(logging.ERROR)
+        try:
+            self.model_runner.reload_weights(weights_iterator=list(tensors.items()), is_checkpoint_format=True)
+        finally:
+            layerwise.setLevel(level)
         return received
