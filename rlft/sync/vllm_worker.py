@@ -51,12 +51,12 @@ class WeightSyncExtension:
         tensors = load_tensors(payload)
         received = fingerprint(tensors)
         # Layers without checkpoint weights (rotary buffers, a head tied to the embedding) keep their
-        # tensors; vLLM warns about each of them at every reload.
-        layerwise = logging.getLogger("vllm.model_executor.model_loader.reload.layerwise")
-        level = layerwise.level
-        layerwise.setLevel(logging.ERROR)
+        # tensors; vLLM warns about each of them, and logs the reload time, at every reload.
+        reload_log = logging.getLogger("vllm.model_executor.model_loader.reload")
+        level = reload_log.level
+        reload_log.setLevel(logging.ERROR)
         try:
             self.model_runner.reload_weights(weights_iterator=list(tensors.items()), is_checkpoint_format=True)
         finally:
-            layerwise.setLevel(level)
+            reload_log.setLevel(level)
         return received
