@@ -128,8 +128,9 @@ def main() -> int:
             for algorithm in algorithms:
                 print(f"running {algorithm} seed {seed} ...", flush=True)
                 seconds[algorithm, seed] = run_one(algorithm, seed, args)
-    curves = {a: {s: curve(args.out / run_name(a, s, args.steps)) for s in args.seeds
-                  if (args.out / run_name(a, s, args.steps) / "metrics.jsonl").exists()} for a in algorithms}
+    finished = lambda a, s: (args.out / run_name(a, s, args.steps) / "checkpoints" / "final").exists()  # noqa: E731
+    curves = {a: {s: curve(args.out / run_name(a, s, args.steps)) for s in args.seeds if finished(a, s)}
+              for a in algorithms}  # a run still going (or stopped) is left out
     print(f"\nheld-out accuracy after the last step, over seeds {args.seeds} (mean ± std [min, max]):\n")
     print("| comparison | algorithm | start | final | per seed | min/run |")
     print("|---|---|---|---|---|---|")
