@@ -46,6 +46,12 @@ def serialize(tensors: dict[str, torch.Tensor]) -> bytes:
     return save({k: v.detach().contiguous().cpu() for k, v in tensors.items()})
 
 
+def encode(tensors: dict[str, torch.Tensor]) -> dict:
+    """The `tensors` and `fingerprint` fields of a payload, from one CPU copy of the tensors."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    return {"tensors": serialize(tensors), "fingerprint": fingerprint(tensors)}
+
+
 def load_tensors(payload_bytes: bytes) -> dict[str, torch.Tensor]:
     from safetensors.torch import load
 
@@ -88,8 +94,7 @@ class LoraPayload(Payload):
 
     @classmethod
     def build(cls, version: int, tensors: dict[str, torch.Tensor], config: dict) -> "LoraPayload":
-        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        return cls(version=version, tensors=serialize(tensors), fingerprint=fingerprint(tensors), config=config)
+        return cls(version=version, config=config, **encode(tensors))
 
     def apply(self, engine, previous):
         replaces = previous.version if isinstance(previous, LoraPayload) else None
@@ -118,8 +123,7 @@ class DensePayload(Payload):
 
     @classmethod
     def build(cls, version: int, tensors: dict[str, torch.Tensor]) -> "DensePayload":
-        tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        return cls(version=version, tensors=serialize(tensors), fingerprint=fingerprint(tensors))
+        return cls(version=version, **encode(tensors))
 
     def apply(self, engine, previous):
         seen = engine.collective_rpc("rlft_load_dense", args=(self.tensors,))
