@@ -37,7 +37,8 @@ from rlft.config import RLFTConfig, dump_config
 from rlft.data.collate import encode_sft, pad_rows, shard_micro_batches, uses_chat_template
 from rlft.data.models import resolve_dtype
 from rlft.data.tasks import build_task
-from rlft.evaluate import score_greedy
+from rlft.evaluate import eval_metrics, score_greedy
+from rlft.modes import act_against, write_mode_report
 from rlft.peft import PEFT_METHODS
 from rlft.progress import print_summary, progress_bar
 from rlft.roles import ROLES
@@ -73,6 +74,7 @@ class Controller:
         self.samples_seen = 0  # training rows built so far
         self._prefetcher: ThreadPoolExecutor | None = None
         self._next_batch: Future | None = None  # the source batch being generated while the learners train
+        self.start_eval: dict[str, float] | None = None  # the first eval: the base of per-mode comparisons
 
     @property
     def learners(self) -> runtime.RoleGroup | None:
@@ -277,14 +279,19 @@ class Controller:
                                 cfg.max_new_tokens, 0.0, 1.0, seed=0)
             score(self.roles["reward"], rollouts)
             found = reward_metrics(rollouts, self.task.name, prefix="eval")
-            return {"eval/accuracy": found[f"eval/accuracy_{self.task.name}"], "eval/reward": found["eval/mean"],
-                    "eval/examples": float(len(rollouts))}
-        scores = score_greedy(
-            self.task, self.tokenizer, self.eval_examples, self.chat, cfg,
-            lambda chunk: self.learners.call_one(0, "generate", chunk, cfg.max_new_tokens, cfg.batch_size),
-            description=f"eval @ step {step}", show_progress=self.show_progress,
-        )
-        return {"eval/accuracy": sum(scores) / len(scores), "eval/examples": float(len(scores))}
+            metrics = {**eval_metrics([r.example for r in rollouts], [float(r.correct) for r in rollouts],
+                                      [len(r.completion_ids) for r in rollouts]), "eval/reward": found["eval/mean"]}
+        else:
+            scores, lengths = score_greedy(
+                self.task, self.tokenizer, self.eval_examples, self.chat, cfg,
+                lambda chunk: self.learners.call_one(0, "generate", chunk, cfg.max_new_tokens, cfg.batch_size),
+                description=f"eval @ step {step}", show_progress=self.show_progress,
+            )
+            metrics = eval_metrics(self.eval_examples, scores, lengths)
+        if self.start_eval is None:
+            self.start_eval = metrics
+        act = act_against(metrics, self.start_eval)  # reasoning modes: ACT against the start's high mode
+        return {**metrics, **({"eval/act": act} if act is not None else {})}
 
     def checkpoint(self, tag: str) -> Path:
         out = self.run_dir / "checkpoints" / tag
@@ -329,6 +336,9 @@ class Controller:
         self.tracker.log(final_eval, iterations * per_iteration)
         final = self.checkpoint("final")
         seconds = time.time() - start
+        modes = write_mode_report(self.run_dir, final_eval, initial)
+        if modes is not None:
+            log.info("eval by reasoning mode (%s):\n%s", self.run_dir / "modes.png", modes)
         return {
             "run_dir": str(self.run_dir), "steps": iterations * per_iteration, "iterations": iterations,
             "policy_version": self.policy_version, "train/loss": metrics.get("train/loss"),

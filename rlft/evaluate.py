@@ -11,6 +11,7 @@ from rlft.data.collate import encode_prompt, uses_chat_template
 from rlft.data.models import resolve_dtype
 from rlft.data.tasks import build_task
 from rlft.generation import greedy_generate
+from rlft.modes import act_against, mode_metrics
 from rlft.progress import progress_bar
 from rlft.runs import base_model_path
 
@@ -41,16 +42,27 @@ def load_for_eval(cfg: RLFTConfig, checkpoint: str | None):
 
 def score_greedy(task, tokenizer, examples, chat: bool, eval_cfg,
                  generate_ids: Callable[[list[list[int]]], list[list[int]]],
-                 description: str = "eval", show_progress: bool = True) -> list[float]:
-    """Greedy completions for examples in chunks of eval.batch_size, scored by the task's checker."""
+                 description: str = "eval", show_progress: bool = True) -> tuple[list[float], list[int]]:
+    """Greedy completions for examples in chunks of eval.batch_size: the task checker's score and
+    the token count of each."""
     prompts = [encode_prompt(tokenizer, ex.prompt, chat) for ex in examples]
     completions: list[str] = []
+    lengths: list[int] = []
     with progress_bar(description, len(prompts), show_progress) as advance:
         for start in range(0, len(prompts), eval_cfg.batch_size):
             chunk = prompts[start : start + eval_cfg.batch_size]
-            completions += tokenizer.batch_decode(generate_ids(chunk), skip_special_tokens=True)
+            ids = generate_ids(chunk)
+            completions += tokenizer.batch_decode(ids, skip_special_tokens=True)
+            lengths += [len(row) + 1 for row in ids]  # + the EOS cut off by generation, as rollouts count it
             advance(len(chunk))
-    return [task.score(ex, text) for ex, text in zip(examples, completions)]
+    return [task.score(ex, text) for ex, text in zip(examples, completions)], lengths
+
+
+def eval_metrics(examples, scores: list[float], lengths: list[int]) -> dict[str, float]:
+    """eval/accuracy, eval/examples, eval/tokens, and per reasoning mode when examples have one (rlft.modes)."""
+    n = max(1, len(scores))
+    return {"eval/accuracy": sum(scores) / n, "eval/examples": float(len(scores)), "eval/tokens": sum(lengths) / n,
+            **mode_metrics(examples, [s >= 1.0 for s in scores], lengths)}
 
 
 def evaluate_checkpoint(cfg: RLFTConfig, checkpoint: str | None, show_progress: bool = True) -> dict[str, Any]:
@@ -58,10 +70,11 @@ def evaluate_checkpoint(cfg: RLFTConfig, checkpoint: str | None, show_progress: 
     task = build_task(cfg.task)
     examples = task.split("eval")[: cfg.eval.num_examples]
     chat = uses_chat_template(tokenizer, cfg.data.chat_template)
-    scores = score_greedy(
+    scores, lengths = score_greedy(
         task, tokenizer, examples, chat, cfg.eval,
         lambda chunk: greedy_generate(model, tokenizer, chunk, cfg.eval.max_new_tokens, cfg.eval.batch_size),
         show_progress=show_progress,
     )
-    return {"checkpoint": checkpoint or "(base model)", "eval/accuracy": sum(scores) / max(1, len(scores)),
-            "eval/examples": len(scores)}
+    metrics = eval_metrics(examples, scores, lengths)
+    act = act_against(metrics, metrics)  # a checkpoint on its own: its high mode is the base
+    return {"checkpoint": checkpoint or "(base model)", **metrics, **({"eval/act": act} if act is not None else {})}

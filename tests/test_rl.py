@@ -12,7 +12,7 @@ from rlft.controller import Controller, train
 from rlft.sources.rollouts import generate, score
 from rlft.sync.protocol import SyncError
 from rlft.types import Score
-from tests.helpers import LEARNER_ONLY_GPPO, rl_config, synthetic_rollout_rows
+from tests.helpers import LEARNER_ONLY_GPPO, rl_config, synthetic_rollout_rows, tiny_config
 
 
 
@@ -235,9 +235,45 @@ def test_merged_weight_sync_reloads_the_whole_policy_into_vllm(tmp_path, method,
         score(ctl.roles["reward"], rollouts)
         for i, r in enumerate(rollouts):  # every advantage non-zero so the update moves the policy
             r.score = Score(reward=float(i % 2), correct=False)
-        ctl.optimize(ctl.spec.build_rows(rollouts, ctl.row_ctx)[0])
+        rows = ctl.spec.build_rows(rollouts, ctl.row_ctx)[0]
+        before = ctl.learners.call_one(0, "token_logprobs", ctl.sync.probe)[0]
+        for _ in range(3):
+            ctl.optimize(rows)
+        moved = float((ctl.learners.call_one(0, "token_logprobs", ctl.sync.probe)[0] - before).abs().max())
+        assert moved > 1e-2  # a real update (full: the tied embedding / LM head too)...
+        assert ctl.sync.publish()["sync/parity_max_abs_diff"] < 1e-3  # ...reaches every kernel (CPU's packed LM head)
+        ctl.optimize(rows)
         monkeypatch.setattr(generator, "load_weights", lambda payload: payload.fingerprint)
         with pytest.raises(SyncError, match="logprob parity probe"):
             ctl.sync.publish()
     finally:
         ctl.close()
+
+
+def test_engine_on_cpu_prefills_whole_prompts_with_a_budget_for_the_longest():
+    from rlft.config import GeneratorConfig
+    from rlft.roles.generator import CPU_TOKEN_BUDGET, engine_kwargs
+
+    cpu = engine_kwargs(GeneratorConfig(), "m", "float32", None, 192, seed=0, cpu=True)
+    assert cpu["enable_chunked_prefill"] is False and cpu["max_num_batched_tokens"] == CPU_TOKEN_BUDGET
+    assert engine_kwargs(GeneratorConfig(), "m", "float32", None, 8192, seed=0, cpu=True)["max_num_batched_tokens"] == 8192
+    assert "enable_chunked_prefill" not in engine_kwargs(GeneratorConfig(), "m", "float32", None, 192, seed=0, cpu=False)
+
+
+def test_seeded_sampling_of_more_prompt_tokens_than_one_engine_step_takes(tmp_path):
+    """Regression: 256 seeded requests of 70-token prompts (> the 4096-token step budget) killed the
+    CPU engine when a prefill was split ("CPU Generator does not use offset")."""
+    from rlft.data.models import resolve_model
+    from rlft.roles.generator import GeneratorActor
+
+    cfg = tiny_config(tmp_path, "budget", generator={"count": 1, "kv_cache_mb": 64})
+    actor = GeneratorActor(cfg, 0, str(resolve_model(cfg.model)), "float32", None, seed=0)
+    actor.setup()
+    try:
+        prompts = [[4 + (i + j) % 90 for j in range(70)] for i in range(32)]
+        out = actor.generate(prompts, 8, 4, 1.0, 1.0, seed=0)
+        assert len(out) == 32 and all(len(samples) == 8 for samples in out)
+        again = actor.generate(prompts[:2], 8, 4, 1.0, 1.0, seed=0)
+        assert [s["completion_ids"] for s in again[0]] == [s["completion_ids"] for s in out[0]]  # seeded
+    finally:
+        actor.close()

@@ -54,16 +54,20 @@ class DataError(ValueError):
 
 
 def read_sft_rows(path: str | os.PathLike) -> list[Example]:
-    """Rows {"prompt": str, "response": str, optional "answer": str} as `Example`s."""
+    """Rows {"prompt": str, "response": str, optional "answer": str, optional "meta": object} as
+    `Example`s (meta gains "source": "<path>:<line>")."""
     rows = []
     for where, obj in _objects(path):
         answer = _optional_str(obj, "answer", where)
+        meta = obj.get("meta", {})
+        if not isinstance(meta, dict):
+            raise DataError(f"{where}: 'meta' must be an object, got {_json_type(meta)}")
         rows.append(
             Example(
                 prompt=_required_str(obj, "prompt", where),
                 response=_required_str(obj, "response", where),
                 answer=answer,
-                meta={"source": where},
+                meta={**meta, "source": where},
             )
         )
     return rows

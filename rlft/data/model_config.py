@@ -23,6 +23,9 @@ class TinyModelConfig(Section):
     num_heads: int = Field(4, description="Attention heads (no grouped KV: kv heads = heads).", gt=0)
     max_positions: int = Field(128, description="Longest sequence (prompt + completion) in tokens.", gt=0)
     seed: int = Field(0, description="Seed of the random init: same config gives identical weights.")
+    word_tokens: list[str] = Field(
+        default_factory=list, description='Strings that are one token each beside the characters, e.g. '
+        '["<think>", "</think>"] as in reasoning models\' tokenizers.')
 
     @model_validator(mode="after")
     def _check_head_size(self) -> "TinyModelConfig":

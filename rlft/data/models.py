@@ -57,7 +57,8 @@ def cache_root(cfg: ModelConfig) -> Path:
 
 
 def _tiny(cfg: ModelConfig, root: Path) -> Path:
-    key = json.dumps({"format": CACHE_FORMAT, **cfg.tiny.model_dump()}, sort_keys=True)
+    sizes = cfg.tiny.model_dump(exclude={"word_tokens"} if not cfg.tiny.word_tokens else None)  # old keys stay valid
+    key = json.dumps({"format": CACHE_FORMAT, **sizes}, sort_keys=True)
     out = root / "models" / f"tiny-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
     if (out / "config.json").exists():
         return out

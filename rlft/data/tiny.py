@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from rlft.data.model_config import VLLM_CPU_HEAD_SIZES, TinyModelConfig  # noqa: F401 (re-exported)
@@ -27,14 +27,17 @@ from rlft.data.model_config import VLLM_CPU_HEAD_SIZES, TinyModelConfig  # noqa:
 SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")
 # The 95 printable ASCII characters (space to "~") and newline; tabs etc. map to <unk>.
 CHARACTERS = tuple(chr(c) for c in range(32, 127)) + ("\n",)
-def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """The character-level tokenizer (deterministic ids: specials first, then characters).
+def build_tiny_tokenizer(word_tokens: tuple[str, ...] = ()) -> PreTrainedTokenizerFast:
+    """The character-level tokenizer (deterministic ids: specials first, then characters, then
+    `word_tokens`: strings that are one token each, as reasoning models have "<think>").
 
     The vocabulary is fixed rather than learned from a corpus, so every machine builds the same
     ids without data.
     """
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + CHARACTERS)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    # Added (non-special) tokens are matched before the character split and decode as their text.
+    core.add_tokens([AddedToken(word, special=False, normalized=False) for word in word_tokens])
     # Every character (newline included) is its own pre-token, so WordLevel maps it 1:1.
     core.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     # Fuse joins tokens without separators: WordLevel's default decoding inserts spaces.
@@ -71,7 +74,7 @@ def tiny_llama_config(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast) 
 def build_tiny_model(cfg: TinyModelConfig, out_dir: Path) -> Path:
     """Write the tiny model + tokenizer as an HF folder at out_dir (atomically) and return it."""
     out_dir = Path(out_dir)
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = build_tiny_tokenizer(tuple(cfg.word_tokens))
     config = tiny_llama_config(cfg, tokenizer)
     # Fork the RNG so building a model does not change the caller's random stream.
     with torch.random.fork_rng(devices=[]):

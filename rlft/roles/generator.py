@@ -6,8 +6,10 @@ engine and reports the fingerprint of what the workers loaded. Version 0 is the 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from rlft.sync.payload import EXTENSION
@@ -15,8 +17,17 @@ from rlft.sync.payload import EXTENSION
 log = logging.getLogger(__name__)
 
 
+# vLLM's CPU default per-step token budget (LLM class), kept when chunked prefill is off.
+CPU_TOKEN_BUDGET = 4096
+
+
 def engine_kwargs(gen_cfg, model_path: str, dtype: str, lora_rank: int | None, max_model_len: int | None,
-                  seed: int) -> dict:
+                  seed: int, cpu: bool | None = None) -> dict:
+    """vLLM engine arguments; `cpu` (None: detected from vLLM's platform) turns chunked prefill off."""
+    if cpu is None:
+        from vllm.platforms import current_platform
+
+        cpu = current_platform.is_cpu()
     kwargs: dict[str, Any] = dict(
         model=model_path, dtype=dtype, enforce_eager=gen_cfg.enforce_eager, seed=seed,
         max_model_len=max_model_len, worker_extension_cls=EXTENSION,
@@ -29,6 +40,13 @@ def engine_kwargs(gen_cfg, model_path: str, dtype: str, lora_rank: int | None, m
         kwargs["gpu_memory_utilization"] = gen_cfg.gpu_memory_utilization
     if lora_rank:
         kwargs.update(enable_lora=True, max_lora_rank=lora_rank, max_loras=1, max_cpu_loras=2)
+    if cpu:
+        # A prefill cut in two makes vLLM rewind the request's seeded sampler, which CPU torch generators
+        # cannot do ("CPU Generator does not use offset": the engine dies once a step's prompts exceed
+        # the token budget). Whole prefills only; the budget must hold the longest sequence.
+        context = max_model_len or json.loads((Path(model_path) / "config.json").read_text()).get(
+            "max_position_embeddings", CPU_TOKEN_BUDGET)
+        kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(CPU_TOKEN_BUDGET, context))
     return kwargs
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+from rlft.modes import mode_metrics
 from rlft.data.collate import encode_prompt
 from rlft.data.sampler import EpochSampler
 from rlft.data.steps import completion_steps
@@ -101,4 +102,6 @@ class RolloutSource:
             "perf/time_generate": t1 - t0, "perf/time_reward": t2 - t1,
             "perf/gen_tokens_per_s": gen_tokens / max(t1 - t0, 1e-9),
             **({"rollout/steps": sum(len(r.segments) for r in rollouts) / len(rollouts)} if ro.step_delimiter else {}),
+            **mode_metrics([r.example for r in rollouts], [r.correct for r in rollouts],
+                           [len(r.completion_ids) for r in rollouts], prefix="rollout"),
         }
