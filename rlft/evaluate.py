@@ -53,7 +53,8 @@ def score_greedy(task, tokenizer, examples, chat: bool, eval_cfg,
             chunk = prompts[start : start + eval_cfg.batch_size]
             ids = generate_ids(chunk)
             completions += tokenizer.batch_decode(ids, skip_special_tokens=True)
-            lengths += [len(row) + 1 for row in ids]  # + the EOS cut off by generation, as rollouts count it
+            # + the EOS that generation cut off (when it stopped before the limit), as rollouts count it
+            lengths += [len(row) + (len(row) < eval_cfg.max_new_tokens) for row in ids]
             advance(len(chunk))
     return [task.score(ex, text) for ex, text in zip(examples, completions)], lengths
 

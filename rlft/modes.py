@@ -54,8 +54,10 @@ def mode_table(final: dict[str, float], start: dict[str, float] | None = None, p
         row = {"mode": mode, "accuracy": acc, "tokens": cost}
         if start and f"{prefix}/accuracy_{mode}" in start:
             row.update(accuracy_start=start[f"{prefix}/accuracy_{mode}"], tokens_start=start[f"{prefix}/tokens_{mode}"])
-        if high_acc and high_cost:
-            row.update(accuracy_drop=1 - acc / high_acc, token_saving=1 - cost / high_cost)
+        if high_acc:
+            row["accuracy_drop"] = 1 - acc / high_acc
+        if high_cost:
+            row["token_saving"] = 1 - cost / high_cost
         rows.append(row)
     return rows
 
@@ -67,8 +69,9 @@ def format_table(rows: list[dict], act: float | None = None) -> str:
     lines = [head]
     for r in rows:
         start = f"{r.get('accuracy_start', float('nan')):>9.3f} {r.get('tokens_start', float('nan')):>9.1f} " if has_start else ""
-        lines.append(f"{r['mode']:<7} {start}{r['accuracy']:>8.3f} {r['tokens']:>7.1f} "
-                     f"{r.get('accuracy_drop', float('nan')):>8.1%} {r.get('token_saving', float('nan')):>7.1%}")
+        drop = f"{r['accuracy_drop']:>8.1%}" if "accuracy_drop" in r else f"{'-':>8}"
+        saving = f"{r['token_saving']:>7.1%}" if "token_saving" in r else f"{'-':>7}"
+        lines.append(f"{r['mode']:<7} {start}{r['accuracy']:>8.3f} {r['tokens']:>7.1f} {drop} {saving}")
     if act is not None:
         lines.append(f"ACT score (base: high mode at the start): {act:.3f}")
     return "\n".join(lines)

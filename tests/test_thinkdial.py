@@ -13,7 +13,7 @@ from rlft.modes import act_against, format_table, mode_metrics, mode_table, writ
 
 
 def test_full_trace_works_the_columns_then_checks_in_the_other_order():
-    assert thinking_trace(47, 38) == "7+8=15\n4+3+1=8\nso 85\nwait, let me check 38+47\n8+7=15\n3+4+1=8\nyes, 85 again, ok\n"
+    assert thinking_trace(47, 38) == "7+8=15\n4+3+1=8\nso 85\nwait, let me check 38+47\n8+7=15\n3+4+1=8\nyes, 85 again, all ok\n"
 
 
 def test_cut_keeps_whole_lines_within_the_ratio():

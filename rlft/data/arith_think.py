@@ -4,10 +4,10 @@ The full (high-mode) trace works the columns, then checks the sum by adding agai
 order, as a careful solver reflects:
 
     prompt    "<mode prompt>Q: 47+38\n"
-    response  "<think>\n7+8=15\n4+3+1=8\nso 85\nwait, let me check 38+47\n8+7=15\n3+4+1=8\nyes, 85 again, ok\n</think>\nA: 85"
+    response  "<think>\n7+8=15\n4+3+1=8\nso 85\nwait, let me check 38+47\n8+7=15\n3+4+1=8\nyes, 85 again, all ok\n</think>\nA: 85"
 
-so cutting the thinking (BM-SFT, `rlft.data.thinkdial`) changes its length a lot: about 78
-characters of thinking, 88 tokens in all for the tiny model with `<think>` and `</think>` as
+so cutting the thinking (BM-SFT, `rlft.data.thinkdial`) changes its length a lot: about 82
+characters of thinking, 92 tokens in all for the tiny model with `<think>` and `</think>` as
 single tokens (`model.tiny.word_tokens`), 10 with empty thinking. The answer counts only after the
 close tag. Train prompts draw a mode uniformly from `modes` per problem, or are the
 budget-mode SFT rows of the problems (`train_data: bm_sft`, or a file of them, `train_file`); the
@@ -60,7 +60,7 @@ def thinking_trace(a: int, b: int) -> str:
     forward = [format_step(*step) for step in column_steps(a, b)]
     check = [format_step(*step) for step in column_steps(b, a)]
     return "".join(line + "\n" for line in
-                   [*forward, f"so {total}", f"wait, let me check {b}+{a}", *check, f"yes, {total} again, ok"])
+                   [*forward, f"so {total}", f"wait, let me check {b}+{a}", *check, f"yes, {total} again, all ok"])
 
 
 class ArithThinkTask:

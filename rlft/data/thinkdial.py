@@ -32,7 +32,7 @@ MODE_PROMPTS = {
 # Share of the thinking kept per mode (ThinkDial's r_high, r_med, r_low).
 MODE_RATIOS = {"high": 1.0, "medium": 0.5, "low": 0.25}
 # Said right before the close tag of a cut trace: why the thinking stops there.
-CONNECTIVES = {"high": "", "medium": "stop here\n", "low": "no time\n"}
+CONNECTIVES = {"high": "", "medium": "stop here\n", "low": "hurry\n"}
 OPEN_TAG, CLOSE_TAG = "<think>\n", "</think>\n"
 
 
