@@ -212,7 +212,8 @@ def test_permuting_rows_of_each_list_leaves_loss_and_update_unchanged(tokenizer,
     loss, grad, _ = _loss_and_grad(model, _batch(lists, tokenizer, cfg)[0], cfg)
     loss2, grad2, _ = _loss_and_grad(model, _batch(shuffled, tokenizer, cfg)[0], cfg)
     torch.testing.assert_close(loss2, loss, rtol=1e-6, atol=1e-8)
-    torch.testing.assert_close(grad2, grad, rtol=1e-5, atol=1e-8)
+    # float32 sums in another order: entries near zero differ by ~1e-8 (seen once under load)
+    torch.testing.assert_close(grad2, grad, rtol=1e-5, atol=1e-7)
 
 
 def test_micro_batches_of_one_list_sum_to_the_full_step(tokenizer):
@@ -230,7 +231,7 @@ def test_micro_batches_of_one_list_sum_to_the_full_step(tokenizer):
         part, part_grad, part_metrics = _loss_and_grad(model, pad_list_rows(rows[start:start + 4], 0), cfg, counts)
         total, summed, pairs = total + part, summed + part_grad, pairs + part_metrics["pairs"]
     torch.testing.assert_close(total, loss, rtol=1e-6, atol=1e-8)
-    torch.testing.assert_close(summed, grad, rtol=1e-5, atol=1e-8)
+    torch.testing.assert_close(summed, grad, rtol=1e-5, atol=1e-7)
     assert pairs == metrics["pairs"]
 
 
