@@ -10,9 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from rlft.data.thinkdial import MODES
 from rlft.rewards.budget import act_score
-
-MODE_ORDER = ("high", "medium", "low")
 
 
 def mode_metrics(examples, correct: list[bool], lengths: list[int], prefix: str = "eval") -> dict[str, float]:
@@ -31,7 +30,7 @@ def mode_metrics(examples, correct: list[bool], lengths: list[int], prefix: str 
 
 def modes_of(metrics: dict[str, float], prefix: str = "eval") -> list[str]:
     found = [key[len(f"{prefix}/accuracy_"):] for key in metrics if key.startswith(f"{prefix}/accuracy_")]
-    return sorted(found, key=lambda m: (MODE_ORDER.index(m) if m in MODE_ORDER else len(MODE_ORDER), m))
+    return sorted(found, key=lambda m: (MODES.index(m) if m in MODES else len(MODES), m))
 
 
 def act_against(metrics: dict[str, float], base: dict[str, float], prefix: str = "eval") -> float | None:

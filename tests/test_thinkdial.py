@@ -8,7 +8,7 @@ import pytest
 
 from rlft.data.arith_think import ArithThinkConfig, ArithThinkTask, thinking_trace
 from rlft.data.jsonl import DataError, Example
-from rlft.data.thinkdial import CONNECTIVES, MODE_PROMPTS, MODES, cut_heads, cut_thinking, split_thinking
+from rlft.data.thinkdial import CONNECTIVES, MODE_PROMPTS, MODES, cut_thinking, split_thinking
 from rlft.modes import act_against, format_table, mode_metrics, mode_table, write_mode_report
 
 
@@ -68,9 +68,10 @@ def test_bm_sft_rows_are_balanced_correct_cut_and_closed_by_the_connective():
 
 def test_rows_a_checker_rejects_are_dropped_and_the_modes_rebalanced():
     task = ArithThinkTask(ArithThinkConfig(train_size=10, eval_size=5))
-    full = [task.make_example(ex, "high") for ex in task.arith.split("train")]
-    heads = cut_heads(full)
-    answers = ["A: -1" if mode == "low" and i % 2 else task.answer_section(ex) for i, (ex, mode, _) in enumerate(heads)]
+
+    def answers(heads):  # every other low-mode answer wrong
+        return ["A: -1" if mode == "low" and i % 2 else task.solver_answer(ex) for i, (ex, mode, _) in enumerate(heads)]
+
     rows = task.bm_sft_rows(answers)
     low = sum(r.meta["mode"] == "low" for r in rows)
     assert 0 < low < 10 and len(rows) == 3 * low

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import random
 from functools import cached_property
-from typing import Literal
+from typing import Callable, Literal
 
 from pydantic import Field, field_validator
 
 from rlft.data.arith import ArithConfig, ArithTask, column_steps, format_step, parse_answer
 from rlft.data.jsonl import DataError, Example, read_sft_rows
-from rlft.data.thinkdial import CLOSE_TAG, MODE_PROMPTS, MODES, OPEN_TAG, balanced_rows, cut_heads, with_mode
+from rlft.data.thinkdial import (CLOSE_TAG, MODE_PROMPTS, MODES, OPEN_TAG, answer_section, balanced_rows, cut_heads,
+                                 with_mode)
 
 Mode = Literal["high", "medium", "low"]
 
@@ -70,8 +71,8 @@ class ArithThinkTask:
         self.cfg = cfg
         self.arith = ArithTask(cfg)
 
-    def answer_section(self, example: Example) -> str:
-        """The solver's answer, written after the close tag."""
+    def solver_answer(self, example: Example) -> str:
+        """The solver's answer section, written after the close tag."""
         return f"A: {example.answer}"
 
     def make_example(self, plain: Example, mode: str) -> Example:
@@ -87,10 +88,8 @@ class ArithThinkTask:
 
     def score(self, example: Example, completion: str) -> float:
         """1.0 when the answer after the first close tag is the sum (nothing counts inside the thinking)."""
-        at = completion.find(CLOSE_TAG.strip())
-        if at < 0:
-            return 0.0
-        return 1.0 if parse_answer(completion[at:]) == int(example.answer) else 0.0
+        answer = answer_section(completion, CLOSE_TAG.strip())
+        return 1.0 if answer is not None and parse_answer(answer) == int(example.answer) else 0.0
 
     def step_scores(self, example: Example, completion: str) -> list[float]:
         return [self.score(example, completion)]
@@ -107,12 +106,14 @@ class ArithThinkTask:
         evaluation = [self.make_example(ex, mode) for ex in self.arith.split("eval") for mode in self.cfg.eval_modes]
         return {"train": train, "eval": evaluation}
 
-    def bm_sft_rows(self, answers: list[str] | None = None) -> list[Example]:
-        """Budget-mode SFT examples of the train problems (answers: regenerated answer sections, one
-        per cut head in `cut_heads` order; default the solver's)."""
+    def bm_sft_rows(self, write_answers: Callable[[list[tuple[Example, str, str]]], list[str]] | None = None
+                    ) -> list[Example]:
+        """Budget-mode SFT examples of the train problems. `write_answers` regenerates the answer
+        section of every (example, mode, cut head) of `cut_heads` (default: the solver's)."""
         full = [self.make_example(ex, "high") for ex in self.arith.split("train")]
         heads = cut_heads(full, self.cfg.empty_low, self.cfg.seed)
-        answers = [self.answer_section(ex) for ex, _, _ in heads] if answers is None else answers
+        answers = (write_answers(heads) if write_answers is not None
+                   else [self.solver_answer(ex) for ex, _, _ in heads])
         candidates = [(ex, mode, head + answer) for (ex, mode, head), answer in zip(heads, answers)]
         rows = balanced_rows(candidates, lambda ex, response: self.score(ex, response) >= 1.0, self.cfg.seed,
                              self.cfg.prompts)

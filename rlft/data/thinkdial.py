@@ -44,6 +44,12 @@ def split_thinking(response: str, close_tag: str = CLOSE_TAG) -> tuple[str, str]
     return thinking, answer
 
 
+def answer_section(text: str, close_tag: str = "</think>") -> str | None:
+    """The text after the first close tag (None when the thinking is never closed)."""
+    at = text.find(close_tag)
+    return None if at < 0 else text[at + len(close_tag):]
+
+
 def cut_thinking(thinking: str, ratio: float, length: Callable[[str], int] = len) -> str:
     """The longest prefix of whole lines whose length is at most `ratio` of the thinking's length
     (`length` counts tokens; characters by default)."""
@@ -122,12 +128,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     task = ArithThinkTask(ArithThinkConfig(digits=args.digits, train_size=args.problems, seed=args.seed,
                                            empty_low=args.empty_low))
-    answers = None
+    write_answers = None
     if args.policy is not None:
-        full = [task.make_example(ex, "high") for ex in task.arith.split("train")]
-        heads = cut_heads(full, args.empty_low, args.seed)
-        answers = model_answers(args.policy, [with_mode(ex.meta["question"], mode) + head for ex, mode, head in heads])
-    rows = task.bm_sft_rows(answers)
+        def write_answers(heads):
+            return model_answers(args.policy, [with_mode(ex.meta["question"], mode) + head for ex, mode, head in heads])
+    rows = task.bm_sft_rows(write_answers)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("".join(json.dumps({"prompt": r.prompt, "response": r.response, "answer": r.answer, "meta": r.meta})

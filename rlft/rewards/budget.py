@@ -21,6 +21,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from rlft.data.thinkdial import answer_section
 from rlft.rewards.base import ComponentConfig, ComponentSpec, ComponentValue
 from rlft.types import Rollout
 
@@ -41,12 +42,6 @@ def length_lambdas(lengths: list[float]) -> list[float]:
 def length_rewards(lengths: list[float], correct: list[bool]) -> list[float]:
     """Kimi-style group length reward: incorrect responses keep only its negative part."""
     return [lam if ok else min(0.0, lam) for lam, ok in zip(length_lambdas(lengths), correct)]
-
-
-def answer_section(text: str, close_tag: str = "</think>") -> str | None:
-    """The text after the first close tag (None when the thinking is never closed)."""
-    at = text.find(close_tag)
-    return None if at < 0 else text[at + len(close_tag):]
 
 
 def has_transition(text: str, keywords) -> bool:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import time
 
-from rlft.modes import mode_metrics
 from rlft.data.collate import encode_prompt
 from rlft.data.sampler import EpochSampler
 from rlft.data.steps import completion_steps
+from rlft.modes import mode_metrics
 from rlft.sources import SourceContext
 from rlft.types import Rollout
 

@@ -59,21 +59,17 @@ class WeightSyncExtension:
             self.model_runner.reload_weights(weights_iterator=list(tensors.items()), is_checkpoint_format=True)
         finally:
             reload_log.setLevel(level)
-        refresh_embedding_heads(self.model_runner.model)
+        refresh_tied_head(self.model_runner.model)
         return received
 
 
-def refresh_embedding_heads(model) -> None:
-    """Rebuild what vLLM derives from embedding-shaped weights after loading. On CPU an LM head keeps a
-    packed copy of its weight for the logits GEMM; a head tied to the input embedding loads no weight
-    of its own, so the reload leaves that copy stale and the logits drift from the learner's as the
-    embedding trains (full fine-tuning). Re-tie the head to the embedding, then re-pack it."""
-    from vllm.model_executor.layers.vocab_parallel_embedding import UnquantizedEmbeddingMethod
-
-    head, inner = getattr(model, "lm_head", None), getattr(model, "model", None)
-    embed = getattr(inner, "embed_tokens", None)
-    if head is not None and embed is not None and getattr(getattr(model, "config", None), "tie_word_embeddings", False):
-        head.weight = embed.weight
-    for module in model.modules():
-        if isinstance(getattr(module, "quant_method", None), UnquantizedEmbeddingMethod):
-            module.quant_method.process_weights_after_loading(module)
+def refresh_tied_head(model) -> None:
+    """Re-tie and re-pack an LM head tied to the input embedding. On CPU a head keeps a packed copy of its
+    weight for the logits GEMM; a tied head loads no weight of its own, so the reload (which re-packs
+    every layer it loads) leaves that copy stale and the logits drift from the learner's as the
+    embedding trains (full fine-tuning)."""
+    head, embed = getattr(model, "lm_head", None), getattr(getattr(model, "model", None), "embed_tokens", None)
+    if head is None or embed is None or not getattr(getattr(model, "config", None), "tie_word_embeddings", False):
+        return
+    head.weight = embed.weight
+    head.quant_method.process_weights_after_loading(head)
