@@ -127,9 +127,12 @@ class SyncConfig(Section):
 
 
 class PeftConfig(Section):
-    method: str = Field("lora", description="What is trained: full, lora, pissa (rlft.peft.PEFT_METHODS).")
-    r: int = Field(8, ge=1, description="Adapter rank.")
-    alpha: float = Field(16.0, gt=0, description="LoRA alpha (scaling alpha/r).")
+    method: str = Field(
+        "lora", description="What is trained: full, lora, pissa, paca, lift, hft (rlft.peft.PEFT_METHODS)."
+    )
+    r: int = Field(8, ge=1, description="Adapter rank (LoRA, PiSSA); columns per layer (PaCA); LoRA-equivalent "
+                                       "budget (LIFT trains (in+out) x r entries per layer).")
+    alpha: float = Field(16.0, gt=0, description="LoRA and PaCA alpha (scaling alpha/r).")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input.")
     target_modules: list[str] = Field(
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
@@ -138,6 +141,17 @@ class PeftConfig(Section):
     pissa_niter: int | None = Field(
         4, description="PiSSA fast-SVD iterations (None: exact SVD)."
     )
+    lift_filter_rank: int | None = Field(
+        None, ge=1, description="LIFT: rank of the approximation whose largest entries are trained (None: r)."
+    )
+    lift_update_interval: int = Field(
+        200, ge=0, description="LIFT: re-select the trained entries every N optimizer steps (0: never; "
+                               "a refresh remaps Adam moments, so it needs learner.zero_stage=0)."
+    )
+    hft_round: int = Field(
+        0, ge=0, description="HFT: which random half is trained; give each stage of a chain its own round."
+    )
+    hft_train_embeddings: bool = Field(True, description="HFT: train the input embedding and LM head too.")
 
 
 class TrainConfig(Section):

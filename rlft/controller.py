@@ -193,7 +193,7 @@ class Controller:
                           step=self.optimizer_steps_taken)
         results = self.learners.call_each("train_step", [(shard, step) for shard in batches])
         self.optimizer_steps_taken += 1
-        merged = {k: sum(r[k] for r in results) for k in results[0] if k not in ("grad_norm", "lr")}
+        merged = {k: sum(r.get(k, 0.0) for r in results) for k in results[0] if k not in ("grad_norm", "lr")}
         merged["grad_norm"], merged["lr"], merged["step_tokens"] = results[0]["grad_norm"], results[0]["lr"], step.num_tokens
         return merged
 

@@ -28,10 +28,15 @@ def check_config(cfg, spec, peft_cls) -> None:
     if "generator" in spec.roles and peft_cls.payload_kind is None and cfg.sync.weights == "adapter":
         raise ValueError(f"algorithm {spec.name!r} runs generators, and sync.weights=adapter ships adapters: "
                          f"peft.method={cfg.peft.method} has none; set sync.weights=merged (every weight is "
-                         "reloaded after each update) or peft.method to lora or pissa")
+                         "reloaded after each update) or peft.method to one that ships a delta (lora, pissa, paca, lift, hft)")
     if cfg.rollout.max_staleness and "generator" not in spec.roles:
         raise ValueError(f"rollout.max_staleness={cfg.rollout.max_staleness}: algorithm {spec.name!r} generates "
                          "nothing, so there is no generation to overlap with training; set it to 0")
+    if cfg.peft.method == "lift" and cfg.peft.lift_update_interval and cfg.learner.zero_stage:
+        raise ValueError(f"peft.method=lift re-selects its trained entries every peft.lift_update_interval="
+                         f"{cfg.peft.lift_update_interval} steps and remaps their Adam moments, which DeepSpeed ZeRO "
+                         f"stage {cfg.learner.zero_stage} keeps in flat partitions: set learner.zero_stage=0, or "
+                         "peft.lift_update_interval=0 (a fixed mask)")
     if spec.needs_reference(cfg) and not peft_cls.has_reference:
         raise ValueError(f"algorithm {spec.name!r} needs a reference policy, which peft.method={cfg.peft.method} "
                          "does not keep; use lora or pissa, or turn the KL term off")

@@ -8,4 +8,7 @@ PEFT_METHODS: Registry = Registry("peft method", {
     "full": "rlft.peft.full:FullFineTuning",
     "lora": "rlft.peft.lora:LoRA",
     "pissa": "rlft.peft.pissa:PiSSA",
+    "paca": "rlft.peft.paca:PaCA",
+    "lift": "rlft.peft.lift:LIFT",
+    "hft": "rlft.peft.hft:HFT",
 })

@@ -36,6 +36,10 @@ class PeftMethod:
         """The versioned payload that generators apply (an rlft.sync payload)."""
         raise NotImplementedError(f"peft method {self.name!r} cannot ship its weights to generators")
 
+    def after_step(self, model: torch.nn.Module, optimizer) -> dict[str, float]:
+        """Called after every optimizer step (LIFT re-selects its entries here); metrics to log."""
+        return {}
+
     def generator_lora_rank(self) -> int | None:
         """LoRA rank generators must accept to apply the payloads (None: not a LoRA payload)."""
         return None

@@ -195,6 +195,9 @@ class LearnerActor:
             totals["loss"] += float(loss.detach())
             for key, value in metrics.items():
                 totals[key] = totals.get(key, 0.0) + value
+        changes = self.peft.after_step(self.engine.module, self.engine.optimizer)
+        if self.rank == 0:
+            totals.update(changes)
         grad_norm = self.engine.get_global_grad_norm()
         totals["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         totals["lr"] = float(self.engine.get_lr()[0])

@@ -11,8 +11,17 @@ actually deserialised. Kinds:
   W + scale B A), reloaded in place into the engine (`sync.weights: merged`, and full
   fine-tuning); the engine then generates at base-model speed, with no LoRA kernels.
 
-Sparse deltas (sparse PEFT) are a further kind with the same three operations: `build` on the learner, `apply(engine, previous)` on the generator, and
-`request()` for what a generate call must name (a LoRA request, or nothing).
+* `partial`: whole tensors of some weights (HFT's trained half), in checkpoint naming.
+* `sparse`: (index, value) pairs of single entries of some weights (LIFT), the indices as int16
+  gaps between sorted positions where they fit (half the bytes of int32 positions).
+
+`partial` and `sparse` are applied by the generator's workers to a copy of the checkpoint
+tensors they keep (rlft.sync.shadow), and the touched layers are reloaded in place: vLLM fuses
+q/k/v and gate/up into one layer and, on CPU, repacks each layer's weight for its GEMM kernels,
+so a layer is only ever reloaded whole.
+
+Every kind has the same three operations: `build` on the learner, `apply(engine, previous)` on
+the generator, and `request()` for what a generate call must name (a LoRA request, or nothing).
 """
 
 from __future__ import annotations
@@ -134,4 +143,72 @@ class DensePayload(Payload):
         return seen[0]
 
 
-PAYLOAD_KINDS: Registry = Registry("payload kind", {"lora": LoraPayload, "dense": DensePayload})
+def _update_in_place(engine, payload: Payload) -> str:
+    seen = engine.collective_rpc("rlft_update_weights", args=(payload.tensors, payload.kind))
+    engine.reset_prefix_cache()
+    if len(set(seen)) != 1:
+        raise RuntimeError(f"engine workers loaded different weights: {seen}")
+    return seen[0]
+
+
+@dataclass(frozen=True)
+class PartialPayload(Payload):
+    kind: ClassVar[str] = "partial"
+
+    @classmethod
+    def build(cls, version: int, tensors: dict[str, torch.Tensor]) -> "PartialPayload":
+        return cls(version=version, **encode(tensors))
+
+    def apply(self, engine, previous):
+        return _update_in_place(engine, self)
+
+
+# Sparse entries of weight `name`: `name@gaps16` (int16: first position, then differences between
+# sorted positions) or `name@index` (int32 positions), and `name@values`.
+_GAPS, _INDEX, _VALUES = "@gaps16", "@index", "@values"
+
+
+def encode_sparse(updates: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """(flat positions, values) per weight -> tensors to serialise (positions sorted, compact)."""
+    out = {}
+    for name, (index, values) in updates.items():
+        order = index.argsort()
+        index, values = index[order].long(), values[order]
+        gaps = torch.cat([index[:1], index[1:] - index[:-1]])
+        if gaps.numel() and int(gaps.max()) < 2**15:
+            out[name + _GAPS] = gaps.to(torch.int16)
+        else:
+            out[name + _INDEX] = index.to(torch.int32)
+        out[name + _VALUES] = values
+    return out
+
+
+def decode_sparse(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    updates = {}
+    for key, values in tensors.items():
+        if not key.endswith(_VALUES):
+            continue
+        name = key[: -len(_VALUES)]
+        if name + _GAPS in tensors:
+            index = tensors[name + _GAPS].long().cumsum(0)
+        else:
+            index = tensors[name + _INDEX].long()
+        updates[name] = (index, values)
+    return updates
+
+
+@dataclass(frozen=True)
+class SparsePayload(Payload):
+    kind: ClassVar[str] = "sparse"
+
+    @classmethod
+    def build(cls, version: int, updates: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> "SparsePayload":
+        return cls(version=version, **encode(encode_sparse(updates)))
+
+    def apply(self, engine, previous):
+        return _update_in_place(engine, self)
+
+
+PAYLOAD_KINDS: Registry = Registry("payload kind", {
+    "lora": LoraPayload, "dense": DensePayload, "partial": PartialPayload, "sparse": SparsePayload,
+})

@@ -50,8 +50,33 @@ class WeightSyncExtension:
 
         tensors = load_tensors(payload)
         received = fingerprint(tensors)
-        # Layers without checkpoint weights (rotary buffers, a head tied to the embedding) keep their
-        # tensors; vLLM warns about each of them, and logs the reload time, at every reload.
+        self._rlft_reload(tensors)
+        return received
+
+    def rlft_update_weights(self, payload: bytes, kind: str) -> str:
+        """Apply a `partial` (whole tensors) or `sparse` (single entries) payload to the kept checkpoint
+        tensors and reload the layers it touched; returns the fingerprint of what was received."""
+        from rlft.sync.payload import decode_sparse, fingerprint, load_tensors
+
+        tensors = load_tensors(payload)
+        received = fingerprint(tensors)
+        shadow = self._rlft_shadow()
+        touched = shadow.scatter(decode_sparse(tensors)) if kind == "sparse" else shadow.replace(tensors)
+        self._rlft_reload(shadow.layer_tensors(touched))
+        return received
+
+    def _rlft_shadow(self):
+        from rlft.sync.shadow import CheckpointShadow
+
+        if getattr(self, "_rlft_checkpoint", None) is None:
+            config = self.model_runner.model_config
+            packed = getattr(self.model_runner.model, "packed_modules_mapping", {})
+            self._rlft_checkpoint = CheckpointShadow(config.model, config.dtype, packed)
+        return self._rlft_checkpoint
+
+    def _rlft_reload(self, tensors: dict) -> None:
+        # Layers without weights in `tensors` (rotary buffers, a head tied to the embedding, every
+        # layer a partial update leaves alone) keep theirs; vLLM warns about each at every reload.
         reload_log = logging.getLogger("vllm.model_executor.model_loader.reload")
         level = reload_log.level
         reload_log.setLevel(logging.ERROR)
@@ -60,7 +85,6 @@ class WeightSyncExtension:
         finally:
             reload_log.setLevel(level)
         refresh_tied_head(self.model_runner.model)
-        return received
 
 
 def refresh_tied_head(model) -> None:

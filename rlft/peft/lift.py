@@ -1,0 +1,154 @@
+"""LIFT, low-rank informed sparse fine-tuning (spec 8.3): only the principal weights train.
+
+For each target matrix W (m x n), the k = min((m + n) r, m n) entries of largest magnitude in
+its rank-r_f approximation form the mask; only those entries train. They live in a trainable
+vector of k values (so AdamW keeps moments for k entries only, and weight decay touches only
+them) that the forward writes into a copy of the frozen base. Every `update_interval` optimizer
+steps the mask is re-selected on the current weights: the values are folded into the base, the
+new entries read out, and the Adam moments of entries kept by both masks carried over (new
+entries start at zero, spec Algorithm 1).
+
+Generators get only what changed since the last sync: the entries of every mask active since
+then, as (index, value) pairs (rlft.sync.payload.SparsePayload).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from rlft.peft.base import PeftMethod
+from rlft.peft.partial import (
+    PartialLinear,
+    effective_state,
+    partial_linears,
+    reference_mode,
+    replace_linears,
+    save_full_folder,
+)
+from rlft.sync.payload import SparsePayload
+
+log = logging.getLogger(__name__)
+
+
+def lift_budget(rows: int, cols: int, lora_rank: int) -> int:
+    """Entries trained per matrix: as many as a LoRA of rank r has parameters (at most all)."""
+    return min((rows + cols) * lora_rank, rows * cols)
+
+
+def principal_mask(weight: torch.Tensor, filter_rank: int, k: int) -> torch.Tensor:
+    """Sorted flat indices of the k largest |entries| of the rank-`filter_rank` approximation of W."""
+    u, s, vh = torch.linalg.svd(weight.detach().float(), full_matrices=False)
+    r = min(filter_rank, s.numel())
+    approx = (u[:, :r] * s[:r]) @ vh[:r]
+    return approx.abs().reshape(-1).topk(k).indices.sort().values
+
+
+def carry_over(old_index: torch.Tensor, new_index: torch.Tensor, moment: torch.Tensor) -> torch.Tensor:
+    """Moments for the new mask: the old value where an entry was in the old mask too, else 0.
+    Both index vectors are sorted."""
+    pos = torch.searchsorted(old_index, new_index).clamp(max=old_index.numel() - 1)
+    kept = old_index[pos] == new_index
+    return torch.where(kept, moment[pos], torch.zeros_like(moment[pos]))
+
+
+class LiftLinear(PartialLinear):
+    trainable_name = "values"
+
+    def __init__(self, linear: torch.nn.Linear, lora_rank: int, filter_rank: int):
+        super().__init__(linear)
+        self.filter_rank = filter_rank
+        self.k = lift_budget(self.out_features, self.in_features, lora_rank)
+        index = principal_mask(self.weight, filter_rank, self.k).to(self.weight.device)
+        self.register_buffer("index", index)
+        self.values = torch.nn.Parameter(self.weight.detach().reshape(-1)[index].clone())
+        # the original value of every entry that was ever trained (the reference policy), and the
+        # entries trained since the last sync (what the next payload carries)
+        self.register_buffer("original_index", index.clone())
+        self.register_buffer("original_values", self.values.detach().clone())
+        self.pending = index.clone()
+
+    def effective_weight(self):
+        return self.weight.reshape(-1).index_put((self.index,), self.values).view_as(self.weight)
+
+    def reference_weight(self):
+        return self.weight.reshape(-1).index_put((self.original_index,), self.original_values).view_as(self.weight)
+
+    @torch.no_grad()
+    def refresh(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fold the trained values into the base and select the new mask; returns (old, new) index."""
+        old = self.index
+        self.weight.reshape(-1)[old] = self.values.detach()
+        new = principal_mask(self.weight, self.filter_rank, self.k).to(old.device)
+        fresh = new[~torch.isin(new, self.original_index)]
+        self.original_index = torch.cat([self.original_index, fresh])
+        self.original_values = torch.cat([self.original_values, self.weight.reshape(-1)[fresh]])
+        self.index = new
+        self.values.data = self.weight.reshape(-1)[new].clone()
+        self.pending = torch.unique(torch.cat([self.pending, new]))
+        return old, new
+
+    def take_pending(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(index, current value) of the entries trained since the last call."""
+        index = self.pending
+        self.pending = self.index.clone()
+        return index, self.effective_weight().detach().reshape(-1)[index]
+
+
+def optimizer_state_of(optimizer, param: torch.nn.Parameter) -> dict:
+    """The torch optimizer's state of `param`, looking through DeepSpeed's wrappers."""
+    seen = optimizer
+    while seen is not None:
+        if isinstance(seen, torch.optim.Optimizer) and any(p is param for g in seen.param_groups for p in g["params"]):
+            return seen.state[param]
+        seen = getattr(seen, "optimizer", None)
+    raise RuntimeError("LIFT cannot find its values in the optimizer (DeepSpeed ZeRO keeps flat copies of them); "
+                       "a mask refresh needs learner.zero_stage=0, or set peft.lift_update_interval=0")
+
+
+class LIFT(PeftMethod):
+    name = "lift"
+    payload_kind = "sparse"
+    has_reference = True
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.steps = 0
+
+    def wrap(self, model, seed, with_reference):
+        model.requires_grad_(False)
+        filter_rank = self.cfg.lift_filter_rank or self.cfg.r
+        replace_linears(model, set(self.cfg.target_modules),
+                        lambda name, linear: LiftLinear(linear, self.cfg.r, filter_rank))
+        return model
+
+    def reference(self, model):
+        return reference_mode(model)
+
+    def after_step(self, model, optimizer) -> dict[str, float]:
+        self.steps += 1
+        interval = self.cfg.lift_update_interval
+        if not interval or self.steps % interval:
+            return {}
+        kept = total = 0
+        for layer in partial_linears(model).values():
+            state = optimizer_state_of(optimizer, layer.values)
+            old, new = layer.refresh()
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    state[key] = carry_over(old, new, state[key])
+            kept += int(torch.isin(new, old).sum())
+            total += new.numel()
+        log.info("LIFT mask refresh at step %d: %.1f%% of the trained entries kept", self.steps, 100 * kept / max(1, total))
+        return {"peft/mask_refreshes": 1.0}
+
+    def effective_weights(self, model):
+        return effective_state(model)
+
+    def export(self, model, version):
+        updates = {f"{name}.weight": layer.take_pending() for name, layer in partial_linears(model).items()}
+        return SparsePayload.build(version, updates)
+
+    def save(self, model, tokenizer, out_dir):
+        return save_full_folder(model, tokenizer, out_dir, self.effective_weights(model))
