@@ -13,12 +13,15 @@ from tests.helpers import (
 )
 
 
-@pytest.mark.parametrize("method", ["lora", "pissa"])
+@pytest.mark.parametrize("method", ["lora", "pissa", "paca", "lift", "hft"])
 def test_reference_policy_is_the_original_model_before_and_after_training(tmp_path, method, learner_only_gppo):
     """PiSSA's frozen base is the residual W - s B0 A0, so 'adapter disabled' is not the original
-    model; its reference adapter (B0, A0) restores it. LoRA's reference is the adapter disabled."""
+    model; its reference adapter (B0, A0) restores it. LoRA's reference is the adapter disabled;
+    PaCA's and LIFT's the frozen base with the original entries; HFT's the initial trained half.
+    LIFT re-selects its entries after every step here (DeepSpeed learner, ZeRO stage 0)."""
     cfg = tiny_config(tmp_path, method, algorithm={"name": LEARNER_ONLY_GPPO.name, "group_size": 4, "kl_coef": 0.1},
-                      peft={"method": method, "r": 4, "alpha": 8, "pissa_niter": None}, train={"lr": 2e-2})
+                      peft={"method": method, "r": 4, "alpha": 8, "pissa_niter": None, "lift_update_interval": 1},
+                      learner={"zero_stage": 0}, train={"lr": 2e-2})
     ctl = Controller(cfg, show_progress=False)
     ctl.setup()
     try:
@@ -36,7 +39,7 @@ def test_reference_policy_is_the_original_model_before_and_after_training(tmp_pa
     assert not torch.allclose(policy, original, atol=1e-3), "training should have moved the policy"
 
 
-@pytest.mark.parametrize("method", ["lora", "pissa"])
+@pytest.mark.parametrize("method", ["lora", "pissa", "paca", "lift"])
 def test_merged_weights_are_the_policy_the_learner_trains(method):
     """sync.weights=merged ships effective_weights(model): loaded into a plain copy of the base model
     (checkpoint naming), it computes the adapted model's logits."""
@@ -53,10 +56,10 @@ def test_merged_weights_are_the_policy_the_learner_trains(method):
     torch.manual_seed(1)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if ".lora_B.default" in name:
+            if ".lora_B.default" in name or name.endswith((".paca", ".values")):
                 param.add_(0.05 * torch.randn_like(param))  # a trained-looking adapter
     weights = peft.effective_weights(model)
-    assert not any("lora_" in name or "base_layer" in name for name in weights)
+    assert not any("lora_" in name or "base_layer" in name or name.endswith((".paca", ".values")) for name in weights)
     plain = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     missing, unexpected = plain.load_state_dict(weights, strict=False)
     tied = plain.config.tie_word_embeddings  # a tied head is the embedding, shipped once (as checkpoints do)

@@ -117,6 +117,7 @@ def test_rl_run_end_to_end(tmp_path, mode):
 @pytest.mark.parametrize("over, message", [
     ({"algorithm": {"kl_coef": 0.1, "kl_placement": "reward"}}, "kl_placement=reward is not wired"),
     ({"peft": {"method": "full"}}, "ships adapters"),
+    ({"peft": {"method": "lift"}}, "set learner.zero_stage=0"),
     ({"train": {"batch_size": 10, "micro_batch_size": 5}}, "not a multiple of algorithm.group_size"),
     ({"rollout": {"mini_batches": 2}, "train": {"steps": 3}}, "not a multiple of the 2 optimizer steps"),
     ({"rollout": {"max_new_tokens": 60}}, r"train example 0: prompt of \d+ tokens \+ 60 more does not fit train.max_length"),
