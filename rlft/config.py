@@ -110,10 +110,11 @@ class RolloutConfig(Section):
 
 class SyncConfig(Section):
     weights: Literal["adapter", "merged"] = Field(
-        "adapter", description="What generators get after an update. adapter: the LoRA tensors, run as a vLLM LoRA "
-        "(small payload; LoRA kernels slow generation, ~4x for SmolLM2 in bf16 on CPU). merged: every weight with "
-        "the adapter merged in, reloaded in place (payload = the whole model; base-model generation speed); "
-        "full fine-tuning needs merged."
+        "adapter", description="What generators get after an update. adapter: the method's own delta: LoRA "
+        "tensors (lora, pissa as rank 2r, paca as a column-selector LoRA), run as a vLLM LoRA (small payload; LoRA "
+        "kernels slow generation, ~4x for SmolLM2 in bf16 on CPU), LIFT's trained entries, HFT's trained tensors "
+        "(written into the engine's weights: base-model speed). merged: every weight with the delta merged in, "
+        "reloaded in place (payload = the whole model); full fine-tuning needs merged."
     )
     parity_every: int = Field(1, ge=0, description="Run the logprob parity probe every N syncs (0: never).")
     parity_statistic: Literal["auto", "max", "mean"] = Field(

@@ -10,7 +10,7 @@ from rlft.peft import PEFT_METHODS
 from rlft.peft.hft import draw_half
 from rlft.peft.lift import LiftLinear, carry_over, lift_budget, principal_mask
 from rlft.peft.paca import PacaLinear
-from rlft.sync.payload import decode_sparse, encode_sparse
+from rlft.sync.payload import SparseUpdate, decode_sparse, encode_sparse
 from rlft.sync.shadow import CheckpointShadow
 
 IDS = torch.tensor([[1, 53, 30, 4, 24, 27, 15, 23, 28, 99]])
@@ -137,27 +137,67 @@ def test_carry_over_keeps_only_shared_positions():
 def test_sparse_encoding_round_trips_with_compact_and_wide_positions():
     near = torch.tensor([3, 1, 2000, 30_000, 30_005])  # gaps below 2**15
     far = torch.tensor([0, 70_000])
-    tensors = encode_sparse({"a": (near, torch.arange(5.0)), "b": (far, torch.tensor([1.0, 2.0]))})
+    tensors = encode_sparse({"a": SparseUpdate(near, torch.arange(5.0), (200, 200)),
+                             "b": SparseUpdate(far, torch.tensor([1.0, 2.0]), (80_000,))})
     assert tensors["a@gaps16"].dtype == torch.int16 and tensors["b@index"].dtype == torch.int32
     back = decode_sparse(tensors)
-    assert back["a"][0].tolist() == sorted(near.tolist()) and back["a"][1].tolist() == [1.0, 0.0, 2.0, 3.0, 4.0]
-    assert back["b"][0].tolist() == [0, 70_000]
+    assert back["a"].index.tolist() == sorted(near.tolist()) and back["a"].values.tolist() == [1.0, 0.0, 2.0, 3.0, 4.0]
+    assert back["a"].shape == (200, 200) and back["b"].index.tolist() == [0, 70_000]
 
 
 def test_generator_side_shadow_reloads_whole_fused_layers(tmp_path):
+    """The CPU path: updates go to the kept checkpoint tensors; a touched fused layer is sent whole."""
     from safetensors.torch import save_file
 
     tensors = {f"m.l0.attn.{p}.weight": torch.zeros(2, 2) for p in ("q_proj", "k_proj", "v_proj", "o_proj")}
     tensors["m.l0.norm.weight"] = torch.ones(2)
     save_file(tensors, str(tmp_path / "model.safetensors"))
     shadow = CheckpointShadow(tmp_path, torch.float32, {"qkv_proj": ["q_proj", "k_proj", "v_proj"]})
-    touched = shadow.scatter({"m.l0.attn.k_proj.weight": (torch.tensor([3]), torch.tensor([5.0]))})
+    touched = shadow.scatter({"m.l0.attn.k_proj.weight": SparseUpdate(torch.tensor([3]), torch.tensor([5.0]), (2, 2))})
     layer = shadow.layer_tensors(touched)
     assert sorted(layer) == [f"m.l0.attn.{p}.weight" for p in ("k_proj", "q_proj", "v_proj")]
     assert layer["m.l0.attn.k_proj.weight"].tolist() == [[0.0, 0.0], [0.0, 5.0]]
     assert sorted(shadow.layer_tensors(shadow.replace({"m.l0.norm.weight": torch.full((2,), 2.0)}))) == ["m.l0.norm.weight"]
     with pytest.raises(ValueError, match="outside its 4 entries"):
-        shadow.scatter({"m.l0.attn.o_proj.weight": (torch.tensor([4]), torch.tensor([1.0]))})
+        shadow.scatter({"m.l0.attn.o_proj.weight": SparseUpdate(torch.tensor([4]), torch.tensor([1.0]), (2, 2))})
+
+
+class FusedStandIn(torch.nn.Module):
+    """vLLM's layout in miniature: q, k, v stacked in one parameter, filled by checkpoint name."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv = torch.nn.Parameter(torch.arange(12.0).view(6, 2), requires_grad=False)
+        self.o = torch.nn.Parameter(torch.zeros(2, 2), requires_grad=False)
+
+    def load_weights(self, weights):
+        for name, tensor in weights:
+            if name == "o_proj.weight":
+                self.o.data.copy_(tensor)
+            else:
+                shard = "qkv".index(name[0])
+                self.qkv.data[2 * shard: 2 * shard + 2].copy_(tensor)
+        return {name for name, _ in weights}
+
+
+def test_unpacked_engines_take_updates_as_vllm_checkpoint_patches():
+    """The GPU path (weights kept as loaded): vLLM's load_checkpoint_weight_patches writes sparse
+    entries into the fused parameter and leaves every other entry alone; whole tensors replace."""
+    from vllm.model_executor.model_loader.checkpoint_weight_patch import load_checkpoint_weight_patches
+
+    from rlft.sync.vllm_worker import checkpoint_patches, weights_repacked
+
+    model = FusedStandIn()
+    assert not weights_repacked(model)
+    sparse = decode_sparse(encode_sparse({"k_proj.weight": SparseUpdate(torch.tensor([1, 2]), torch.tensor([-1.0, -2.0]), (2, 2))}))
+    load_checkpoint_weight_patches(model, checkpoint_patches(sparse, "sparse", torch.float32))
+    expected = torch.arange(12.0).view(6, 2)
+    expected[2, 1], expected[3, 0] = -1.0, -2.0
+    assert torch.equal(model.qkv, expected)
+    load_checkpoint_weight_patches(model, checkpoint_patches({"o_proj.weight": torch.ones(2, 2)}, "partial", torch.float32))
+    assert torch.equal(model.o, torch.ones(2, 2)) and torch.equal(model.qkv, expected)
+    model.o = torch.nn.Parameter(torch.empty(0), requires_grad=False)  # what the CPU build leaves after repacking
+    assert weights_repacked(model)
 
 
 # ------------------------------------------------------------------ HFT (spec 8.4)

@@ -27,7 +27,7 @@ from rlft.peft.partial import (
     replace_linears,
     save_full_folder,
 )
-from rlft.sync.payload import SparsePayload
+from rlft.sync.payload import SparsePayload, SparseUpdate
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +89,11 @@ class LiftLinear(PartialLinear):
         self.pending = torch.unique(torch.cat([self.pending, new]))
         return old, new
 
-    def take_pending(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(index, current value) of the entries trained since the last call."""
+    def take_pending(self) -> SparseUpdate:
+        """The entries trained since the last call, with their current values."""
         index = self.pending
         self.pending = self.index.clone()
-        return index, self.effective_weight().detach().reshape(-1)[index]
+        return SparseUpdate(index, self.effective_weight().detach().reshape(-1)[index], tuple(self.weight.shape))
 
 
 def optimizer_state_of(optimizer, param: torch.nn.Parameter) -> dict:

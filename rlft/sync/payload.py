@@ -15,10 +15,12 @@ actually deserialised. Kinds:
 * `sparse`: (index, value) pairs of single entries of some weights (LIFT), the indices as int16
   gaps between sorted positions where they fit (half the bytes of int32 positions).
 
-`partial` and `sparse` are applied by the generator's workers to a copy of the checkpoint
-tensors they keep (rlft.sync.shadow), and the touched layers are reloaded in place: vLLM fuses
-q/k/v and gate/up into one layer and, on CPU, repacks each layer's weight for its GEMM kernels,
-so a layer is only ever reloaded whole.
+`partial` and `sparse` are written into the engine's weights in checkpoint coordinates by
+vLLM's own loader (`load_checkpoint_weight_patches`: the model's `load_weights` maps names and
+positions into its fused and sharded parameters) where the engine keeps its weights as loaded
+(GPU). The CPU build repacks each linear weight for oneDNN and drops the original, so there the
+workers apply the update to a copy of the checkpoint tensors they keep (rlft.sync.shadow) and
+reload the touched layers whole (vLLM fuses q/k/v and gate/up into one layer).
 
 Every kind has the same three operations: `build` on the learner, `apply(engine, previous)` on
 the generator, and `request()` for what a generate call must name (a LoRA request, or nothing).
@@ -164,26 +166,35 @@ class PartialPayload(Payload):
 
 
 # Sparse entries of weight `name`: `name@gaps16` (int16: first position, then differences between
-# sorted positions) or `name@index` (int32 positions), and `name@values`.
-_GAPS, _INDEX, _VALUES = "@gaps16", "@index", "@values"
+# sorted positions) or `name@index` (int32 positions), `name@values`, and `name@shape` (the
+# weight's shape, which checkpoint-coordinate patches need).
+_GAPS, _INDEX, _VALUES, _SHAPE = "@gaps16", "@index", "@values", "@shape"
 
 
-def encode_sparse(updates: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """(flat positions, values) per weight -> tensors to serialise (positions sorted, compact)."""
+@dataclass(frozen=True)
+class SparseUpdate:
+    index: torch.Tensor   # flat positions in the weight, sorted
+    values: torch.Tensor
+    shape: tuple[int, ...]
+
+
+def encode_sparse(updates: dict[str, SparseUpdate]) -> dict[str, torch.Tensor]:
+    """Sparse updates per weight -> tensors to serialise (positions sorted, compact)."""
     out = {}
-    for name, (index, values) in updates.items():
-        order = index.argsort()
-        index, values = index[order].long(), values[order]
+    for name, update in updates.items():
+        order = update.index.argsort()
+        index, values = update.index[order].long(), update.values[order]
         gaps = torch.cat([index[:1], index[1:] - index[:-1]])
         if gaps.numel() and int(gaps.max()) < 2**15:
             out[name + _GAPS] = gaps.to(torch.int16)
         else:
             out[name + _INDEX] = index.to(torch.int32)
         out[name + _VALUES] = values
+        out[name + _SHAPE] = torch.tensor(update.shape, dtype=torch.int64)
     return out
 
 
-def decode_sparse(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def decode_sparse(tensors: dict[str, torch.Tensor]) -> dict[str, SparseUpdate]:
     updates = {}
     for key, values in tensors.items():
         if not key.endswith(_VALUES):
@@ -193,7 +204,7 @@ def decode_sparse(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Ten
             index = tensors[name + _GAPS].long().cumsum(0)
         else:
             index = tensors[name + _INDEX].long()
-        updates[name] = (index, values)
+        updates[name] = SparseUpdate(index, values, tuple(tensors[name + _SHAPE].tolist()))
     return updates
 
 
@@ -202,7 +213,7 @@ class SparsePayload(Payload):
     kind: ClassVar[str] = "sparse"
 
     @classmethod
-    def build(cls, version: int, updates: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> "SparsePayload":
+    def build(cls, version: int, updates: dict[str, SparseUpdate]) -> "SparsePayload":
         return cls(version=version, **encode(encode_sparse(updates)))
 
     def apply(self, engine, previous):

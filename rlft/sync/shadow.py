@@ -49,12 +49,16 @@ class CheckpointShadow:
             self.tensors[name] = value.to(self.dtype).clone()
         return list(tensors)
 
-    def scatter(self, updates: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> list[str]:
-        for name, (index, values) in updates.items():
-            flat = self.get(name).view(-1)
-            if index.numel() and int(index.max()) >= flat.numel():
-                raise ValueError(f"weight {name}: sparse position {int(index.max())} outside its {flat.numel()} entries")
-            flat[index] = values.to(self.dtype)
+    def scatter(self, updates: dict) -> list[str]:
+        """Apply rlft.sync.payload.SparseUpdate's: weight name -> (index, values, shape)."""
+        for name, update in updates.items():
+            weight = self.get(name)
+            if tuple(update.shape) != tuple(weight.shape):
+                raise ValueError(f"weight {name}: payload shape {tuple(update.shape)} != checkpoint {tuple(weight.shape)}")
+            flat = weight.view(-1)
+            if update.index.numel() and int(update.index.max()) >= flat.numel():
+                raise ValueError(f"weight {name}: sparse position {int(update.index.max())} outside its {flat.numel()} entries")
+            flat[update.index] = update.values.to(self.dtype)
         return list(updates)
 
     def layer_tensors(self, touched: list[str]) -> dict[str, torch.Tensor]:

@@ -54,15 +54,24 @@ class WeightSyncExtension:
         return received
 
     def rlft_update_weights(self, payload: bytes, kind: str) -> str:
-        """Apply a `partial` (whole tensors) or `sparse` (single entries) payload to the kept checkpoint
-        tensors and reload the layers it touched; returns the fingerprint of what was received."""
+        """Apply a `partial` (whole tensors) or `sparse` (single entries) payload; returns the fingerprint
+        of what was received. Engines that keep their weights as loaded (GPU) take it through vLLM's
+        checkpoint-coordinate patches; CPU engines, whose linear weights were repacked, through the kept
+        checkpoint tensors and a reload of the touched layers."""
         from rlft.sync.payload import decode_sparse, fingerprint, load_tensors
 
         tensors = load_tensors(payload)
         received = fingerprint(tensors)
-        shadow = self._rlft_shadow()
-        touched = shadow.scatter(decode_sparse(tensors)) if kind == "sparse" else shadow.replace(tensors)
-        self._rlft_reload(shadow.layer_tensors(touched))
+        updates = decode_sparse(tensors) if kind == "sparse" else tensors
+        model = self.model_runner.model
+        if weights_repacked(model):
+            shadow = self._rlft_shadow()
+            touched = shadow.scatter(updates) if kind == "sparse" else shadow.replace(updates)
+            self._rlft_reload(shadow.layer_tensors(touched))
+        else:
+            from vllm.model_executor.model_loader.checkpoint_weight_patch import load_checkpoint_weight_patches
+
+            load_checkpoint_weight_patches(model, checkpoint_patches(updates, kind, self.model_runner.model_config.dtype))
         return received
 
     def _rlft_shadow(self):
@@ -85,6 +94,22 @@ class WeightSyncExtension:
         finally:
             reload_log.setLevel(level)
         refresh_tied_head(self.model_runner.model)
+
+
+def weights_repacked(model) -> bool:
+    """Whether the engine dropped weights after preparing them for its kernels (the CPU build keeps
+    only packed copies of its linear weights, leaving empty parameters)."""
+    return any(p.numel() == 0 for p in model.parameters())
+
+
+def checkpoint_patches(updates: dict, kind: str, dtype) -> list:
+    """vLLM checkpoint-coordinate patches: whole tensors (`partial`) or positions and values (`sparse`)."""
+    from vllm.model_executor.model_loader.checkpoint_weight_patch import CheckpointWeightPatch
+
+    if kind == "sparse":
+        return [CheckpointWeightPatch(name, tuple(u.shape), dtype, u.values.to(dtype).reshape(-1), u.index)
+                for name, u in updates.items()]
+    return [CheckpointWeightPatch(name, tuple(t.shape), dtype, t.to(dtype).reshape(-1)) for name, t in updates.items()]
 
 
 def refresh_tied_head(model) -> None:
