@@ -12,10 +12,11 @@ rank-r LoRA with a column selector, LIFT sparse entries, HFT whole tensors, full
 every weight. Ratios are to LoRA of the same rank in the same run (LIFT's budget equals it).
 
 Part `accuracy`: the main job's recipe (configs/gppo_tiny_arith.yaml: 2 generators, 2 learner
-ranks, the same SFT warm start) with each method for `--steps` optimizer steps; held-out
-accuracy at the start and end, median seconds per iteration and median sync seconds, and the
-sync's share of the iteration (goal < 1%). Each run in its own child process, one at a time;
-the load average is printed before and after.
+ranks, the same SFT warm start) with each method for `--steps` optimizer steps and each of
+`--seeds`; held-out accuracy at the start and end (mean, sd and per seed), median seconds per
+iteration and per sync, and the sync's share of the iteration (goal < 1%). Each run in its own
+child process, one at a time, its run folder in the bench's temporary folder; the load average is
+printed before and after.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--rank", type=int, default=8, help="LoRA rank (PaCA columns, LIFT budget)")
     p.add_argument("--rounds", type=int, default=5, help="timed syncs per method (after one warm-up)")
     p.add_argument("--steps", type=int, default=400, help="optimizer steps of each accuracy run")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--lr", nargs="*", default=[], metavar="METHOD=LR", help="learning rate of a method (default: LR)")
     p.add_argument("--worker", choices=["sync"], help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--method", help=argparse.SUPPRESS)
@@ -130,38 +132,50 @@ def part_sync(args, work: Path) -> None:
                   f"{xb:.2f} | {r['max_bytes']:,.0f} | {r['seconds']:.3f} | {xs:.2f} | {r['parity']:.1e} |")
 
 
+def accuracy_run(args, work: Path, method: str, lr: float, seed: int) -> dict:
+    name = f"peft_{method}_lr{lr:g}_s{seed}"
+    over = [f"run.name={name}", f"run.output_dir={work / 'runs'}", f"run.seed={seed}", f"peft.method={method}",
+            f"peft.r={args.rank}", f"peft.alpha={2 * args.rank}", "learner.zero_stage=0", f"train.steps={args.steps}",
+            f"train.lr={lr}", f"train.eval_every={args.steps // 2}", "tracking.wandb=disabled", "tracking.plots=false",
+            "sync.weights=" + ("merged" if method == "full" else "adapter")]
+    print(f"[accuracy] rlft train {RECIPE} {' '.join(over)}", flush=True)
+    t0 = time.time()
+    with open(work / f"{name}.log", "w") as handle:
+        done = subprocess.run([sys.executable, "-m", "rlft.cli", "train", RECIPE, *over], cwd=ROOT,
+                              stdout=handle, stderr=subprocess.STDOUT)
+    metrics = work / "runs" / name / "metrics.jsonl"
+    if done.returncode or not metrics.exists():
+        return {"error": f"exit {done.returncode}, see {work / f'{name}.log'}"}
+    lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    evals = [m["eval/accuracy"] for m in lines if "eval/accuracy" in m]
+    iters = [m for m in lines if "perf/step_seconds" in m][1:]  # the first iteration warms up
+    return {"start": evals[0], "end": evals[-1], "iter_s": statistics.median(m["perf/step_seconds"] for m in iters),
+            "sync_s": statistics.median(m["sync/seconds"] for m in iters),
+            "bytes": statistics.median(m["sync/bytes"] for m in iters), "wall": time.time() - t0}
+
+
 def part_accuracy(args, work: Path) -> None:
-    rows = {}
-    for method in args.methods:
-        name = f"bench_peft_{method}_s{args.seed}"
-        over = [f"run.name={name}", f"run.seed={args.seed}", f"peft.method={method}", f"peft.r={args.rank}",
-                f"peft.alpha={2 * args.rank}", "learner.zero_stage=0", f"train.steps={args.steps}",
-                f"train.lr={LR[method]}", f"train.eval_every={args.steps // 2}", "tracking.wandb=disabled",
-                "tracking.plots=false", "sync.weights=" + ("merged" if method == "full" else "adapter")]
-        print(f"[accuracy] {method}: rlft train {RECIPE} {' '.join(over)}", flush=True)
-        t0 = time.time()
-        with open(work / f"acc_{method}.log", "w") as handle:
-            done = subprocess.run([sys.executable, "-m", "rlft.cli", "train", RECIPE, *over], cwd=ROOT,
-                                  stdout=handle, stderr=subprocess.STDOUT)
-        metrics = ROOT / "runs" / name / "metrics.jsonl"
-        if done.returncode or not metrics.exists():
-            rows[method] = {"error": f"exit {done.returncode}, see {work / f'acc_{method}.log'}"}
+    rates = {**LR, **{k: float(v) for k, v in (item.split("=") for item in args.lr)}}
+    rows = {method: [accuracy_run(args, work, method, rates[method], seed) for seed in args.seeds]
+            for method in args.methods}
+    print(f"\nGPPO on the main job's recipe, {args.steps} optimizer steps, seeds {args.seeds}")
+    print("| method | lr | accuracy start -> end (mean ± sd) | per seed | s/iteration | s/sync | sync share | bytes/sync |")
+    print("|---|---|---|---|---|---|---|---|")
+    for method, runs in rows.items():
+        done = [r for r in runs if "error" not in r]
+        if not done:
+            print(f"| {method} | {rates[method]:g} | {runs[0]['error']} |")
             continue
-        lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-        evals = [m["eval/accuracy"] for m in lines if "eval/accuracy" in m]
-        iters = [m for m in lines if "perf/step_seconds" in m][1:]  # the first iteration warms up
-        rows[method] = {"start": evals[0], "end": evals[-1], "iter_s": statistics.median(m["perf/step_seconds"] for m in iters),
-                        "sync_s": statistics.median(m["sync/seconds"] for m in iters),
-                        "bytes": statistics.median(m["sync/bytes"] for m in iters), "wall": time.time() - t0}
-    print(f"\nGPPO on the main job's recipe, {args.steps} optimizer steps, seed {args.seed} (lr per method: {LR})")
-    print("| method | accuracy start -> end | s/iteration | s/sync | sync share | bytes/sync | wall s |")
-    print("|---|---|---|---|---|---|---|")
-    for method, r in rows.items():
-        if "error" in r:
-            print(f"| {method} | {r['error']} |")
-            continue
-        print(f"| {method} | {r['start']:.3f} -> {r['end']:.3f} | {r['iter_s']:.2f} | {r['sync_s']:.3f} | "
-              f"{100 * r['sync_s'] / r['iter_s']:.1f}% | {r['bytes']:,.0f} | {r['wall']:.0f} |")
+        ends = [r["end"] for r in done]
+        sd = statistics.stdev(ends) if len(ends) > 1 else 0.0
+        iter_s = statistics.median(r["iter_s"] for r in done)
+        sync_s = statistics.median(r["sync_s"] for r in done)
+        print(f"| {method} | {rates[method]:g} | {done[0]['start']:.3f} -> {statistics.mean(ends):.3f} ± {sd:.3f} | "
+              f"{', '.join(f'{e:.3f}' for e in ends)} | {iter_s:.2f} | {sync_s:.3f} | {100 * sync_s / iter_s:.1f}% | "
+              f"{statistics.median(r['bytes'] for r in done):,.0f} |")
+        for r in runs:
+            if "error" in r:
+                print(f"|  | | a seed failed: {r['error']} |")
 
 
 def main() -> None:

@@ -95,6 +95,19 @@ def synthetic_rollout_rows(ctl, n=8):
     return ctl.spec.build_rows(rollouts, ctl.row_ctx)[0]
 
 
+def moving_rows(ctl, n_examples: int = 2):
+    """Rows of rollouts sampled by the generators, with alternating rewards: every advantage is
+    non-zero, so each update moves the policy."""
+    from rlft.sources.rollouts import generate, score
+
+    rollouts = generate(ctl.roles["generator"], ctl.tokenizer, False, ctl.train_examples[:n_examples], 4, 24, 1.0, 1.0,
+                        seed=1)
+    score(ctl.roles["reward"], rollouts)
+    for i, r in enumerate(rollouts):
+        r.score = Score(reward=float(i % 2), correct=False)
+    return ctl.spec.build_rows(rollouts, ctl.row_ctx)[0]
+
+
 def two_source_steps(cfg):
     """Set up a run and take two optimizer steps on its source's first two batches, without evaluation or
     logging: (the learner's step outputs, rank 0's trainable state after them)."""

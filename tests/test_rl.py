@@ -12,7 +12,7 @@ from rlft.controller import Controller, train
 from rlft.sources.rollouts import generate, score
 from rlft.sync.protocol import SyncError
 from rlft.types import Score
-from tests.helpers import LEARNER_ONLY_GPPO, rl_config, synthetic_rollout_rows, tiny_config
+from tests.helpers import LEARNER_ONLY_GPPO, moving_rows, rl_config, synthetic_rollout_rows, tiny_config
 
 
 
@@ -232,11 +232,7 @@ def test_merged_weight_sync_reloads_the_whole_policy_into_vllm(tmp_path, method,
             assert m["sync/parity_max_abs_diff"] < 1e-3
             assert m["sync/bytes"] > 1_000_000  # the whole tiny model (0.44M float32 parameters), not an adapter
         assert generator.version == 2
-        rollouts = generate(ctl.roles["generator"], ctl.tokenizer, False, ctl.train_examples[:2], 4, 24, 1.0, 1.0, seed=1)
-        score(ctl.roles["reward"], rollouts)
-        for i, r in enumerate(rollouts):  # every advantage non-zero so the update moves the policy
-            r.score = Score(reward=float(i % 2), correct=False)
-        rows = ctl.spec.build_rows(rollouts, ctl.row_ctx)[0]
+        rows = moving_rows(ctl)
         before = ctl.learners.call_one(0, "token_logprobs", ctl.sync.probe)[0]
         for _ in range(3):
             ctl.optimize(rows)

@@ -228,3 +228,26 @@ def test_hft_rounds_draw_different_halves_and_frozen_tensors_stay_bit_identical(
         with torch.no_grad(), peft.reference(model):
             torch.testing.assert_close(model(IDS).logits, tiny_model()(IDS).logits)
     assert halves[0] != halves[1]
+
+
+@pytest.mark.parametrize("method", ["paca", "lift", "hft"])
+def test_checkpoints_load_without_rlft_and_compute_the_trained_model(tmp_path, method):
+    """PaCA saves a PEFT LoRA folder that names its base model; LIFT and HFT save full HF folders."""
+    import json
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    peft = PEFT_METHODS[method](PeftConfig(method=method, r=4, alpha=8, lift_update_interval=2))
+    model = peft.wrap(tiny_model(), seed=0, with_reference=False)
+    train_steps(model, peft, 3)
+    folder = peft.save(model, None, tmp_path / "ckpt")
+    if method == "paca":
+        base = json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"]
+        loaded = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32), folder)
+    else:
+        loaded = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    with torch.no_grad():
+        trained = model(IDS).logits
+        torch.testing.assert_close(loaded(IDS).logits, trained, atol=1e-5, rtol=1e-5)
+        assert (trained - tiny_model()(IDS).logits).abs().max() > 1e-2

@@ -5,10 +5,8 @@ import pytest
 import torch
 
 from rlft.controller import Controller
-from rlft.sources.rollouts import generate, score
 from rlft.sync.protocol import SyncError
-from rlft.types import Score
-from tests.helpers import rl_config
+from tests.helpers import moving_rows, rl_config
 
 METHODS = {
     "paca": ({"method": "paca", "r": 4, "alpha": 8}, "lora"),
@@ -25,11 +23,7 @@ def test_sparse_and_partial_weights_reach_the_generator(tmp_path, method, monkey
     ctl.setup()
     try:
         generator = ctl.roles["generator"].members[0]
-        rollouts = generate(ctl.roles["generator"], ctl.tokenizer, False, ctl.train_examples[:2], 4, 24, 1.0, 1.0, seed=1)
-        score(ctl.roles["reward"], rollouts)
-        for i, r in enumerate(rollouts):  # every advantage non-zero so each update moves the policy
-            r.score = Score(reward=float(i % 2), correct=False)
-        rows = ctl.spec.build_rows(rollouts, ctl.row_ctx)[0]
+        rows = moving_rows(ctl)
         before = ctl.learners.call_one(0, "token_logprobs", ctl.sync.probe)[0]
         sizes = []
         for _ in range(3):  # LIFT re-selects its entries after step 2: the union since the last sync ships

@@ -83,8 +83,12 @@ class LoRA(PeftMethod):
         return LoraPayload.build(version, tensors, adapter_config_dict(model.peft_config["default"], rank, alpha))
 
     def save(self, model, tokenizer, out_dir):
-        out_dir = Path(out_dir)
-        self.export(model, version=0).write_folder(out_dir)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(out_dir))
-        return out_dir
+        return save_adapter_folder(self.export(model, version=0), tokenizer, out_dir)
+
+
+def save_adapter_folder(payload: LoraPayload, tokenizer, out_dir) -> Path:
+    """A PEFT adapter folder (PeftModel.from_pretrained, vLLM) with the tokenizer beside it."""
+    out_dir = payload.write_folder(Path(out_dir))
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out_dir))
+    return out_dir

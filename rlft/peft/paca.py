@@ -12,11 +12,10 @@ of those columns, s * w_paca - W0[:, I], and alpha = r makes the LoRA scaling 1.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from rlft.peft.base import PeftMethod
+from rlft.peft.lora import save_adapter_folder
 from rlft.peft.partial import PartialLinear, effective_state, partial_linears, reference_mode, replace_linears
 from rlft.sync.payload import LoraPayload, adapter_config_dict
 
@@ -95,11 +94,12 @@ class PaCA(PeftMethod):
             tensors[f"base_model.model.{name}.lora_B.weight"] = change.cpu().clone()
         return tensors
 
-    def lora_config(self) -> dict:
+    def lora_config(self, model) -> dict:
+        """A plain LoRA config (scaling 1) that records the base model, as PEFT's own adapters do."""
         from peft import LoraConfig
 
         config = LoraConfig(r=self.cfg.r, lora_alpha=self.cfg.r, target_modules=list(self.cfg.target_modules),
-                            task_type="CAUSAL_LM")
+                            task_type="CAUSAL_LM", base_model_name_or_path=getattr(model, "name_or_path", None))
         return adapter_config_dict(config, self.cfg.r, self.cfg.r)
 
     def generator_lora_rank(self):
@@ -109,12 +109,8 @@ class PaCA(PeftMethod):
         return effective_state(model)
 
     def export(self, model, version):
-        return LoraPayload.build(version, self.lora_tensors(model), self.lora_config())
+        return LoraPayload.build(version, self.lora_tensors(model), self.lora_config(model))
 
     def save(self, model, tokenizer, out_dir):
         """A PEFT LoRA folder on the original base (PeftModel.from_pretrained, vLLM)."""
-        out_dir = Path(out_dir)
-        self.export(model, version=0).write_folder(out_dir)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(out_dir))
-        return out_dir
+        return save_adapter_folder(self.export(model, version=0), tokenizer, out_dir)

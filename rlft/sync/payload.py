@@ -128,6 +128,15 @@ class LoraPayload(Payload):
         return folder
 
 
+def _rewrite_weights(engine, method: str, *args) -> str:
+    """Have every worker rewrite engine weights; the one fingerprint they all report."""
+    seen = engine.collective_rpc(method, args=args)
+    engine.reset_prefix_cache()  # cached KV blocks were computed with the old weights
+    if len(set(seen)) != 1:
+        raise RuntimeError(f"engine workers loaded different weights: {seen}")
+    return seen[0]
+
+
 @dataclass(frozen=True)
 class DensePayload(Payload):
     kind: ClassVar[str] = "dense"
@@ -137,20 +146,9 @@ class DensePayload(Payload):
         return cls(version=version, **encode(tensors))
 
     def apply(self, engine, previous):
-        seen = engine.collective_rpc("rlft_load_dense", args=(self.tensors,))
-        # cached KV blocks were computed with the old weights
-        engine.reset_prefix_cache()
-        if len(set(seen)) != 1:
-            raise RuntimeError(f"engine workers loaded different weights: {seen}")
-        return seen[0]
+        return _rewrite_weights(engine, "rlft_load_dense", self.tensors)
 
 
-def _update_in_place(engine, payload: Payload) -> str:
-    seen = engine.collective_rpc("rlft_update_weights", args=(payload.tensors, payload.kind))
-    engine.reset_prefix_cache()
-    if len(set(seen)) != 1:
-        raise RuntimeError(f"engine workers loaded different weights: {seen}")
-    return seen[0]
 
 
 @dataclass(frozen=True)
@@ -162,7 +160,7 @@ class PartialPayload(Payload):
         return cls(version=version, **encode(tensors))
 
     def apply(self, engine, previous):
-        return _update_in_place(engine, self)
+        return _rewrite_weights(engine, "rlft_update_weights", self.tensors, self.kind)
 
 
 # Sparse entries of weight `name`: `name@gaps16` (int16: first position, then differences between
@@ -217,7 +215,7 @@ class SparsePayload(Payload):
         return cls(version=version, **encode(encode_sparse(updates)))
 
     def apply(self, engine, previous):
-        return _update_in_place(engine, self)
+        return _rewrite_weights(engine, "rlft_update_weights", self.tensors, self.kind)
 
 
 PAYLOAD_KINDS: Registry = Registry("payload kind", {
