@@ -53,6 +53,16 @@ def carry_over(old_index: torch.Tensor, new_index: torch.Tensor, moment: torch.T
     return torch.where(kept, moment[pos], torch.zeros_like(moment[pos]))
 
 
+def same_on_every_rank(index: torch.Tensor) -> torch.Tensor:
+    """Rank 0's mask on every data-parallel rank (SVDs run with other thread counts may break ties
+    differently, and ranks that train different entries would drift apart)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast(index, src=0)
+    return index
+
+
 class LiftLinear(PartialLinear):
     trainable_name = "values"
 
@@ -67,7 +77,7 @@ class LiftLinear(PartialLinear):
         # entries trained since the last sync (what the next payload carries)
         self.register_buffer("original_index", index.clone())
         self.register_buffer("original_values", self.values.detach().clone())
-        self.pending = index.clone()
+        self.register_buffer("pending", index.clone(), persistent=False)
 
     def effective_weight(self):
         return self.weight.reshape(-1).index_put((self.index,), self.values).view_as(self.weight)
@@ -80,7 +90,7 @@ class LiftLinear(PartialLinear):
         """Fold the trained values into the base and select the new mask; returns (old, new) index."""
         old = self.index
         self.weight.reshape(-1)[old] = self.values.detach()
-        new = principal_mask(self.weight, self.filter_rank, self.k).to(old.device)
+        new = same_on_every_rank(principal_mask(self.weight, self.filter_rank, self.k).to(old.device))
         fresh = new[~torch.isin(new, self.original_index)]
         self.original_index = torch.cat([self.original_index, fresh])
         self.original_values = torch.cat([self.original_values, self.weight.reshape(-1)[fresh]])
