@@ -241,7 +241,8 @@ class Controller:
         t2 = time.time()
         metrics.update(row_stats)
         metrics.update({"train/loss": sums["loss"] / steps, "train/grad_norm": sums["grad_norm"], "train/lr": sums["lr"],
-                        "train/iteration": float(iteration), **self.spec.log_metrics(sums, steps)})
+                        "train/iteration": float(iteration), **self.spec.log_metrics(sums, steps),
+                        **{k: v for k, v in sums.items() if k.startswith("peft/")}})  # the PEFT method's own
         t_wait = time.time()
         self.settle()
         t3 = time.time()

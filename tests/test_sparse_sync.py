@@ -25,13 +25,14 @@ def test_sparse_and_partial_weights_reach_the_generator(tmp_path, method, monkey
         generator = ctl.roles["generator"].members[0]
         rows = moving_rows(ctl)
         before = ctl.learners.call_one(0, "token_logprobs", ctl.sync.probe)[0]
-        sizes = []
+        sizes, refreshes = [], 0
         for _ in range(3):  # LIFT re-selects its entries after step 2: the union since the last sync ships
-            ctl.optimize(rows)
+            refreshes += ctl.optimize(rows)[0].get("peft/mask_refreshes", 0)
             found = ctl.sync.publish()
             assert generator.weights.kind == kind
             assert found["sync/parity_max_abs_diff"] < 1e-3, found
             sizes.append(found["sync/bytes"])
+        assert refreshes == (1 if method == "lift" else 0)
         moved = float((ctl.learners.call_one(0, "token_logprobs", ctl.sync.probe)[0] - before).abs().max())
         assert moved > 1e-2, "the updates should move the policy"
         full_model = sum(p.numel() for p in ctl.learners.members[0].engine.module.parameters()) * 4
