@@ -34,6 +34,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = "configs/gppo_tiny_arith.yaml"
 METHODS = ["lora", "pissa", "paca", "lift", "hft", "full"]
+PAYLOADS = {"lora": "lora", "pissa": "lora (2r)", "paca": "lora (selector)", "lift": "sparse", "hft": "partial",
+            "full": "dense"}
 # Learning rates for the accuracy part: the adapters as the recipe; methods that move base weights
 # directly need smaller steps (full fine-tuning at 1e-4 already lost accuracy on this task).
 LR = {"lora": 1e-3, "pissa": 1e-3, "paca": 1e-3, "lift": 1e-4, "hft": 2e-5, "full": 2e-5}
@@ -67,7 +69,7 @@ def sync_worker(args) -> None:
     """One method on one model: warm-up, then timed optimizer step + publish rounds."""
     sys.path.insert(0, str(ROOT))
     from rlft.controller import Controller
-    from tests.helpers import rl_config
+    from tests.helpers import rl_config, synthetic_rollout_rows
 
     with tempfile.TemporaryDirectory() as tmp:
         over = {"peft": peft_overrides(args.method, args.rank), "learner": {"zero_stage": 0},
@@ -79,8 +81,6 @@ def sync_worker(args) -> None:
         ctl = Controller(rl_config(Path(tmp), "bench", **over), show_progress=False)
         ctl.setup()
         try:
-            from tests.helpers import synthetic_rollout_rows
-
             rows = synthetic_rollout_rows(ctl)
             found = []
             for _ in range(args.rounds + 1):
@@ -120,15 +120,13 @@ def part_sync(args, work: Path) -> None:
         print(f"\nSync per update, {model} (rank {args.rank}; median of {args.rounds}; ratios to LoRA)")
         print("| method | kind | trainable params | bytes/sync | x LoRA bytes | max bytes | s/sync | x LoRA s | parity max |")
         print("|---|---|---|---|---|---|---|---|---|")
-        kinds = {"lora": "lora", "pissa": "lora (2r)", "paca": "lora (selector)", "lift": "sparse", "hft": "partial",
-                 "full": "dense"}
         for method, r in rows.items():
             if "error" in r:
-                print(f"| {method} | {kinds.get(method, '?')} | {r['error']} |")
+                print(f"| {method} | {PAYLOADS.get(method, '?')} | {r['error']} |")
                 continue
             xb = r["bytes"] / lora["bytes"] if "bytes" in lora else float("nan")
             xs = r["seconds"] / lora["seconds"] if "seconds" in lora else float("nan")
-            print(f"| {method} | {kinds.get(method, '?')} | {r['trainable']:,} / {r['total']:,} | {r['bytes']:,.0f} | "
+            print(f"| {method} | {PAYLOADS.get(method, '?')} | {r['trainable']:,} / {r['total']:,} | {r['bytes']:,.0f} | "
                   f"{xb:.2f} | {r['max_bytes']:,.0f} | {r['seconds']:.3f} | {xs:.2f} | {r['parity']:.1e} |")
 
 

@@ -108,6 +108,19 @@ def moving_rows(ctl, n_examples: int = 2):
     return ctl.spec.build_rows(rollouts, ctl.row_ctx)[0]
 
 
+def assert_probe_catches_a_skipped_load(ctl, rows, monkeypatch) -> None:
+    """One more update, which generator 0 reports as loaded (the right fingerprint) without loading
+    it: the parity probe must stop the publish."""
+    import pytest
+
+    from rlft.sync.protocol import SyncError
+
+    ctl.optimize(rows)
+    monkeypatch.setattr(ctl.roles["generator"].members[0], "load_weights", lambda payload: payload.fingerprint)
+    with pytest.raises(SyncError, match="logprob parity probe"):
+        ctl.sync.publish()
+
+
 def two_source_steps(cfg):
     """Set up a run and take two optimizer steps on its source's first two batches, without evaluation or
     logging: (the learner's step outputs, rank 0's trainable state after them)."""

@@ -12,7 +12,8 @@ from rlft.controller import Controller, train
 from rlft.sources.rollouts import generate, score
 from rlft.sync.protocol import SyncError
 from rlft.types import Score
-from tests.helpers import LEARNER_ONLY_GPPO, moving_rows, rl_config, synthetic_rollout_rows, tiny_config
+from tests.helpers import (LEARNER_ONLY_GPPO, assert_probe_catches_a_skipped_load, moving_rows, rl_config,
+                           synthetic_rollout_rows, tiny_config)
 
 
 
@@ -54,11 +55,7 @@ def test_parity_probe_catches_a_silently_skipped_load(controller, monkeypatch):
     for r in rollouts:  # make every advantage non-zero so the update moves the policy
         r.score = Score(reward=float(len(r.completion_ids) % 2), correct=False)
     rows, _ = controller.spec.build_rows(rollouts, controller.row_ctx)
-    controller.optimize(rows)
-    generator = controller.roles["generator"].members[0]
-    monkeypatch.setattr(generator, "load_weights", lambda payload: payload.fingerprint)
-    with pytest.raises(SyncError, match="logprob parity probe"):
-        controller.sync.publish()
+    assert_probe_catches_a_skipped_load(controller, rows, monkeypatch)
 
 
 def _gppo_step(cfg):
@@ -244,10 +241,7 @@ def test_merged_weight_sync_reloads_the_whole_policy_into_vllm(tmp_path, method,
         moved = float((ctl.learners.call_one(0, "token_logprobs", ctl.sync.probe)[0] - before).abs().max())
         assert moved > 1e-2  # a real update (full: the tied embedding / LM head too)...
         assert ctl.sync.publish()["sync/parity_max_abs_diff"] < 1e-3  # ...reaches every kernel (CPU's packed LM head)
-        ctl.optimize(rows)
-        monkeypatch.setattr(generator, "load_weights", lambda payload: payload.fingerprint)
-        with pytest.raises(SyncError, match="logprob parity probe"):
-            ctl.sync.publish()
+        assert_probe_catches_a_skipped_load(ctl, rows, monkeypatch)
     finally:
         ctl.close()
 

@@ -2,11 +2,9 @@
 HFT as whole tensors; after every sync the generator's log-probs match the learner's."""
 
 import pytest
-import torch
 
 from rlft.controller import Controller
-from rlft.sync.protocol import SyncError
-from tests.helpers import moving_rows, rl_config
+from tests.helpers import assert_probe_catches_a_skipped_load, moving_rows, rl_config
 
 METHODS = {
     "paca": ({"method": "paca", "r": 4, "alpha": 8}, "lora"),
@@ -37,9 +35,6 @@ def test_sparse_and_partial_weights_reach_the_generator(tmp_path, method, monkey
         assert moved > 1e-2, "the updates should move the policy"
         full_model = sum(p.numel() for p in ctl.learners.members[0].engine.module.parameters()) * 4
         assert max(sizes) < 0.75 * full_model, (sizes, full_model)  # never the whole model
-        ctl.optimize(rows)
-        monkeypatch.setattr(generator, "load_weights", lambda payload: payload.fingerprint)
-        with pytest.raises(SyncError, match="logprob parity probe"):
-            ctl.sync.publish()
+        assert_probe_catches_a_skipped_load(ctl, rows, monkeypatch)
     finally:
         ctl.close()

@@ -18,15 +18,7 @@ import logging
 
 import torch
 
-from rlft.peft.base import PeftMethod
-from rlft.peft.partial import (
-    PartialLinear,
-    effective_state,
-    partial_linears,
-    reference_mode,
-    replace_linears,
-    save_full_folder,
-)
+from rlft.peft.partial import PartialLinear, PartialLinearMethod, partial_linears, save_full_folder
 from rlft.sync.payload import SparsePayload, SparseUpdate
 
 log = logging.getLogger(__name__)
@@ -117,24 +109,16 @@ def optimizer_state_of(optimizer, param: torch.nn.Parameter) -> dict:
                        "a mask refresh needs learner.zero_stage=0, or set peft.lift_update_interval=0")
 
 
-class LIFT(PeftMethod):
+class LIFT(PartialLinearMethod):
     name = "lift"
     payload_kind = "sparse"
-    has_reference = True
 
     def __init__(self, cfg):
         super().__init__(cfg)
         self.steps = 0
 
-    def wrap(self, model, seed, with_reference):
-        model.requires_grad_(False)
-        filter_rank = self.cfg.lift_filter_rank or self.cfg.r
-        replace_linears(model, set(self.cfg.target_modules),
-                        lambda name, linear: LiftLinear(linear, self.cfg.r, filter_rank))
-        return model
-
-    def reference(self, model):
-        return reference_mode(model)
+    def make_layer(self, linear, generator):
+        return LiftLinear(linear, self.cfg.r, self.cfg.lift_filter_rank or self.cfg.r)
 
     def after_step(self, model, optimizer) -> dict[str, float]:
         self.steps += 1
@@ -152,9 +136,6 @@ class LIFT(PeftMethod):
             total += new.numel()
         log.info("LIFT mask refresh at step %d: %.1f%% of the trained entries kept", self.steps, 100 * kept / max(1, total))
         return {"peft/mask_refreshes": 1.0}
-
-    def effective_weights(self, model):
-        return effective_state(model)
 
     def export(self, model, version):
         updates = {f"{name}.weight": layer.take_pending() for name, layer in partial_linears(model).items()}

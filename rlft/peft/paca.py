@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from rlft.peft.base import PeftMethod
 from rlft.peft.lora import save_adapter_folder
-from rlft.peft.partial import PartialLinear, effective_state, partial_linears, reference_mode, replace_linears
+from rlft.peft.partial import PartialLinear, PartialLinearMethod, partial_linears
 from rlft.sync.payload import LoraPayload, adapter_config_dict
 
 
@@ -70,20 +69,12 @@ class PacaLinear(PartialLinear):
         return selector, change
 
 
-class PaCA(PeftMethod):
+class PaCA(PartialLinearMethod):
     name = "paca"
     payload_kind = "lora"
-    has_reference = True
 
-    def wrap(self, model, seed, with_reference):
-        model.requires_grad_(False)
-        generator = torch.Generator().manual_seed(seed)  # the same columns on every rank
-        replace_linears(model, set(self.cfg.target_modules),
-                        lambda name, linear: PacaLinear(linear, self.cfg.r, self.cfg.alpha, generator))
-        return model
-
-    def reference(self, model):
-        return reference_mode(model)
+    def make_layer(self, linear, generator):
+        return PacaLinear(linear, self.cfg.r, self.cfg.alpha, generator)  # the same columns on every rank
 
     def lora_tensors(self, model) -> dict[str, torch.Tensor]:
         """The PaCA change as LoRA tensors in PEFT checkpoint naming."""
@@ -104,9 +95,6 @@ class PaCA(PeftMethod):
 
     def generator_lora_rank(self):
         return self.cfg.r
-
-    def effective_weights(self, model):
-        return effective_state(model)
 
     def export(self, model, version):
         return LoraPayload.build(version, self.lora_tensors(model), self.lora_config(model))

@@ -4,6 +4,7 @@ A `PartialLinear` replaces a target `nn.Linear`: it keeps the frozen base as `we
 checkpoint name of the whole matrix is unchanged), a small trainable tensor, and forms the
 effective weight by writing the trained entries into a copy of the base (one GEMM per forward).
 Inside `reference_mode` every partial linear computes with the original weights instead.
+`PartialLinearMethod` is the PEFT method around such layers: a method only says how to build one.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from rlft.peft.base import PeftMethod
 
 
 class PartialLinear(nn.Module):
@@ -38,19 +41,15 @@ class PartialLinear(nn.Module):
         return nn.functional.linear(x, weight, self.bias)
 
 
-def replace_linears(model: nn.Module, targets, make) -> dict[str, PartialLinear]:
-    """Swap every nn.Linear whose name ends in one of `targets` for `make(name, linear)`."""
+def replace_linears(model: nn.Module, targets, make) -> None:
+    """Swap every nn.Linear whose name ends in one of `targets` for `make(linear)`."""
     found = [(name, module) for name, module in model.named_modules()
              if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in targets]
     if not found:
         raise ValueError(f"peft.target_modules={list(targets)} matches no linear layer of the model")
-    replaced = {}
     for name, linear in found:
         parent_name, _, child = name.rpartition(".")
-        wrapper = make(name, linear)
-        setattr(model.get_submodule(parent_name) if parent_name else model, child, wrapper)
-        replaced[name] = wrapper
-    return replaced
+        setattr(model.get_submodule(parent_name) if parent_name else model, child, make(linear))
 
 
 def partial_linears(model: nn.Module) -> dict[str, PartialLinear]:
@@ -77,6 +76,28 @@ def effective_state(model: nn.Module) -> dict[str, torch.Tensor]:
     for name, wrapper in wrappers.items():
         state[f"{name}.weight"] = wrapper.effective_weight().detach()
     return state
+
+
+class PartialLinearMethod(PeftMethod):
+    """A PEFT method that replaces the target linears by PartialLinear layers."""
+
+    has_reference = True
+
+    def make_layer(self, linear: nn.Linear, generator: torch.Generator) -> PartialLinear:
+        """The layer that replaces `linear` (`generator`: seeded alike on every rank)."""
+        raise NotImplementedError
+
+    def wrap(self, model, seed, with_reference):
+        model.requires_grad_(False)
+        generator = torch.Generator().manual_seed(seed)
+        replace_linears(model, set(self.cfg.target_modules), lambda linear: self.make_layer(linear, generator))
+        return model
+
+    def reference(self, model):
+        return reference_mode(model)
+
+    def effective_weights(self, model):
+        return effective_state(model)
 
 
 def save_full_folder(model: nn.Module, tokenizer, out_dir: Path, state: dict[str, torch.Tensor]) -> Path:

@@ -149,15 +149,11 @@ class DensePayload(Payload):
         return _rewrite_weights(engine, "rlft_load_dense", self.tensors)
 
 
-
-
 @dataclass(frozen=True)
-class PartialPayload(Payload):
-    kind: ClassVar[str] = "partial"
+class PartialPayload(DensePayload):
+    """Built like a dense payload, from only some of the weights."""
 
-    @classmethod
-    def build(cls, version: int, tensors: dict[str, torch.Tensor]) -> "PartialPayload":
-        return cls(version=version, **encode(tensors))
+    kind: ClassVar[str] = "partial"
 
     def apply(self, engine, previous):
         return _rewrite_weights(engine, "rlft_update_weights", self.tensors, self.kind)
