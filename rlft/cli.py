@@ -92,14 +92,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    from rlft.checkpoints import ResumeError
     from rlft.config import ConfigError
     from rlft.data.jsonl import DataError
+    from rlft.faults import LearnerFailed, RoleTimeout
+    from rlft.resume import RunStopped
     from rlft.sync.protocol import SyncError
     from rlft.validation import RunError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, RunError, SyncError, FileNotFoundError, FileExistsError) as err:
+    except RunStopped as stopped:
+        print(f"rlft: {stopped}", file=sys.stderr)
+        return 128 + 15  # the exit status of a process ended by SIGTERM
+    except (ConfigError, DataError, RunError, SyncError, ResumeError, LearnerFailed, RoleTimeout, FloatingPointError,
+            FileNotFoundError, FileExistsError) as err:
         print(f"rlft: error: {err}", file=sys.stderr)
         return 2
 

@@ -50,9 +50,27 @@ class RolesConfig(Section):
 
 class RuntimeConfig(Section):
     mode: Literal["inline", "local", "cluster"] = Field(
-        "local", description="inline: plain objects in one process; local: Ray actors on this machine."
+        "local", description="inline: plain objects in one process; local: Ray actors on this machine (a Ray started "
+        "here); cluster: Ray actors on an existing Ray cluster (README \"Run on a cluster\")."
     )
-    ray_address: str | None = Field(None, description="Ray cluster address for cluster mode.")
+    ray_address: str | None = Field(
+        None, description="Cluster mode: the cluster's GCS address (host:port); None: $RAY_ADDRESS (set inside a "
+        "`ray job submit` job), else the cluster running on this node."
+    )
+    storage: str | None = Field(
+        None, description="Cluster mode: an absolute folder that every node reads and writes at the same path (NFS, "
+        "a shared disk). A relative run.output_dir and the model cache (unless model.cache_dir is set) go under it."
+    )
+    placement_timeout_s: float = Field(
+        300.0, gt=0, description="Seconds to wait for the cluster to offer the learner ranks' resources."
+    )
+    call_timeout_s: float | None = Field(
+        3600.0, gt=0, description="Seconds any call of a role may take (remote modes; None: no limit). On a timeout "
+        "the stuck role's stacks are written to <run>/stacks/ and the run stops."
+    )
+    max_restarts: int = Field(
+        3, ge=0, description="Times in a row a dead generator or reward actor is replaced before the run stops."
+    )
     num_cpus: int | None = Field(None, description="CPUs the local Ray cluster may use (None: all).")
     roles: RolesConfig = Field(default_factory=RolesConfig, description="Registered class of each role kind.")
 
@@ -63,14 +81,26 @@ class LearnerConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when a GPU is visible.")
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl on cuda, gloo on cpu.")
     cpus_per_rank: float = Field(1.0, gt=0, description="Ray CPUs reserved per learner rank.")
-    gpus_per_rank: float = Field(0.0, ge=0, description="Ray GPUs reserved per learner rank.")
+    gpus_per_rank: float | None = Field(
+        None, ge=0, description="Ray GPUs reserved per learner rank (None: 1 when the Ray cluster has GPUs, else 0)."
+    )
+    placement: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="Ray placement-group strategy of the learner ranks (PACK: as few nodes as possible)."
+    )
+    resources: dict[str, float] = Field(
+        {}, description="Extra Ray resources per rank, e.g. {node_a: 1}: custom resources pin ranks to the nodes "
+        "that offer them."
+    )
     threads_per_rank: int | None = Field(None, description="torch threads per rank (None: cpus_per_rank).")
 
 
 class GeneratorConfig(Section):
     count: int = Field(2, ge=1, description="Number of vLLM generator actors.")
     cpus_per_actor: float = Field(1.0, gt=0, description="Ray CPUs reserved per generator.")
-    gpus_per_actor: float = Field(0.0, ge=0, description="Ray GPUs reserved per generator.")
+    gpus_per_actor: float | None = Field(
+        None, ge=0, description="Ray GPUs reserved per generator (None: 1 when the Ray cluster has GPUs, else 0)."
+    )
+    resources: dict[str, float] = Field({}, description="Extra Ray resources per generator (see learner.resources).")
     kv_cache_mb: int | None = Field(
         256, description="KV cache size in MiB (recommended on CPU); None: use gpu_memory_utilization."
     )
@@ -83,6 +113,7 @@ class GeneratorConfig(Section):
 class RewardConfig(Section):
     count: int = Field(1, ge=1, description="Number of reward actors.")
     cpus_per_actor: float = Field(0.25, gt=0, description="Ray CPUs reserved per reward actor.")
+    resources: dict[str, float] = Field({}, description="Extra Ray resources per reward actor (see learner.resources).")
     components: list[Any] = Field(
         [{"name": "answer", "weight": 1.0}],
         description="Weighted reward components (rlft.rewards): answer = the task's answer checker, "
@@ -169,7 +200,17 @@ class TrainConfig(Section):
     eval_every: int = Field(
         0, ge=0, description="Evaluate every N optimizer steps (after the iteration that reaches a multiple; 0: at the end)."
     )
-    save_every: int = Field(0, ge=0, description="Checkpoint every N optimizer steps (0: only the final one).")
+    save_every: int = Field(
+        0, ge=0, description="Checkpoint every N optimizer steps, with everything exact resume needs (0: only the "
+        "final one, plus one when the run is stopped by SIGTERM)."
+    )
+    keep_checkpoints: int | None = Field(
+        None, ge=1, description="Keep only the newest N step checkpoints (None: keep every one; the final one is always kept)."
+    )
+    max_skipped_steps: int = Field(
+        3, ge=1, description="Stop the run after this many optimizer steps in a row skipped for a NaN or inf loss "
+        "or gradient (each skipped step is counted in train/skipped_steps)."
+    )
     log_every: int = Field(1, ge=1, description="Log train metrics every N optimizer steps.")
 
 
@@ -216,6 +257,11 @@ class RLFTConfig(Section):
     data: DataConfig = DataConfig()
     tracking: TrackingConfig = TrackingConfig()
     warm_start: WarmStartConfig = WarmStartConfig()
+    resume: str = Field(
+        "never", description="never: start a new run. auto: continue the newest run of this name from its newest "
+        "complete checkpoint (start a new run when it has none; do nothing when it finished). Or the path of a "
+        "step checkpoint folder to continue from."
+    )
 
     @property
     def run_dir(self) -> Path:

@@ -9,6 +9,11 @@ One loop runs every algorithm; the algorithm's spec (rlft.algorithms.base) says 
         -> sync.publish             when generators exist: versioned payload, fingerprints, parity probe
       log at optimizer step i * steps_per_iteration; evaluate / checkpoint when a cadence is due
 
+A step checkpoint holds everything the loop needs to continue exactly (rlft.checkpoints); with
+`resume`, setup loads it into the freshly started roles, re-sends the policy to the generators
+(verified like any sync) and the loop continues at the next iteration. SIGTERM ends the current
+iteration, writes a step checkpoint and stops (rlft.resume).
+
 With rollout.max_staleness = 1, source.next_batch(i + 1) runs in a background thread while the
 learners train on batch i, under the policy version before batch i's update (one step
 off-policy; each rollout keeps the version and sampling log-probs that produced it). Every other
@@ -21,6 +26,7 @@ this loop with fake roles. The controller holds no model weights (only a tokeniz
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -33,18 +39,20 @@ from typing import Any
 from rlft import runtime
 from rlft.algorithms import ALGORITHMS
 from rlft.algorithms.base import RowContext, StepCounts
+from rlft.checkpoints import FINISHED
+from rlft.cluster import resolve_storage
 from rlft.config import RLFTConfig, dump_config
 from rlft.data.collate import encode_sft, pad_rows, shard_micro_batches, uses_chat_template
-from rlft.data.models import resolve_dtype
 from rlft.data.tasks import build_task
 from rlft.evaluate import eval_metrics, score_greedy
+from rlft.faults import is_actor_death
 from rlft.modes import act_against, write_mode_report
 from rlft.peft import PEFT_METHODS
 from rlft.progress import print_summary, progress_bar
-from rlft.roles import ROLES
-from rlft.roles.generator import engine_cpu_bind
-from rlft.roles.learner import detect_device
+from rlft.recovery import FaultRecovery
+from rlft.resume import ResumableRun, ResumePoint, RunFinished, RunStopped, StopOnSignal, resume_point
 from rlft.runs import base_model_path, prepare_run_dir
+from rlft.startup import RoleStartup
 from rlft.sources import SOURCES, SourceContext
 from rlft.sources.rollouts import generate, reward_metrics, score, split_evenly
 from rlft.sync.protocol import WeightSync
@@ -59,7 +67,7 @@ def due(every: int, step: int, steps_per_iteration: int) -> bool:
     return bool(every) and step // every > (step - steps_per_iteration) // every
 
 
-class Controller:
+class Controller(RoleStartup, FaultRecovery, ResumableRun):
     def __init__(self, cfg: RLFTConfig, show_progress: bool = True):
         self.cfg = cfg
         self.show_progress = show_progress
@@ -75,6 +83,13 @@ class Controller:
         self._prefetcher: ThreadPoolExecutor | None = None
         self._next_batch: Future | None = None  # the source batch being generated while the learners train
         self.start_eval: dict[str, float] | None = None  # the first eval: the base of per-mode comparisons
+        self.initial: dict[str, float] = {}  # what was logged at step 0
+        self.resumed: ResumePoint | None = None
+        self.skipped_steps = 0  # optimizer steps skipped for non-finite gradients, in all
+        self.skipped_in_a_row = 0
+        self.stop = StopOnSignal()
+        self.restarts = 0  # generator and reward actors replaced after their process died
+        self._next_batch_state: dict | None = None  # the source's state before the batch generated ahead
 
     @property
     def learners(self) -> runtime.RoleGroup | None:
@@ -89,8 +104,10 @@ class Controller:
         """Validate, resolve the base model and data, then start the roles (learners first)."""
         from transformers import AutoTokenizer
 
-        cfg = self.cfg
+        # Absolute paths; in cluster mode on storage that every node reaches (rlft.cluster).
+        self.cfg = cfg = resolve_storage(self.cfg)
         check_run(cfg, self.spec, self.peft)
+        self.resumed = resume_point(cfg)  # before the warm start: a finished run needs nothing
         self.model_path = base_model_path(cfg, run_warm_start=True, show_progress=self.show_progress)
         self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
         self.chat = uses_chat_template(self.tokenizer, cfg.data.chat_template)
@@ -103,18 +120,26 @@ class Controller:
         # through self.roles, filled below.
         self.source = SOURCES[self.spec.source](SourceContext(
             cfg, self.spec, self.task, self.tokenizer, self.chat, self.train_examples, self.roles))
-        self.run_dir = prepare_run_dir(cfg.run_dir, cfg.run.if_exists, dump_config(cfg))
+        if self.resumed is None:
+            self.run_dir = prepare_run_dir(cfg.run_dir, cfg.run.if_exists, dump_config(cfg))
+        else:
+            self.run_dir = self.resumed.run_dir
         self._start_log_file()
+        state = self.resumed.state if self.resumed else {}
         self.tracker = Tracker(self.run_dir, cfg.run.name, cfg.model_dump(mode="json"), cfg.tracking.wandb,
-                               cfg.tracking.project)
+                               cfg.tracking.project, resume_step=state.get("step"), wandb_id=state.get("wandb_id"))
         num_cpus = cfg.runtime.num_cpus or max(os.cpu_count() or 1, math.ceil(self.required_cpus()))
         runtime.start(cfg.runtime.mode, address=cfg.runtime.ray_address, num_cpus=num_cpus)
+        self.placement_check()
         self.roles["learner"] = self._start_learners()
         for kind in self.spec.roles:
             self.roles[kind] = getattr(self, f"_start_{kind}s")()
+        self.record_placement()
         if "generator" in self.roles:
             self.sync = WeightSync(self.learners, self.roles["generator"], cfg.sync, self._probe(), self.dtype())
         self.row_ctx = RowContext(self.tokenizer, self.chat, cfg.train.max_length, cfg.algorithm)
+        if self.resumed is not None:
+            self.restore(self.resumed)
 
     def _start_log_file(self) -> None:
         handler = logging.FileHandler(self.run_dir / "train.log")
@@ -122,52 +147,6 @@ class Controller:
         logging.getLogger("rlft").addHandler(handler)
         logging.getLogger("rlft").setLevel(logging.INFO)
         self._log_handler = handler
-
-    def required_cpus(self) -> float:
-        cfg = self.cfg
-        sizes = {"learner": cfg.learner.count * cfg.learner.cpus_per_rank,
-                 "generator": cfg.generator.count * cfg.generator.cpus_per_actor,
-                 "reward": cfg.reward.count * cfg.reward.cpus_per_actor}
-        return sum(sizes[kind] for kind in ("learner", *self.spec.roles))
-
-    def _create(self, kind: str, kwargs_per_member: list[dict], num_cpus: float, num_gpus: float = 0.0):
-        role_cls = ROLES[kind][getattr(self.cfg.runtime.roles, kind)]
-        group = runtime.RoleGroup.create(role_cls, self.cfg.runtime.mode, kwargs_per_member,
-                                         num_cpus=num_cpus, num_gpus=num_gpus, name=kind)
-        info = group.call("setup")
-        log.info("%s group ready: %s", kind, info[0])
-        return group, info
-
-    def _start_learners(self) -> runtime.RoleGroup:
-        cfg, mode = self.cfg, self.cfg.runtime.mode
-        ranks = runtime.collective_group_size(mode, cfg.learner.count)
-        addr, port = runtime.node_address(mode), runtime.free_port()
-        threads = None if mode == "inline" else (cfg.learner.threads_per_rank or max(1, int(cfg.learner.cpus_per_rank)))
-        kwargs = [dict(cfg=cfg, spec=self.spec, rank=rank, world_size=ranks, model_path=str(self.model_path),
-                       master_addr=addr, master_port=port, grad_accum=cfg.train.batch_size // (ranks * cfg.train.micro_batch_size),
-                       num_threads=threads) for rank in range(ranks)]
-        group, info = self._create("learner", kwargs, cfg.learner.cpus_per_rank, cfg.learner.gpus_per_rank)
-        self.learner_info = info[0]
-        return group
-
-    def dtype(self):
-        """The weights dtype of learners and generators (model.dtype resolved on the learner device)."""
-        return resolve_dtype(self.cfg.model.dtype, detect_device(self.cfg.learner.device))
-
-    def _start_generators(self) -> runtime.RoleGroup:
-        cfg, gen = self.cfg, self.cfg.generator
-        device = detect_device(cfg.learner.device)
-        dtype = str(self.dtype()).removeprefix("torch.")
-        cores = os.cpu_count() or 1
-        kwargs = [dict(cfg=cfg, index=i, model_path=str(self.model_path), dtype=dtype, seed=cfg.run.seed + i,
-                       lora_rank=self.peft(cfg.peft).generator_lora_rank() if cfg.sync.weights == "adapter" else None,
-                       cpu_bind=engine_cpu_bind(i, gen.count, cores) if device == "cpu" and gen.bind_cpus else None)
-                  for i in range(gen.count)]
-        return self._create("generator", kwargs, gen.cpus_per_actor, gen.gpus_per_actor)[0]
-
-    def _start_rewards(self) -> runtime.RoleGroup:
-        kwargs = [dict(cfg=self.cfg, index=i) for i in range(self.cfg.reward.count)]
-        return self._create("reward", kwargs, self.cfg.reward.cpus_per_actor)[0]
 
     def _probe(self):
         """The parity probe: a fixed sequence (held-out prompt + reference), scored at every position."""
@@ -193,9 +172,24 @@ class Controller:
                           step=self.optimizer_steps_taken)
         results = self.learners.call_each("train_step", [(shard, step) for shard in batches])
         self.optimizer_steps_taken += 1
-        merged = {k: sum(r.get(k, 0.0) for r in results) for k in results[0] if k not in ("grad_norm", "lr")}
+        per_rank = ("grad_norm", "lr", "skipped_steps")  # the same on every rank: rank 0's
+        merged = {k: sum(r.get(k, 0.0) for r in results) for k in results[0] if k not in per_rank}
         merged["grad_norm"], merged["lr"], merged["step_tokens"] = results[0]["grad_norm"], results[0]["lr"], step.num_tokens
+        self.count_skipped(bool(results[0].get("skipped_steps")))
         return merged
+
+    def count_skipped(self, skipped: bool) -> None:
+        """A step skipped for non-finite gradients is counted; too many in a row stop the run."""
+        self.skipped_in_a_row = self.skipped_in_a_row + 1 if skipped else 0
+        self.skipped_steps += skipped
+        if skipped:
+            log.warning("optimizer step %d skipped: NaN or inf loss or gradients (%d in a row)",
+                        self.optimizer_steps_taken, self.skipped_in_a_row)
+        if self.skipped_in_a_row > self.cfg.train.max_skipped_steps:
+            raise FloatingPointError(
+                f"{self.skipped_in_a_row} optimizer steps in a row had a NaN or inf loss or gradients (up to step "
+                f"{self.optimizer_steps_taken}); stopping (train.max_skipped_steps={self.cfg.train.max_skipped_steps}). "
+                "Lower train.lr, set train.grad_clip, or check the data")
 
     def optimize(self, rows: list[dict]) -> tuple[dict[str, float], int]:
         """spec.passes: mini-batches x epochs optimizer steps on rows; sums (grad norm and lr averaged)."""
@@ -213,14 +207,21 @@ class Controller:
         """Source batch `iteration` (generated during the previous iteration when it was prefetched);
         with `prefetch`, start generating batch iteration + 1 in the background."""
         if self._next_batch is not None:
-            items, metrics = self._next_batch.result()
+            try:
+                items, metrics = self._next_batch.result()
+            except Exception as err:  # generated again (now, by the current policy) once the dead actors are replaced
+                if not is_actor_death(err):
+                    raise
+                self.source.load_state(self._next_batch_state)
+                items, metrics = self.recovering(self.source.next_batch, iteration, self.policy_version, after=err)
         else:
-            items, metrics = self.source.next_batch(iteration, self.policy_version)
+            items, metrics = self.recovering(self.source.next_batch, iteration, self.policy_version)
         self._next_batch = None
         if prefetch:
             if self._prefetcher is None:
                 self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlft-prefetch")
             # trained after this iteration's publish, so at version + 1: that is what staleness counts from
+            self._next_batch_state = self.source.state()
             self._next_batch = self._prefetcher.submit(self.source.next_batch, iteration + 1, self.policy_version + 1)
         return items, metrics
 
@@ -241,14 +242,17 @@ class Controller:
         t2 = time.time()
         metrics.update(row_stats)
         metrics.update({"train/loss": sums["loss"] / steps, "train/grad_norm": sums["grad_norm"], "train/lr": sums["lr"],
-                        "train/iteration": float(iteration), **self.spec.log_metrics(sums, steps),
+                        "train/iteration": float(iteration), "train/skipped_steps": float(self.skipped_steps),
+                        **self.spec.log_metrics(sums, steps),
                         **{k: v for k, v in sums.items() if k.startswith("peft/")}})  # the PEFT method's own
         t_wait = time.time()
         self.settle()
         t3 = time.time()
         if self.sync is not None:
-            metrics.update(self.sync.publish())
+            metrics.update(self.recovering(self.sync.publish))
             metrics["perf/time_sync"] = metrics["sync/seconds"]
+        if self.restarts:
+            metrics["faults/restarts"] = float(self.restarts)
         elapsed = time.time() - t0
         if self.cfg.rollout.max_staleness:  # the learners' idle time: waiting for a batch, for generation to end
             metrics["perf/time_wait_generation"] = (t_batch - t0) + (t3 - t_wait)
@@ -294,20 +298,22 @@ class Controller:
         act = act_against(metrics, self.start_eval)  # reasoning modes: ACT against the start's high mode
         return {**metrics, **({"eval/act": act} if act is not None else {})}
 
-    def checkpoint(self, tag: str) -> Path:
-        out = self.run_dir / "checkpoints" / tag
-        self.learners.call("save", str(out))
-        return out
-
     # ----------------------------------------------------------------- the loop
     def run(self) -> dict[str, Any]:
         try:
-            self.setup()
-            return self.loop()
-        except Exception:
+            with self.stop:
+                self.setup()
+                return self.loop()
+        except (RunFinished, RunStopped):
+            raise
+        except Exception as err:
+            failed = self.explain_learner_death(err)
             if self._log_handler is not None:  # the run folder keeps why it stopped (the console shows the error)
-                self._log_handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, "run stopped by an error",
+                self._log_handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0,
+                                                        f"run stopped by an error{f': {failed}' if failed else ''}",
                                                         None, sys.exc_info()))
+            if failed is not None:
+                raise failed from err
             raise
         finally:
             self.close()
@@ -317,37 +323,48 @@ class Controller:
         per_iteration = self.spec.optimizer_steps(cfg)
         iterations = cfg.train.steps // per_iteration
         start = time.time()
-        initial = self.evaluate(0)
-        if self.sync is not None and cfg.sync.parity_every:
-            initial.update(self.sync.check_parity())
-        self.tracker.log(initial, 0)
+        first = self.resumed.state["iteration"] + 1 if self.resumed else 1
+        if self.resumed is None:
+            self.initial = self.recovering(self.evaluate, 0)
+            if self.sync is not None and cfg.sync.parity_every:
+                self.initial.update(self.sync.check_parity())
+            self.tracker.log(self.initial, 0)
+        initial = self.initial
         metrics: dict[str, float] = {}
         with progress_bar("train", iterations, self.show_progress) as advance:
-            for it in range(1, iterations + 1):
+            advance(first - 1)
+            for it in range(first, iterations + 1):
                 metrics = self.iteration(it, last=it == iterations)
                 step = it * per_iteration
                 if due(cfg.train.log_every, step, per_iteration) or it == iterations:
                     self.tracker.log({**metrics, **self.memory()}, step)
                 if due(cfg.train.eval_every, step, per_iteration) and it != iterations:
-                    self.tracker.log(self.evaluate(step), step)
-                if due(cfg.train.save_every, step, per_iteration):
-                    self.checkpoint(f"step_{step}")
+                    self.tracker.log(self.recovering(self.evaluate, step), step)
+                saved = None
+                if due(cfg.train.save_every, step, per_iteration) or (self.stop.requested and it != iterations):
+                    saved = self.checkpoint(f"step_{step}", it)
                 advance(1, loss=metrics["train/loss"], **({"reward": metrics["reward/mean"]} if "reward/mean" in metrics else {}))
-        final_eval = self.evaluate(iterations * per_iteration)
+                if self.stop.requested and saved is not None:
+                    raise RunStopped(f"stopped by SIGTERM after step {step} of {iterations * per_iteration}; checkpoint "
+                                     f"{saved}. Continue with: rlft train <recipe> [overrides] resume=auto")
+        final_eval = self.recovering(self.evaluate, iterations * per_iteration)
         self.tracker.log(final_eval, iterations * per_iteration)
         final = self.checkpoint("final")
         seconds = time.time() - start
         modes = write_mode_report(self.run_dir, final_eval, initial)
         if modes is not None:
             log.info("eval by reasoning mode (%s):\n%s", self.run_dir / "modes.png", modes)
-        return {
+        summary = {
             "run_dir": str(self.run_dir), "steps": iterations * per_iteration, "iterations": iterations,
             "policy_version": self.policy_version, "train/loss": metrics.get("train/loss"),
             "eval/accuracy_start": initial.get("eval/accuracy"), "eval/accuracy": final_eval.get("eval/accuracy"),
             **({"reward/mean_last": metrics["reward/mean"]} if "reward/mean" in metrics else {}),
             "checkpoint": str(final), "seconds": round(seconds, 1), "samples_per_s": round(self.samples_seen / seconds, 2),
             "trainable_params": self.learner_info["trainable_params"], "learner_ranks": len(self.learners),
+            **({"resumed_from": str(self.resumed.checkpoint)} if self.resumed else {}),
         }
+        (self.run_dir / FINISHED).write_text(json.dumps(summary, indent=1))
+        return summary
 
     def close(self) -> None:
         if self._prefetcher is not None:  # a batch still in generation ends before its roles do
@@ -357,6 +374,8 @@ class Controller:
             group = self.roles.pop(kind)
             try:
                 group.call("close")
+            except Exception as err:  # a dead member has nothing to close
+                log.warning("closing the %s group: %s", kind, type(err).__name__)
             finally:
                 group.shutdown()
         self.sync = None
@@ -373,7 +392,12 @@ class Controller:
 
 
 def train(cfg: RLFTConfig, show_progress: bool = True) -> dict[str, Any]:
-    summary = Controller(cfg, show_progress).run()
+    """Run a recipe; returns its summary (a finished run's own, when resume=auto finds one)."""
+    try:
+        summary = Controller(cfg, show_progress).run()
+    except RunFinished as done:
+        log.warning("%s", done)
+        summary = done.summary
     if show_progress:
         print_summary(summary)
     return summary

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+from rlft.cluster import resolve_storage
 from rlft.config import RLFTConfig
 from rlft.data.collate import encode_prompt, uses_chat_template
 from rlft.data.models import resolve_dtype
@@ -67,6 +68,7 @@ def eval_metrics(examples, scores: list[float], lengths: list[int]) -> dict[str,
 
 
 def evaluate_checkpoint(cfg: RLFTConfig, checkpoint: str | None, show_progress: bool = True) -> dict[str, Any]:
+    cfg = resolve_storage(cfg)  # the run's own paths, so its warm start is found as the run recorded it
     model, tokenizer = load_for_eval(cfg, checkpoint)
     task = build_task(cfg.task)
     examples = task.split("eval")[: cfg.eval.num_examples]

@@ -8,6 +8,7 @@ calling convention for both. Nothing outside this module knows which mode it is 
 from __future__ import annotations
 
 import logging
+import os
 import socket
 from typing import Any, Sequence
 
@@ -27,9 +28,13 @@ def start(mode: str, *, address: str | None = None, num_cpus: int | None = None)
     if ray.is_initialized():
         return
     if mode == "cluster":
+        # "auto": $RAY_ADDRESS (a `ray job submit` job has it), else the cluster started on this node.
         ray.init(address=address or "auto", log_to_driver=True)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+        # Ray's own services listen on every interface whatever node IP they get (README "Run on a
+        # cluster"); token authentication, on by default for a Ray started here, guards them.
+        # address="local": always a Ray of its own, even when a cluster already runs on this machine
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
 
 
 def stop(mode: str) -> None:
@@ -48,18 +53,94 @@ def collective_group_size(mode: str, requested: int) -> int:
     return requested
 
 
-def free_port() -> int:
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         return sock.getsockname()[1]
 
 
-def node_address(mode: str) -> str:
+def member_gpus(requested: float | None, cluster_gpus: float) -> float:
+    """GPUs one learner rank or generator reserves: as configured, else (None) 1 when the cluster has
+    GPUs and 0 when it has none. Explicit fractions let several members share one GPU."""
+    if requested is not None:
+        return float(requested)
+    return 1.0 if cluster_gpus > 0 else 0.0
+
+
+def cluster_gpus(mode: str) -> float:
+    """GPUs of the Ray cluster (all nodes); inline mode reserves nothing, so 0."""
     if mode == "inline":
-        return "127.0.0.1"
+        return 0.0
     import ray
 
-    return ray.util.get_node_ip_address()
+    return float(ray.cluster_resources().get("GPU", 0.0))
+
+
+def member_resources(num_cpus: float, num_gpus: float, extra: dict[str, float] | None) -> dict[str, float]:
+    """One member's Ray resources as a bundle: CPU, GPU (when any) and custom resources."""
+    return {"CPU": num_cpus, **({"GPU": num_gpus} if num_gpus else {}), **(extra or {})}
+
+
+def check_fits(demands: dict[str, list[dict[str, float]]], total: dict[str, float]) -> None:
+    """Raise when the roles together need more of a resource than the whole cluster has (they would
+    wait forever); `demands` maps a role kind to its members' bundles."""
+    needed: dict[str, float] = {}
+    for bundles in demands.values():
+        for bundle in bundles:
+            for key, value in bundle.items():
+                needed[key] = needed.get(key, 0.0) + value
+    short = {k: (v, total.get(k, 0.0)) for k, v in needed.items() if v > total.get(k, 0.0) + 1e-9}
+    if short:
+        detail = ", ".join(f"{k}: {need:g} needed, {have:g} in the cluster" for k, (need, have) in sorted(short.items()))
+        raise RuntimeError(
+            f"the roles need more than the Ray cluster has ({detail}); lower learner.count / generator.count, or set "
+            "fractions (learner.gpus_per_rank, generator.gpus_per_actor, *.cpus_per_*) so members share devices"
+        )
+
+
+def learner_placement_group(bundles: list[dict[str, float]], strategy: str, timeout_s: float):
+    """A placement group with one bundle per learner rank, ready, or an error that says what is missing."""
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    group = placement_group(bundles, strategy=strategy, name=f"rlft-learners-{os.getpid()}-{id(bundles)}")
+    if not group.wait(timeout_seconds=timeout_s):
+        remove_placement_group(group)
+        raise RuntimeError(
+            f"the learner ranks' placement group ({len(bundles)} x {bundles[0]}, strategy {strategy}) was not ready "
+            f"after {timeout_s:g} s; available: {ray.available_resources()}. Lower learner.count or its resources, "
+            "or pick learner.placement=PACK/SPREAD (the STRICT_ ones need one node / one node per rank)"
+        )
+    return group
+
+
+def _rendezvous_probe(host: str | None) -> tuple[str, int, str]:
+    import ray
+
+    host = host or ray.util.get_node_ip_address()
+    return host, free_port(host), ray.get_runtime_context().get_node_id()
+
+
+def rendezvous(mode: str, placement=None) -> dict[str, Any]:
+    """Address and port of the learners' rendezvous, on the node of learner rank 0 (bundle 0 of the
+    placement group). Local and inline modes: 127.0.0.1, so the ranks connect over loopback."""
+    if mode == "inline" or placement is None:
+        return {"addr": "127.0.0.1", "port": free_port(), "node_id": None}
+    import ray
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    probe = ray.remote(num_cpus=0)(_rendezvous_probe).options(
+        scheduling_strategy=PlacementGroupSchedulingStrategy(placement, placement_group_bundle_index=0))
+    addr, port, node_id = ray.get(probe.remote("127.0.0.1" if mode == "local" else None))
+    return {"addr": addr, "port": port, "node_id": node_id}
+
+
+def _where_am_i(_actor: Any = None) -> dict[str, Any]:
+    import ray
+
+    context = ray.get_runtime_context()
+    return {"node_id": context.get_node_id(), "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
 
 
 class RoleGroup:
@@ -79,20 +160,66 @@ class RoleGroup:
         *,
         num_cpus: float = 1.0,
         num_gpus: float = 0.0,
+        resources: dict[str, float] | None = None,
+        placement=None,
         name: str | None = None,
     ) -> "RoleGroup":
-        """Member i is role_cls(**kwargs_per_member[i]): an object (inline) or a Ray actor."""
+        """Member i is role_cls(**kwargs_per_member[i]): an object (inline) or a Ray actor, which with a
+        placement group runs in its bundle i (the group is removed with the members)."""
         name = name or role_cls.__name__
         if mode == "inline":
             return cls(name, [role_cls(**kwargs) for kwargs in kwargs_per_member], remote=False)
         import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        actor_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus)(role_cls)
-        members = [
-            actor_cls.options(name=f"{name}-{i}-{id(kwargs_per_member)}").remote(**kwargs)
-            for i, kwargs in enumerate(kwargs_per_member)
-        ]
-        return cls(name, members, remote=True)
+        actor_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or None)(role_cls)
+        incarnation = iter(range(1 << 30))
+
+        def spawn(i: int):
+            options: dict[str, Any] = {"name": f"{name}-{i}-{id(kwargs_per_member)}-{next(incarnation)}"}
+            if placement is not None:
+                options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement, placement_group_bundle_index=i)
+            return actor_cls.options(**options).remote(**kwargs_per_member[i])
+
+        group = cls(name, [spawn(i) for i in range(len(kwargs_per_member))], remote=True)
+        group.placement, group._spawn = placement, spawn
+        return group
+
+    placement = None  # the Ray placement group the members run in, if any
+    timeout_s: float | None = None  # how long a call may take before it is an error (remote modes)
+    _spawn = None
+
+    def dead_members(self) -> list[int]:
+        """Members whose actor process has died (remote modes; inline members cannot die alone)."""
+        if not self.remote:
+            return []
+        import ray
+
+        dead = []
+        for i, member in enumerate(self.members):
+            try:
+                ray.get(member.__ray_ready__.remote(), timeout=60)
+            except ray.exceptions.RayActorError:
+                dead.append(i)
+        return dead
+
+    def restart(self, index: int) -> Any:
+        """Replace member `index` by a new actor built from the same arguments (in the same placement
+        bundle) and set it up; returns what its `setup` returned."""
+        import ray
+
+        ray.kill(self.members[index], no_restart=True)
+        self.members[index] = self._spawn(index)
+        return self.call_one(index, "setup")
+
+    def where(self) -> list[dict[str, Any]]:
+        """Per member: the Ray node id and IP it runs on, its pid and GPU ids (inline: this process)."""
+        if not self.remote:
+            return [{"node_id": None, "node_ip": "127.0.0.1", "pid": os.getpid(), "gpu_ids": []} for _ in self.members]
+        import ray
+
+        # __ray_call__ runs a function inside the actor, so role classes need no method for this.
+        return ray.get([m.__ray_call__.remote(_where_am_i) for m in self.members])
 
     def share(self, value: Any) -> Any:
         """Place a value once where every member can fetch it (Ray object store; inline: as is)."""
@@ -105,12 +232,21 @@ class RoleGroup:
     def __len__(self) -> int:
         return len(self.members)
 
-    def _gather(self, pending: list[Any]) -> list[Any]:
+    def _gather(self, pending: list[Any], method: str = "") -> list[Any]:
         if not self.remote:
             return pending
         import ray
 
-        return ray.get(pending)
+        try:
+            return ray.get(pending, timeout=self.timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            from rlft.faults import RoleTimeout, dump_stacks
+
+            dumps = dump_stacks(self)
+            raise RoleTimeout(
+                f"{self.name}.{method or 'call'} did not return within {self.timeout_s:g} s (runtime.call_timeout_s); "
+                + (f"the stacks of its members are in {', '.join(map(str, dumps))}" if dumps else "no stack dumps")
+            ) from None
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:
         """Same arguments to every member; returns their results in member order."""
@@ -123,13 +259,13 @@ class RoleGroup:
         kwargs = kwargs or {}
         if not self.remote:
             return [getattr(m, method)(*a, **kwargs) for m, a in zip(self.members, args_per_member)]
-        return self._gather([getattr(m, method).remote(*a, **kwargs) for m, a in zip(self.members, args_per_member)])
+        return self._gather([getattr(m, method).remote(*a, **kwargs) for m, a in zip(self.members, args_per_member)], method)
 
     def call_one(self, index: int, method: str, *args: Any, **kwargs: Any) -> Any:
         member = self.members[index]
         if not self.remote:
             return getattr(member, method)(*args, **kwargs)
-        return self._gather([getattr(member, method).remote(*args, **kwargs)])[0]
+        return self._gather([getattr(member, method).remote(*args, **kwargs)], method)[0]
 
     def submit_one(self, index: int, method: str, *args: Any, **kwargs: Any) -> Any:
         """Start a call on one member without waiting for it. The handle can be an argument of another
@@ -149,4 +285,9 @@ class RoleGroup:
 
             for member in self.members:
                 ray.kill(member)
+            if self.placement is not None:
+                from ray.util.placement_group import remove_placement_group
+
+                remove_placement_group(self.placement)
+                self.placement = None
         self.members = []

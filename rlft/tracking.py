@@ -40,18 +40,22 @@ def resolve_wandb_mode(requested: str) -> str:
 class Tracker:
     """Writes every logged metric to <run_dir>/metrics.jsonl and to wandb."""
 
-    def __init__(self, run_dir: Path, name: str, config: dict, wandb_mode: str, project: str):
+    def __init__(self, run_dir: Path, name: str, config: dict, wandb_mode: str, project: str,
+                 resume_step: int | None = None, wandb_id: str | None = None):
+        """resume_step: a resumed run continues the metrics (and the wandb run `wandb_id`) after that step."""
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / METRICS_FILE
+        if resume_step is not None:
+            set_aside_rows_after(self.metrics_path, resume_step)
         self._file = self.metrics_path.open("a")
         self.latest: dict[str, float] = {}
         self.wandb_mode = resolve_wandb_mode(wandb_mode)
         self._wandb = None
         if self.wandb_mode != "disabled":
-            self._wandb = self._start_wandb(name, config, project)
+            self._wandb = self._start_wandb(name, config, project, wandb_id)
 
-    def _start_wandb(self, name: str, config: dict, project: str):
+    def _start_wandb(self, name: str, config: dict, project: str, run_id: str | None):
         try:
             import wandb
         except ImportError:
@@ -60,8 +64,12 @@ class Tracker:
         os.environ.setdefault("WANDB_SILENT", "true")
         return wandb.init(
             project=project, name=name, config=config, dir=str(self.run_dir), mode=self.wandb_mode,
-            reinit="finish_previous",
+            reinit="finish_previous", id=run_id, resume="allow" if run_id else None,
         )
+
+    @property
+    def wandb_id(self) -> str | None:
+        return self._wandb.id if self._wandb is not None else None
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -83,6 +91,23 @@ class Tracker:
     def wandb_dir(self) -> Path | None:
         found = sorted((self.run_dir / "wandb").glob("*run-*"))
         return found[-1] if found else None
+
+
+def set_aside_rows_after(path: Path, step: int) -> None:
+    """Keep the rows up to `step` in `path`; later ones (logged after the checkpoint a run resumes
+    from; the resumed run logs those steps again) move to metrics.after_step_<step>.jsonl."""
+    if not path.is_file():
+        return
+    kept, later = [], []
+    for line in path.read_text().splitlines():
+        if line.strip():
+            (later if json.loads(line)["step"] > step else kept).append(line)
+    if later:
+        aside = path.with_name(f"metrics.after_step_{step}.jsonl")
+        with aside.open("a") as f:
+            f.write("\n".join(later) + "\n")
+        log.info("%d metric rows logged after step %d moved to %s", len(later), step, aside)
+    path.write_text("".join(line + "\n" for line in kept))
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, float]]:

@@ -11,6 +11,7 @@ from rlft.algorithms import ALGORITHMS
 from rlft.algorithms.gppo import GPPOConfig
 from rlft.config import RLFTConfig, config_from_dict
 from rlft.data.collate import encode_prompt
+from rlft.roles.learner import LearnerActor
 from rlft.types import Rollout, Score
 
 
@@ -28,7 +29,9 @@ def tiny_config(tmp_path, name: str = "t", **sections) -> RLFTConfig:
         "tracking": {"wandb": "disabled", "plots": False},
     }
     for section, values in sections.items():
-        if section in ("task", "algorithm") and values.get("name", raw[section]["name"]) != raw[section]["name"]:
+        if not isinstance(values, dict):  # a top-level value (e.g. resume="auto")
+            raw[section] = values
+        elif section in ("task", "algorithm") and values.get("name", raw[section]["name"]) != raw[section]["name"]:
             raw[section] = dict(values)  # another task or algorithm: its own keys only
         else:
             raw.setdefault(section, {}).update(values)
@@ -48,7 +51,10 @@ RL = dict(
 def rl_config(tmp_path, name: str, **over) -> RLFTConfig:
     sections = {k: dict(v) for k, v in RL.items()}
     for key, values in over.items():
-        sections.setdefault(key, {}).update(values)
+        if isinstance(values, dict):
+            sections.setdefault(key, {}).update(values)
+        else:
+            sections[key] = values
     return tiny_config(tmp_path, name, **sections)
 
 
@@ -136,3 +142,16 @@ def two_source_steps(cfg):
         return outs, ctl.learners.call_one(0, "trainable_state")
     finally:
         ctl.close()
+
+
+
+class StuckLearner(LearnerActor):
+    """A learner rank whose second optimizer step never returns (a hang, for the timeout test);
+    importable by Ray workers from here."""
+
+    def train_step(self, micro_batches, counts):
+        if counts.step >= 1:
+            import time
+
+            time.sleep(3600)
+        return super().train_step(micro_batches, counts)

@@ -74,7 +74,7 @@ class FakeLearner:
             self.table.grad = None
         return {**totals, "lr": self.cfg.train.lr}
 
-    def export_weights(self, version):
+    def export_weights(self, version, everything=False):
         CALLS.append(("learner", "export_weights"))
         return FakePayload(version, fingerprint=f"fp-{version}")
 

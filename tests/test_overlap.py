@@ -18,6 +18,9 @@ class RecordingSource:
     def __init__(self, source, controller):
         self.source, self.controller, self.calls = source, controller, []
 
+    def __getattr__(self, name):  # the rest of the source interface (state, load_state)
+        return getattr(self.source, name)
+
     def next_batch(self, iteration, policy_version):
         loaded = self.controller.roles["generator"].members[0].version
         items, metrics = self.source.next_batch(iteration, policy_version)

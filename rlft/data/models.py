@@ -122,7 +122,7 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", "./", "../", "~")) or name in (".", "..")
 
 
-def _hub(name: str) -> Path:
+def _hub(name: str, cache_dir: Path | None = None) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
@@ -136,7 +136,7 @@ def _hub(name: str) -> Path:
             f"is off (HF_HUB_OFFLINE is set): give a local HF folder or one of {sorted(KNOWN_MODELS)}"
         )
     try:
-        return Path(snapshot_download(repo_id=name))
+        return Path(snapshot_download(repo_id=name, cache_dir=cache_dir))
     except Exception as err:  # network, auth or missing repo: say which model it was
         raise RuntimeError(f"could not download model {name!r} from the hub: {err}") from err
 
@@ -167,4 +167,5 @@ def resolve_model(cfg: ModelConfig) -> Path:
         if not path.is_dir():
             raise FileNotFoundError(f"model folder {path} does not exist")
         return _local_folder(path.resolve())
-    return _hub(cfg.name)
+    # An explicit cache_dir (cluster mode sets one on shared storage) holds hub downloads too.
+    return _hub(cfg.name, cache_root(cfg) / "hub" if cfg.cache_dir else None)

@@ -38,3 +38,7 @@ class EpochSampler:
 
     def state(self) -> dict[str, int]:
         return {"epoch": self.epoch, "position": self.position}
+
+    def load_state(self, state: dict[str, int]) -> None:
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._order = self._permutation(self.epoch)

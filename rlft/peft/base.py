@@ -57,6 +57,44 @@ class PeftMethod:
     def save(self, model: torch.nn.Module, tokenizer, out_dir: Path) -> Path:
         raise NotImplementedError
 
+    # ----------------------------------------------------------------- exact resume
+    def resume_tensors(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
+        """Every tensor of `model` that training changes (what a resumed run must load back):
+        the trainable parameters, unless the method also changes frozen ones or buffers."""
+        return {name: p.detach() for name, p in model.named_parameters() if p.requires_grad}
+
+    def load_resume_tensors(self, model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+        """Write `resume_tensors` back: parameters in place (DeepSpeed's flat buffers view them),
+        buffers replaced (their size may have changed since `wrap`)."""
+        expected = self.resume_tensors(model)
+        missing = sorted(set(expected) - set(tensors))
+        if missing:
+            raise KeyError(f"the checkpoint lacks {len(missing)} tensors of the {self.name} policy, e.g. {missing[0]}")
+        for name, value in tensors.items():
+            owner, _, attr = name.rpartition(".")
+            module = model.get_submodule(owner)
+            if attr in module._parameters:
+                target = module._parameters[attr]
+                if target.shape != value.shape:
+                    raise ValueError(f"{name}: checkpoint shape {tuple(value.shape)}, model {tuple(target.shape)}")
+                with torch.no_grad():
+                    target.copy_(value)
+            elif attr in module._buffers:
+                module._buffers[attr] = value.to(module._buffers[attr].device)
+            else:
+                raise KeyError(f"{name}: no such parameter or buffer in the {self.name} policy")
+
+    def state(self) -> dict:
+        """The method's own counters (JSON), for resume."""
+        return {}
+
+    def load_state(self, state: dict) -> None:
+        pass
+
+    def mark_all_changed(self, model: torch.nn.Module) -> None:
+        """Make the next `export` carry every change since the base model, not only those since the
+        last export (a generator that restarts, or a resumed run, starts from the base)."""
+
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""

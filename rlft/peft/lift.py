@@ -137,6 +137,25 @@ class LIFT(PartialLinearMethod):
         log.info("LIFT mask refresh at step %d: %.1f%% of the trained entries kept", self.steps, 100 * kept / max(1, total))
         return {"peft/mask_refreshes": 1.0}
 
+    def state(self):
+        return {"steps": self.steps}
+
+    def load_state(self, state):
+        self.steps = state["steps"]
+
+    def resume_tensors(self, model):
+        """The trained values, and what a refresh changes: the base (folded values), the mask and
+        every entry ever trained with its original value."""
+        tensors = super().resume_tensors(model)
+        for name, layer in partial_linears(model).items():
+            for attr in ("weight", "index", "original_index", "original_values"):
+                tensors[f"{name}.{attr}"] = getattr(layer, attr).detach()
+        return tensors
+
+    def mark_all_changed(self, model):
+        for layer in partial_linears(model).values():
+            layer.pending = torch.unique(layer.original_index)  # every entry ever trained (the mask among them)
+
     def export(self, model, version):
         updates = {f"{name}.weight": layer.take_pending() for name, layer in partial_linears(model).items()}
         return SparsePayload.build(version, updates)

@@ -104,9 +104,10 @@ class GeneratorActor:
 
     # ----------------------------------------------------------------- weights
     def load_weights(self, payload) -> str:
-        """Apply payload `payload.version` (replacing the previous one); return the loaded fingerprint."""
-        if payload.version <= self.version:
-            raise ValueError(f"generator {self.index}: version {payload.version} is not newer than {self.version}")
+        """Apply payload `payload.version` (replacing the previous one; the same version again is a
+        re-send after a restart or resume); return the loaded fingerprint."""
+        if payload.version < self.version:
+            raise ValueError(f"generator {self.index}: version {payload.version} is older than {self.version}")
         if payload.kind == "lora" and not self.lora_rank:
             raise RuntimeError(f"generator {self.index} was started without LoRA support")
         seen = payload.apply(self.llm, self.weights)

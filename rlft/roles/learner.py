@@ -69,6 +69,22 @@ def deepspeed_config(cfg, world_size: int, grad_accum: int, dtype: torch.dtype) 
     }
 
 
+class SkippingAdamW(torch.optim.AdamW):
+    """AdamW that skips a step whose gradients are not finite. DeepSpeed's ZeRO and 16-bit
+    optimizers skip such steps themselves; at ZeRO stage 0 in float32 the engine steps the torch
+    optimizer directly. `overflow` is what the engine reads: a skipped step leaves the LR schedule
+    where it is and counts in `engine.skipped_steps`."""
+
+    overflow = False
+
+    def step(self, closure=None):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        self.overflow = bool(grads) and not bool(torch.stack([g.isfinite().all() for g in grads]).all())
+        if self.overflow:
+            return None
+        return super().step(closure)
+
+
 class _Policy:
     """The PolicyModel view an algorithm gets of this learner's model."""
 
@@ -132,7 +148,27 @@ class LearnerActor:
             WORLD_SIZE=str(self.world_size),
             LOCAL_WORLD_SIZE=str(self.world_size),
         )
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+        dist.init_process_group(backend, store=self._rendezvous_store(), rank=self.rank, world_size=self.world_size)
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)  # adopts the group
+
+    def _rendezvous_store(self):
+        """The ranks' key-value store. Rank 0 serves it on a socket bound to the rendezvous address
+        only (127.0.0.1 on one machine; torch's own server would listen on every interface)."""
+        import datetime
+        import socket
+
+        import torch.distributed as dist
+
+        addr, port = self.master
+        timeout = datetime.timedelta(minutes=10)
+        if self.rank != 0:
+            return dist.TCPStore(addr, port, self.world_size, False, timeout)
+        self._store_socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._store_socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._store_socket.bind((addr, port))
+        self._store_socket.listen(128)
+        return dist.TCPStore(addr, port, self.world_size, True, timeout, master_listen_fd=self._store_socket.fileno(),
+                             use_libuv=False)
 
     def _load_model(self) -> torch.nn.Module:
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -156,7 +192,7 @@ class LearnerActor:
         model = self._load_model()
         params = [p for p in model.parameters() if p.requires_grad]
         train = self.cfg.train
-        optimizer = torch.optim.AdamW(params, lr=train.lr, betas=tuple(train.betas), weight_decay=train.weight_decay)
+        optimizer = SkippingAdamW(params, lr=train.lr, betas=tuple(train.betas), weight_decay=train.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(train.warmup_steps, train.steps, train.schedule)
         )
@@ -187,6 +223,7 @@ class LearnerActor:
             raise ValueError(f"rank {self.rank}: got {len(micro_batches)} micro-batches, expected {self.grad_accum}")
         self.engine.train()
         totals: dict[str, float] = {"loss": 0.0}
+        skipped_before = self.engine.skipped_steps
         for batch in micro_batches:
             loss, metrics = self.spec.micro_batch_loss(self.policy, self._to_device(batch), self.cfg.algorithm, counts)
             # DeepSpeed averages over ranks; the world-size factor turns that into the sum.
@@ -198,6 +235,9 @@ class LearnerActor:
         changes = self.peft.after_step(self.engine.module, self.engine.optimizer)
         if self.rank == 0:
             totals.update(changes)
+        # non-finite gradients (a NaN or inf loss on any rank: the gradients are averaged over ranks
+        # before the check) skip the update on every rank alike
+        totals["skipped_steps"] = float(self.engine.skipped_steps - skipped_before)
         grad_norm = self.engine.get_global_grad_norm()
         totals["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         totals["lr"] = float(self.engine.get_lr()[0])
@@ -219,10 +259,13 @@ class LearnerActor:
                 logits = self.engine.module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         return token_logprobs(logits, batch["labels"])[0].cpu()
 
-    def export_weights(self, version: int):
-        """Rank 0: what generators need after an update, as a versioned payload (rlft.sync)."""
+    def export_weights(self, version: int, everything: bool = False):
+        """Rank 0: what generators need after an update, as a versioned payload (rlft.sync).
+        everything: every change since the base model (for generators that start from the base)."""
         if self.rank != 0:
             return None
+        if everything:
+            self.peft.mark_all_changed(self.engine.module)
         if self.cfg.sync.weights == "merged":
             return self.peft.export_merged(self.engine.module, version)
         return self.peft.export(self.engine.module, version)
@@ -233,6 +276,17 @@ class LearnerActor:
             return None
         self.peft.save(self.engine.module, self.tokenizer, Path(out_dir))
         return out_dir
+
+    def save_state(self, folder: str) -> None:
+        """Every rank: what exact resume needs (rlft.roles.learner_state)."""
+        from rlft.roles.learner_state import save_rank_state
+
+        save_rank_state(self.engine, self.peft, self.rank, self.world_size, self.cfg.learner.zero_stage, Path(folder))
+
+    def load_state(self, folder: str) -> None:
+        from rlft.roles.learner_state import load_rank_state
+
+        load_rank_state(self.engine, self.peft, self.rank, self.world_size, self.cfg.learner.zero_stage, Path(folder))
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Copies of the trainable parameters (for invariance checks and tests)."""

@@ -1,7 +1,9 @@
 """Data sources: where an algorithm's training items come from (`AlgorithmSpec.source`).
 
 A source is built once per run from a `SourceContext` and hands the controller one batch of
-items per iteration (`next_batch`), with the metrics of making it. Registered by name:
+items per iteration (`next_batch`), with the metrics of making it; `state()` / `load_state()`
+(JSON) say where it is in its data, for exact resume and for generating a lost batch again.
+Registered by name:
 
   dataset   examples of the task's train split, in a seeded epoch order (SFT)
   rollouts  prompts from the train split, sampled by the generator roles and scored by the
@@ -55,3 +57,16 @@ class SourceContext:
         """Training rows one source batch must yield: batch_size per optimizer step x mini-batches."""
         mini_batches, _ = self.spec.passes(self.cfg)
         return self.cfg.train.batch_size * mini_batches
+
+
+class SampledSource:
+    """A source that draws its items in an `EpochSampler` order: the sampler's state is the
+    source's (what a resumed run needs to draw the same next batch)."""
+
+    sampler: Any
+
+    def state(self) -> dict[str, int]:
+        return self.sampler.state()
+
+    def load_state(self, state: dict[str, int]) -> None:
+        self.sampler.load_state(state)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from rlft.data.sampler import EpochSampler
-from rlft.sources import SourceContext
+from rlft.sources import SampledSource, SourceContext
 
 
-class DatasetSource:
+class DatasetSource(SampledSource):
     def __init__(self, ctx: SourceContext):
         self.ctx = ctx
         self.sampler = EpochSampler(len(ctx.train_examples), ctx.cfg.run.seed)

@@ -13,7 +13,7 @@ import os
 
 from rlft.data.jsonl import DataError, RankedList, read_ranked_lists
 from rlft.data.sampler import EpochSampler
-from rlft.sources import SourceContext
+from rlft.sources import SampledSource, SourceContext
 
 
 def read_lists(path: str | os.PathLike, max_size: int) -> list[RankedList]:
@@ -25,7 +25,7 @@ def read_lists(path: str | os.PathLike, max_size: int) -> list[RankedList]:
     return lists
 
 
-class ListSource:
+class ListSource(SampledSource):
     def __init__(self, ctx: SourceContext):
         self.ctx = ctx
         size = ctx.spec.samples_per_prompt(ctx.cfg)

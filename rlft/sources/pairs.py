@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from rlft.data.jsonl import PreferencePair, read_preference_pairs
 from rlft.data.sampler import EpochSampler
-from rlft.sources import SourceContext
+from rlft.sources import SampledSource, SourceContext
 
 
-class PairSource:
+class PairSource(SampledSource):
     def __init__(self, ctx: SourceContext):
         self.ctx = ctx
         self.pairs = read_preference_pairs(ctx.cfg.algorithm.path)

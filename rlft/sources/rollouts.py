@@ -12,7 +12,7 @@ from rlft.data.collate import encode_prompt
 from rlft.data.sampler import EpochSampler
 from rlft.data.steps import completion_steps
 from rlft.modes import mode_metrics
-from rlft.sources import SourceContext
+from rlft.sources import SampledSource, SourceContext
 from rlft.types import Rollout
 
 
@@ -78,7 +78,7 @@ def reward_metrics(rollouts: list[Rollout], task_name: str, prefix: str = "rewar
     return metrics
 
 
-class RolloutSource:
+class RolloutSource(SampledSource):
     def __init__(self, ctx: SourceContext):
         self.ctx = ctx
         self.sampler = EpochSampler(len(ctx.train_examples), ctx.cfg.run.seed)

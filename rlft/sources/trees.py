@@ -20,7 +20,7 @@ import time
 from rlft.data.collate import encode_prompt
 from rlft.data.sampler import EpochSampler
 from rlft.data.steps import completion_steps, segment_steps
-from rlft.sources import SourceContext
+from rlft.sources import SampledSource, SourceContext
 from rlft.sources.rollouts import reward_metrics, sample, score
 from rlft.types import Rollout
 
@@ -43,7 +43,7 @@ def leaf(root: Rollout, cut: int, continuation: dict, tokenizer, delimiter: str)
                    temperature=root.temperature)
 
 
-class TreeSource:
+class TreeSource(SampledSource):
     def __init__(self, ctx: SourceContext):
         self.ctx = ctx
         self.sampler = EpochSampler(len(ctx.train_examples), ctx.cfg.run.seed)

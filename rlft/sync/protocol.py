@@ -51,9 +51,22 @@ class WeightSync:
 
     def publish(self) -> dict[str, float]:
         """Export the next version, ship it to every generator, verify; probe parity when due."""
+        return self._ship(self.version + 1, everything=False)
+
+    def resync(self) -> dict[str, float]:
+        """Ship the current version again, with every change since the base model, for generators
+        that start from the base (a resumed run's, a restarted one); verified and probed."""
+        if self.version == 0:
+            return {}
+        metrics = self._ship(self.version, everything=True)
+        if "sync/parity_max_abs_diff" not in metrics and self.cfg.parity_every:
+            metrics.update(self.check_parity())
+        return metrics
+
+    def _ship(self, version: int, everything: bool) -> dict[str, float]:
         t0 = time.time()
         # the generators start loading as soon as the export is done, the payload never passing the driver first
-        exported = self.learners.submit_one(0, "export_weights", self.version + 1)
+        exported = self.learners.submit_one(0, "export_weights", version, everything)
         loaded = self.generators.call("load_weights", exported)
         payload = self.learners.result(exported)
         for index, seen in enumerate(loaded):

@@ -39,7 +39,7 @@ class WeightSyncExtension:
             manager.remove_oldest_adapter()
         if not manager.add_adapter(lora):
             raise RuntimeError(f"vLLM refused LoRA adapter {lora_id}")
-        if replaces is not None:
+        if replaces is not None and replaces != lora_id:  # the same id again: a re-send, already replaced
             manager.remove_adapter(replaces)
         return received
 

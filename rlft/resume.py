@@ -1,0 +1,171 @@
+"""Exact resume: which checkpoint a run continues from, and stopping cleanly on SIGTERM.
+
+`resume=auto` continues the newest run of the recipe's name (`<output_dir>/<name>` or its newest
+`-N` sibling) from its newest complete step checkpoint (rlft.checkpoints); with no checkpoint it
+starts a new run, and a run that finished is left alone. `resume=<folder>` names the checkpoint.
+The resumed run must be the same recipe: any difference outside `runtime`, `tracking`, the run
+folder's name and place, and `resume` is refused, naming the keys (a different batch size or
+learning rate would not continue the same run).
+
+A SIGTERM (a cluster preempting the job, `ray job stop`, `kill`) lets the current iteration end,
+writes a step checkpoint, and stops the run with a message that says how to continue it. A
+second SIGTERM kills as usual.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rlft.checkpoints import (COMPLETE, FINISHED, RESUME_DIR, STATE_FILE, ResumeError, commit, find_resume_point,
+                              partial_dir, prune, read_state, write_state)
+
+log = logging.getLogger(__name__)
+
+# Config keys (and sections) a resumed run may change: where and how it runs, not what it trains.
+MAY_DIFFER = ("runtime.", "tracking.", "resume", "run.name", "run.output_dir", "run.if_exists")
+
+
+class RunFinished(Exception):
+    """resume=auto found that the newest run of this name finished; nothing to do."""
+
+    def __init__(self, run_dir: Path, summary: dict[str, Any]):
+        super().__init__(f"{run_dir} finished; nothing to resume (start a new run with resume=never)")
+        self.run_dir, self.summary = run_dir, summary
+
+
+class RunStopped(Exception):
+    """The run stopped on a signal after writing a checkpoint it can resume from."""
+
+
+@dataclass
+class ResumePoint:
+    run_dir: Path
+    checkpoint: Path
+    state: dict[str, Any]           # the controller's state (rlft.checkpoints.write_state)
+    next_batch: tuple[list, dict] | None
+
+    @property
+    def learner_state(self) -> Path:
+        return self.checkpoint / RESUME_DIR
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(tree, dict):
+        out = {}
+        for key, value in tree.items():
+            out.update(_flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: tree}
+
+
+def config_differences(saved_yaml: str, current: dict) -> list[str]:
+    """Dotted keys whose values differ between the saved run's config and this one (sections that
+    may differ left out)."""
+    saved, now = _flatten(yaml.safe_load(saved_yaml) or {}), _flatten(current)
+    keys = sorted(set(saved) | set(now))
+    return [k for k in keys if not any(k == m or (m.endswith(".") and k.startswith(m)) for m in MAY_DIFFER)
+            and saved.get(k, "<unset>") != now.get(k, "<unset>")]
+
+
+def resume_point(cfg) -> ResumePoint | None:
+    """What this run continues from (None: a new run). Raises RunFinished for a finished run."""
+    if cfg.resume == "never":
+        return None
+    if cfg.resume == "auto":
+        run_dir, checkpoint, finished = find_resume_point(cfg.run_dir)
+        if finished:
+            raise RunFinished(run_dir, json.loads((run_dir / FINISHED).read_text()))
+        if checkpoint is None:
+            log.warning("resume=auto: %s has no complete step checkpoint; starting a new run", run_dir)
+            return None
+    else:
+        checkpoint = Path(cfg.resume).resolve()
+        if not (checkpoint / COMPLETE).is_file() or not (checkpoint / RESUME_DIR / STATE_FILE).is_file():
+            raise ResumeError(f"resume={cfg.resume}: not a complete step checkpoint (it needs {COMPLETE} and "
+                              f"{RESUME_DIR}/{STATE_FILE}; the final checkpoint holds only the weights)")
+        run_dir = checkpoint.parent.parent
+    from rlft.config import dump_config
+
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        differ = config_differences(saved.read_text(), yaml.safe_load(dump_config(cfg)))
+        if differ:
+            raise ResumeError(f"cannot resume {run_dir} with another recipe: {', '.join(differ[:8])}"
+                              f"{' ...' if len(differ) > 8 else ''} differ from its config.yaml (only "
+                              f"{', '.join(MAY_DIFFER)} may change)")
+    state, next_batch = read_state(checkpoint / RESUME_DIR)
+    log.info("resuming %s from %s (step %d, policy version %d)", run_dir, checkpoint.name, state["step"],
+             state["policy_version"])
+    return ResumePoint(run_dir, checkpoint, state, next_batch)
+
+
+class StopOnSignal:
+    """While active, SIGTERM sets `requested` (the loop checkpoints and stops after its iteration)
+    instead of killing the process; a second SIGTERM kills. Only the main thread can install it."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> "StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        log.warning("SIGTERM: stopping after this iteration with a checkpoint (send it again to kill now)")
+        self.requested = True
+        signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._previous = None
+
+
+class ResumableRun:
+    """Mixed into the Controller: writing step checkpoints and loading one into fresh roles."""
+
+    def checkpoint(self, tag: str, iteration: int | None = None) -> Path:
+        """The policy as users load it; with `iteration`, also everything exact resume needs.
+        Written aside and renamed into place when complete; old step checkpoints pruned."""
+        written = partial_dir(self.run_dir, tag)
+        self.learners.call("save", str(written))
+        if iteration is not None:
+            self.learners.call("save_state", str(written / RESUME_DIR))
+            write_state(written / RESUME_DIR, self.resume_state(iteration),
+                        self._next_batch.result() if self._next_batch is not None else None)
+        out = commit(self.run_dir, tag, written)
+        for folder in prune(self.run_dir, self.cfg.train.keep_checkpoints):
+            log.info("removed %s (train.keep_checkpoints=%d)", folder, self.cfg.train.keep_checkpoints)
+        return out
+
+    def resume_state(self, iteration: int) -> dict[str, Any]:
+        return {"iteration": iteration, "step": self.optimizer_steps_taken, "policy_version": self.policy_version,
+                "samples_seen": self.samples_seen, "source": self.source.state(), "start_eval": self.start_eval,
+                "initial": self.initial, "skipped_steps": self.skipped_steps,
+                "wandb_id": self.tracker.wandb_id if self.tracker else None}
+
+    def restore(self, point: ResumePoint) -> None:
+        """Load a step checkpoint into the freshly started roles; generators get its policy."""
+        state = point.state
+        self.learners.call("load_state", str(point.learner_state))
+        self.source.load_state(state["source"])
+        self.optimizer_steps_taken, self.samples_seen = state["step"], state["samples_seen"]
+        self.start_eval, self.initial, self.skipped_steps = state["start_eval"], state["initial"], state["skipped_steps"]
+        if point.next_batch is not None:  # generated ahead before the stop: trained on next, as it would have been
+            self._next_batch = Future()
+            self._next_batch.set_result(point.next_batch)
+        if self.sync is not None:
+            self.sync.version = state["policy_version"]
+            found = self.sync.resync()
+            log.info("generators run the resumed policy (version %d): %s", self.sync.version, found)
