@@ -130,6 +130,7 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
                                cfg.tracking.project, resume_step=state.get("step"), wandb_id=state.get("wandb_id"))
         num_cpus = cfg.runtime.num_cpus or max(os.cpu_count() or 1, math.ceil(self.required_cpus()))
         runtime.start(cfg.runtime.mode, address=cfg.runtime.ray_address, num_cpus=num_cpus)
+        self.stop.install()  # ray.init replaced the SIGTERM handler
         self.placement_check()
         self.roles["learner"] = self._start_learners()
         for kind in self.spec.roles:

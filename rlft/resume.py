@@ -110,26 +110,35 @@ def resume_point(cfg) -> ResumePoint | None:
 
 class StopOnSignal:
     """While active, SIGTERM sets `requested` (the loop checkpoints and stops after its iteration)
-    instead of killing the process; a second SIGTERM kills. Only the main thread can install it."""
+    instead of killing the process; a second SIGTERM kills. Only the main thread can install it, and
+    it is installed again after Ray starts (ray.init puts its own SIGTERM handler in place)."""
+
+    _unset = object()
 
     def __init__(self):
         self.requested = False
-        self._previous = None
+        self._previous: Any = self._unset  # the handler before the first install
 
-    def __enter__(self) -> "StopOnSignal":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, self._handle)
-        return self
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        previous = signal.signal(signal.SIGTERM, self._handle)
+        if self._previous is self._unset:  # None: a handler set outside Python; the default stands in
+            self._previous = previous if previous is not None else signal.SIG_DFL
 
     def _handle(self, signum, frame) -> None:
         log.warning("SIGTERM: stopping after this iteration with a checkpoint (send it again to kill now)")
         self.requested = True
-        signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, self._previous)
+
+    def __enter__(self) -> "StopOnSignal":
+        self.install()
+        return self
 
     def __exit__(self, *exc) -> None:
-        if self._previous is not None:
+        if self._previous is not self._unset:
             signal.signal(signal.SIGTERM, self._previous)
-            self._previous = None
+            self._previous = self._unset
 
 
 class ResumableRun:

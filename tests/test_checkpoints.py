@@ -144,10 +144,15 @@ def test_skipping_adamw_leaves_weights_and_moments_alone_on_nan():
     assert not opt.overflow and not torch.equal(weight.detach(), after_one)
 
 
-def test_sigterm_is_deferred_once():
+def test_sigterm_is_deferred_once_and_the_handler_restored():
+    before = signal.getsignal(signal.SIGTERM)
     with StopOnSignal() as stop:
+        assert signal.getsignal(signal.SIGTERM) == stop._handle
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # something else (ray.init) takes SIGTERM over
+        stop.install()
+        assert signal.getsignal(signal.SIGTERM) == stop._handle
         os.kill(os.getpid(), signal.SIGTERM)
         assert stop.requested
-        # the second one would kill: the handler is the previous one again
-        assert signal.getsignal(signal.SIGTERM) is not stop._handle
-    assert signal.getsignal(signal.SIGTERM) is not stop._handle
+        # the second one would kill: the handler from before the first install is back
+        assert signal.getsignal(signal.SIGTERM) == before
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -127,10 +127,12 @@ def test_local_mode_resume_with_two_zero2_ranks_is_exact(tmp_path):
 
 
 def test_sigterm_then_resume_auto(tmp_path):
-    """The command line: SIGTERM mid-run stops with a checkpoint and exit status 143; the same
-    command with resume=auto finishes with the weights of an uninterrupted run."""
+    """The command line in local mode (ray.init installs its own SIGTERM handler; rlft's must win):
+    SIGTERM mid-run stops with a checkpoint and exit status 143; the same command with resume=auto
+    finishes with the weights of an uninterrupted run."""
     recipe = tmp_path / "recipe.yaml"
-    cfg = tiny_config(tmp_path, "cli", train={"steps": 40, "grad_clip": 1.0}, eval={"num_examples": 0})
+    local = {"mode": "local", "num_cpus": 2}
+    cfg = tiny_config(tmp_path, "cli", runtime=local, train={"steps": 40, "grad_clip": 1.0}, eval={"num_examples": 0})
     from rlft.config import dump_config
     recipe.write_text(dump_config(cfg))
     env = {**os.environ, "WANDB_MODE": "offline"}
@@ -148,7 +150,7 @@ def test_sigterm_then_resume_auto(tmp_path):
     assert "resume=auto" in err
     done = subprocess.run(command + ["resume=auto"], env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    whole = Controller(tiny_config(tmp_path, "cli-whole", train={"steps": 40, "grad_clip": 1.0},
+    whole = Controller(tiny_config(tmp_path, "cli-whole", runtime=local, train={"steps": 40, "grad_clip": 1.0},
                                    eval={"num_examples": 0}), show_progress=False).run()
     assert_same_run(Path(whole["run_dir"]), cfg.run_dir)
 
