@@ -51,6 +51,7 @@ def prepare_run_dir(run_dir: Path, if_exists: str, config_yaml: str) -> Path:
     folder = choose_run_dir(run_dir, if_exists)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.jsonl").unlink(missing_ok=True)  # only ever non-empty with overwrite
+    (folder / "finished.json").unlink(missing_ok=True)  # (rlft.checkpoints.FINISHED) this run has not
     (folder / "config.yaml").write_text(config_yaml)
     return folder
 

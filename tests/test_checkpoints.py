@@ -156,3 +156,13 @@ def test_sigterm_is_deferred_once_and_the_handler_restored():
         # the second one would kill: the handler from before the first install is back
         assert signal.getsignal(signal.SIGTERM) == before
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_overwrite_forgets_that_the_old_run_finished(tmp_path):
+    from rlft.runs import prepare_run_dir
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / FINISHED).write_text("{}")
+    assert prepare_run_dir(run, "overwrite", "a: 1\n") == run
+    assert not (run / FINISHED).exists()  # else resume=auto would take the new run for finished
