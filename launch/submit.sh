@@ -6,6 +6,8 @@
 #                  (run folders and the model cache go there; or pass runtime.storage=... yourself)
 #   RLFT_PYTHON    the Python on the cluster's nodes that has rlft's dependencies (default: python)
 #   RLFT_JOB_ID    the job's submission id (default: rlft-<recipe>-<time>)
+#   RLFT_STOP_WAIT_S  seconds `ray job stop` waits after its SIGTERM before it kills (default 300),
+#                  so the run can write its step checkpoint
 #
 # The job's working directory is this checkout (without .venv, runs, .git, caches, bench/results);
 # Ray copies it to every node, so the nodes run this code. WANDB_*, HF_* and RLFT_CACHE variables that
@@ -31,11 +33,15 @@ runtime_env=$(python3 - <<'PY'
 import json, os
 passed = ("WANDB_MODE", "WANDB_API_KEY", "WANDB_PROJECT", "WANDB_ENTITY", "HF_TOKEN", "HF_HUB_OFFLINE",
           "TRANSFORMERS_OFFLINE", "RLFT_CACHE")
+env = {k: os.environ[k] for k in passed if os.environ.get(k)}
+# `ray job stop` sends SIGTERM, then SIGKILL after this many seconds (Ray's default: 3): room for
+# the run to finish its iteration and write its checkpoint
+env["RAY_JOB_STOP_WAIT_TIME_S"] = os.environ.get("RLFT_STOP_WAIT_S", "300")
 print(json.dumps({
     "working_dir": ".",
     "excludes": [".venv", "runs", ".git", "**/__pycache__", ".pytest_cache", "build", "*.egg-info",
                  "bench/results", "wandb"],
-    "env_vars": {k: os.environ[k] for k in passed if os.environ.get(k)},
+    "env_vars": env,
 }))
 PY
 )

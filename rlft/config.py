@@ -208,8 +208,8 @@ class TrainConfig(Section):
         None, ge=1, description="Keep only the newest N step checkpoints (None: keep every one; the final one is always kept)."
     )
     max_skipped_steps: int = Field(
-        3, ge=1, description="Stop the run after this many optimizer steps in a row skipped for a NaN or inf loss "
-        "or gradient (each skipped step is counted in train/skipped_steps)."
+        3, ge=1, description="Optimizer steps in a row that may be skipped for a NaN or inf loss or gradient; one "
+        "more stops the run (each skipped step is counted in train/skipped_steps)."
     )
     log_every: int = Field(1, ge=1, description="Log train metrics every N optimizer steps.")
 

@@ -305,7 +305,10 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
             with self.stop:
                 self.setup()
                 return self.loop()
-        except (RunFinished, RunStopped):
+        except RunStopped as stopped:
+            log.warning("%s", stopped)  # the run folder says why it stopped and how to continue
+            raise
+        except RunFinished:
             raise
         except Exception as err:
             failed = self.explain_learner_death(err)

@@ -129,9 +129,22 @@ def _ray(*args: str, env: dict, timeout: float = 60) -> subprocess.CompletedProc
     return subprocess.run([str(REPO / ".venv/bin/ray"), *args], env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def _job_status(job_id: str, env: dict, timeout: float = 300) -> str:
+    """The job's final status line, lower-cased, once it succeeded, failed or stopped."""
+    deadline = time.time() + timeout
+    while True:
+        found = _ray("job", "status", job_id, env=env)
+        status = (found.stdout + found.stderr).lower()  # the CLI logs "job 'ID' succeeded" (or failed, stopped)
+        if any(word in status for word in ("succeeded", "failed", "stopped")):
+            return status
+        assert time.time() < deadline, f"job {job_id} still running after {timeout:g} s"
+        time.sleep(3)
+
+
 def test_submit_sh_runs_a_recipe_as_a_ray_job(tmp_path):
     """A head with token authentication (its own token, given to every client through the environment),
-    a tiny GPPO recipe submitted with launch/submit.sh, followed to success with `ray job status`."""
+    a tiny GPPO recipe submitted with launch/submit.sh, followed to success with `ray job status`;
+    then a longer one stopped with `ray job stop` and continued with resume=auto."""
     temp_dir = tempfile.mkdtemp(prefix="rlft-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = {**os.environ, "PATH": f"{REPO / '.venv/bin'}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN": secrets.token_hex(32)}
@@ -155,15 +168,32 @@ def test_submit_sh_runs_a_recipe_as_a_ray_job(tmp_path):
             env={**env, "RLFT_STORAGE": str(storage), "RLFT_JOB_ID": "rlft-test-job", "RLFT_PYTHON": sys.executable})
         assert out.returncode == 0, out.stdout + out.stderr
         assert "ray job logs -f rlft-test-job" in out.stdout and "ray job stop rlft-test-job" in out.stdout
-        deadline = time.time() + 300
-        while True:
-            found = _ray("job", "status", "rlft-test-job", env=env)
-            status = (found.stdout + found.stderr).lower()  # the CLI logs "job 'ID' succeeded" (or failed, stopped)
-            if any(word in status for word in ("succeeded", "failed", "stopped")):
-                break
-            assert time.time() < deadline, "job still running after 5 min"
-            time.sleep(3)
+        status = _job_status("rlft-test-job", env)
         assert "succeeded" in status, status[-4000:]
+        # `ray job stop` sends SIGTERM and (submit.sh's RAY_JOB_STOP_WAIT_TIME_S) waits: the run writes a
+        # step checkpoint and stops; the same submission with resume=auto continues from it
+        longer = [o for o in overrides if not o.startswith("train.steps=")] + ["train.steps=400", "run.name=stopped"]
+        submit = {**env, "RLFT_STORAGE": str(storage), "RLFT_PYTHON": sys.executable}
+        out = subprocess.run(["bash", "launch/submit.sh", "configs/gppo_tiny_arith.yaml", *longer], cwd=REPO,
+                             capture_output=True, text=True, timeout=120, env={**submit, "RLFT_JOB_ID": "rlft-stopped"})
+        assert out.returncode == 0, out.stdout + out.stderr
+        metrics = storage / "runs" / "stopped" / "metrics.jsonl"
+        deadline = time.time() + 300
+        while not (metrics.is_file() and sum('"train/loss"' in line for line in metrics.read_text().splitlines()) >= 2):
+            assert time.time() < deadline, "the second job logged no steps in 5 min"
+            time.sleep(2)
+        assert _ray("job", "stop", "rlft-stopped", env=env, timeout=400).returncode == 0
+        assert "stopped" in _job_status("rlft-stopped", env)
+        stopped = storage / "runs" / "stopped"
+        checkpoints = [c for c in (stopped / "checkpoints").glob("step_*") if (c / "COMPLETE").is_file()]
+        assert len(checkpoints) == 1 and "stopped by SIGTERM" in (stopped / "train.log").read_text()
+        out = subprocess.run(["bash", "launch/submit.sh", "configs/gppo_tiny_arith.yaml", *longer, "resume=auto",
+                              ], cwd=REPO, capture_output=True, text=True, timeout=120,
+                             env={**submit, "RLFT_JOB_ID": "rlft-resumed"})
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "succeeded" in _job_status("rlft-resumed", env, timeout=600)
+        finished = json.loads((stopped / "finished.json").read_text())
+        assert finished["resumed_from"] == str(checkpoints[0]) and finished["steps"] == 400
     finally:
         _stop_head(head)
         shutil.rmtree(temp_dir, ignore_errors=True)
