@@ -66,15 +66,22 @@ def arm_stack_dumps(group, folder: Path) -> None:
     """Every member of a remote group dumps its stacks to <folder>/<role>-<i>.txt on SIGUSR1."""
     if not group.remote:
         return
+    group.stacks = [Path(folder) / f"{group.name}-{i}.txt" for i in range(len(group))]
+    group.processes = [None] * len(group)
+    for index in range(len(group)):
+        arm_member(group, index)
+
+
+def arm_member(group, index: int) -> None:
+    """Member `index` (a new actor, after a restart) dumps its stacks to its file on SIGUSR1."""
     import ray
 
-    group.stacks = [Path(folder) / f"{group.name}-{i}.txt" for i in range(len(group))]
-    group.processes = ray.get([m.__ray_call__.remote(_arm, str(path)) for m, path in zip(group.members, group.stacks)])
+    group.processes[index] = ray.get(group.members[index].__ray_call__.remote(_arm, str(group.stacks[index])))
 
 
 def dump_stacks(group, wait_s: float = 3.0) -> list[Path]:
     """Signal every member of the group (on its node) to write its stacks; returns the files."""
-    processes = getattr(group, "processes", None)
+    processes = group.processes
     if not processes:
         return []
     import ray
@@ -98,9 +105,7 @@ def restart_dead(groups: dict[str, Any], kinds: tuple[str, ...]) -> int:
         for index in group.dead_members():
             log.warning("%s %d died: starting a new one", kind, index)
             group.restart(index)
-            if getattr(group, "stacks", None):
-                import ray
-
-                group.processes[index] = ray.get(group.members[index].__ray_call__.remote(_arm, str(group.stacks[index])))
+            if group.stacks:
+                arm_member(group, index)
             restarted += 1
     return restarted

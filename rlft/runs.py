@@ -15,6 +15,8 @@ import json
 import logging
 from pathlib import Path
 
+from rlft.checkpoints import FINISHED
+
 log = logging.getLogger(__name__)
 
 WARM_START_STAMP = "warm_start.json"
@@ -51,7 +53,7 @@ def prepare_run_dir(run_dir: Path, if_exists: str, config_yaml: str) -> Path:
     folder = choose_run_dir(run_dir, if_exists)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.jsonl").unlink(missing_ok=True)  # only ever non-empty with overwrite
-    (folder / "finished.json").unlink(missing_ok=True)  # (rlft.checkpoints.FINISHED) this run has not
+    (folder / FINISHED).unlink(missing_ok=True)  # this run has not finished (resume=auto reads it)
     (folder / "config.yaml").write_text(config_yaml)
     return folder
 

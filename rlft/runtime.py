@@ -187,6 +187,8 @@ class RoleGroup:
 
     placement = None  # the Ray placement group the members run in, if any
     timeout_s: float | None = None  # how long a call may take before it is an error (remote modes)
+    stacks: list | None = None  # rlft.faults: each member's stack-dump file, and its (node id, pid)
+    processes: list | None = None
     _spawn = None
 
     def dead_members(self) -> list[int]:

@@ -82,16 +82,19 @@ class RoleStartup:
         self.learner_info = info[0]
         return group
 
-    def dtype(self):
-        """The weights dtype of learners and generators: model.dtype resolved on the device learner rank 0
-        reported (in cluster mode the driver may have no GPU while the learners do)."""
+    def learner_device(self) -> str:
+        """The device learner rank 0 reported (in cluster mode the driver may have no GPU while the
+        learners do); before the learners start, the one this process detects."""
         info = getattr(self, "learner_info", None) or {}
-        return resolve_dtype(self.cfg.model.dtype, info.get("device") or detect_device(self.cfg.learner.device))
+        return info.get("device") or detect_device(self.cfg.learner.device)
+
+    def dtype(self):
+        """The weights dtype of learners and generators: model.dtype resolved on the learners' device."""
+        return resolve_dtype(self.cfg.model.dtype, self.learner_device())
 
     def _start_generators(self) -> runtime.RoleGroup:
         cfg, gen = self.cfg, self.cfg.generator
-        info = getattr(self, "learner_info", None) or {}
-        device = info.get("device") or detect_device(cfg.learner.device)
+        device = self.learner_device()
         dtype = str(self.dtype()).removeprefix("torch.")
         cores = os.cpu_count() or 1
         # Core binding splits this machine's cores; in cluster mode engines run on other machines.

@@ -155,3 +155,36 @@ class StuckLearner(LearnerActor):
 
             time.sleep(3600)
         return super().train_step(micro_batches, counts)
+
+
+# Metric keys that measure time or memory: the rest of a run's log is deterministic.
+UNTIMED = ("perf/", "sync/seconds", "sync/parity_seconds", "time")
+
+
+def deterministic_rows(run_dir) -> list[dict]:
+    """The run's metrics.jsonl rows without their timings."""
+    import json
+    from pathlib import Path
+
+    rows = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if not k.startswith(UNTIMED)} for row in rows]
+
+
+def final_weights(run_dir) -> dict[str, torch.Tensor]:
+    """Every tensor of the run's final checkpoint."""
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    out = {}
+    for path in sorted((Path(run_dir) / "checkpoints" / "final").glob("*.safetensors")):
+        out.update(load_file(path))
+    return out
+
+
+def assert_same_weights(a, b) -> None:
+    """The two runs' final checkpoints hold the same tensors, bit for bit."""
+    wa, wb = final_weights(a), final_weights(b)
+    assert wa.keys() == wb.keys() and wa
+    for name in wa:
+        assert torch.equal(wa[name], wb[name]), name

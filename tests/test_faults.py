@@ -10,13 +10,11 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 
 from rlft.controller import Controller
 from rlft.faults import LearnerFailed, RoleTimeout
 from rlft.roles import ROLES
-from tests.helpers import StuckLearner, rl_config, tiny_config
-from tests.test_resume import deterministic_rows, final_weights
+from tests.helpers import StuckLearner, assert_same_weights, deterministic_rows, rl_config, tiny_config
 
 LOCAL = {"mode": "local", "num_cpus": 4}
 
@@ -56,8 +54,7 @@ def test_dead_generator_and_reward_actor_are_replaced(tmp_path):
         row.pop("faults/restarts", None)
     clean = deterministic_rows(Path(whole["run_dir"]))
     assert rows == clean
-    weights, clean_weights = final_weights(Path(survived["run_dir"])), final_weights(Path(whole["run_dir"]))
-    assert weights.keys() == clean_weights.keys() and all(torch.equal(weights[k], clean_weights[k]) for k in weights)
+    assert_same_weights(Path(whole["run_dir"]), Path(survived["run_dir"]))
 
 
 class LearnerKiller(Controller):

@@ -96,6 +96,14 @@ class PeftMethod:
         last export (a generator that restarts, or a resumed run, starts from the base)."""
 
 
+def torch_optimizer(optimizer) -> torch.optim.Optimizer | None:
+    """The torch optimizer inside DeepSpeed's wrappers (ZeRO, bf16), or None."""
+    seen = optimizer
+    while seen is not None and not isinstance(seen, torch.optim.Optimizer):
+        seen = getattr(seen, "optimizer", None)
+    return seen
+
+
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, total) parameter counts."""
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -18,6 +18,7 @@ import logging
 
 import torch
 
+from rlft.peft.base import torch_optimizer
 from rlft.peft.partial import PartialLinear, PartialLinearMethod, partial_linears, save_full_folder
 from rlft.sync.payload import SparsePayload, SparseUpdate
 
@@ -100,11 +101,9 @@ class LiftLinear(PartialLinear):
 
 def optimizer_state_of(optimizer, param: torch.nn.Parameter) -> dict:
     """The torch optimizer's state of `param`, looking through DeepSpeed's wrappers."""
-    seen = optimizer
-    while seen is not None:
-        if isinstance(seen, torch.optim.Optimizer) and any(p is param for g in seen.param_groups for p in g["params"]):
-            return seen.state[param]
-        seen = getattr(seen, "optimizer", None)
+    base = torch_optimizer(optimizer)
+    if base is not None and any(p is param for g in base.param_groups for p in g["params"]):
+        return base.state[param]
     raise RuntimeError("LIFT cannot find its values in the optimizer (DeepSpeed ZeRO keeps flat copies of them); "
                        "a mask refresh needs learner.zero_stage=0, or set peft.lift_update_interval=0")
 

@@ -23,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rlft.checkpoints import ResumeError
+from rlft.peft.base import torch_optimizer
 
 MODEL_FILE = "model_state.safetensors"
 
@@ -31,14 +32,12 @@ def rank_files(folder: Path, rank: int) -> tuple[Path, Path]:
     return Path(folder) / f"learner_rank{rank}.safetensors", Path(folder) / f"learner_rank{rank}.json"
 
 
-def torch_optimizer(optimizer) -> torch.optim.Optimizer:
-    """The torch optimizer inside DeepSpeed's wrappers (ZeRO, bf16)."""
-    seen = optimizer
-    while seen is not None and not isinstance(seen, torch.optim.Optimizer):
-        seen = getattr(seen, "optimizer", None)
-    if seen is None:
+def base_optimizer(optimizer) -> torch.optim.Optimizer:
+    """The torch optimizer whose state a checkpoint holds (an error when there is none)."""
+    found = torch_optimizer(optimizer)
+    if found is None:
         raise ResumeError(f"no torch optimizer inside {type(optimizer).__name__}")
-    return seen
+    return found
 
 
 def _optimizer_keys(engine) -> dict[int, str]:
@@ -51,7 +50,7 @@ def _optimizer_keys(engine) -> dict[int, str]:
 
 def optimizer_state(engine) -> tuple[dict[str, torch.Tensor], dict]:
     """(tensors, JSON) of the optimizer: per-parameter state, the masters of ZeRO partitions, groups."""
-    base, keys = torch_optimizer(engine.optimizer), _optimizer_keys(engine)
+    base, keys = base_optimizer(engine.optimizer), _optimizer_keys(engine)
     tensors, scalars = {}, {}
     for group in base.param_groups:
         for p in group["params"]:
@@ -70,7 +69,7 @@ def optimizer_state(engine) -> tuple[dict[str, torch.Tensor], dict]:
 
 
 def load_optimizer_state(engine, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-    base, keys = torch_optimizer(engine.optimizer), _optimizer_keys(engine)
+    base, keys = base_optimizer(engine.optimizer), _optimizer_keys(engine)
     if len(meta["groups"]) != len(base.param_groups):
         raise ResumeError(f"checkpoint has {len(meta['groups'])} optimizer groups, this learner {len(base.param_groups)}")
     for group, saved in zip(base.param_groups, meta["groups"]):
@@ -140,7 +139,7 @@ def load_rank_state(engine, peft, rank: int, world_size: int, zero_stage: int, f
     load_optimizer_state(engine, tensors, meta["optimizer"])
     if meta["scheduler"] is not None and engine.lr_scheduler is not None:
         engine.lr_scheduler.load_state_dict(meta["scheduler"])
-        for group, lr in zip(torch_optimizer(engine.optimizer).param_groups, engine.lr_scheduler.get_last_lr()):
+        for group, lr in zip(base_optimizer(engine.optimizer).param_groups, engine.lr_scheduler.get_last_lr()):
             group["lr"] = lr
     for name, value in meta["engine"].items():
         setattr(engine, name, value)

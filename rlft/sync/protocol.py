@@ -51,19 +51,18 @@ class WeightSync:
 
     def publish(self) -> dict[str, float]:
         """Export the next version, ship it to every generator, verify; probe parity when due."""
-        return self._ship(self.version + 1, everything=False)
+        version = self.version + 1
+        return self._ship(version, everything=False,
+                          probe=bool(self.cfg.parity_every) and version % self.cfg.parity_every == 0)
 
     def resync(self) -> dict[str, float]:
         """Ship the current version again, with every change since the base model, for generators
         that start from the base (a resumed run's, a restarted one); verified and probed."""
         if self.version == 0:
             return {}
-        metrics = self._ship(self.version, everything=True)
-        if "sync/parity_max_abs_diff" not in metrics and self.cfg.parity_every:
-            metrics.update(self.check_parity())
-        return metrics
+        return self._ship(self.version, everything=True, probe=bool(self.cfg.parity_every))
 
-    def _ship(self, version: int, everything: bool) -> dict[str, float]:
+    def _ship(self, version: int, everything: bool, probe: bool) -> dict[str, float]:
         t0 = time.time()
         # the generators start loading as soon as the export is done, the payload never passing the driver first
         exported = self.learners.submit_one(0, "export_weights", version, everything)
@@ -78,7 +77,7 @@ class WeightSync:
         self.version = payload.version
         metrics = {"sync/version": float(self.version), "sync/bytes": float(payload.num_bytes),
                    "sync/seconds": time.time() - t0}
-        if self.cfg.parity_every and self.version % self.cfg.parity_every == 0:
+        if probe:
             t1 = time.time()
             metrics.update(self.check_parity())
             metrics["sync/parity_seconds"] = time.time() - t1
