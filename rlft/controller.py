@@ -42,10 +42,10 @@ from rlft.algorithms.base import RowContext, StepCounts
 from rlft.checkpoints import FINISHED
 from rlft.cluster import resolve_storage
 from rlft.config import RLFTConfig, dump_config
-from rlft.data.collate import encode_sft, pad_rows, shard_micro_batches, uses_chat_template
+from rlft.data.collate import shard_micro_batches
 from rlft.data.tasks import build_task
-from rlft.evaluate import eval_metrics, score_greedy
 from rlft.faults import is_actor_death
+from rlft.families import family_for
 from rlft.modes import act_against, write_mode_report
 from rlft.peft import PEFT_METHODS
 from rlft.progress import print_summary, progress_bar
@@ -54,7 +54,7 @@ from rlft.resume import ResumableRun, ResumePoint, RunFinished, RunStopped, Stop
 from rlft.runs import base_model_path, prepare_run_dir
 from rlft.startup import RoleStartup
 from rlft.sources import SOURCES, SourceContext
-from rlft.sources.rollouts import generate, reward_metrics, score, split_evenly
+from rlft.sources.rollouts import split_evenly
 from rlft.sync.protocol import WeightSync
 from rlft.tracking import Tracker, plot_run
 from rlft.validation import check_run
@@ -102,20 +102,20 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
     # ----------------------------------------------------------------- set-up
     def setup(self) -> None:
         """Validate, resolve the base model and data, then start the roles (learners first)."""
-        from transformers import AutoTokenizer
-
         # Absolute paths; in cluster mode on storage that every node reaches (rlft.cluster).
         self.cfg = cfg = resolve_storage(self.cfg)
         check_run(cfg, self.spec, self.peft)
         self.resumed = resume_point(cfg)  # before the warm start: a finished run needs nothing
         self.model_path = base_model_path(cfg, run_warm_start=True, show_progress=self.show_progress)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        self.chat = uses_chat_template(self.tokenizer, cfg.data.chat_template)
+        self.family = family_for(self.model_path)
+        self.tokenizer = self.family.load_tokenizer(self.model_path)
+        self.chat = self.family.uses_chat(self.tokenizer, cfg.data.chat_template)
         self.task = build_task(cfg.task)
         self.train_examples = self.task.split("train")
         self.eval_examples = self.task.split("eval")[: cfg.eval.num_examples]
         check_run(cfg, self.spec, self.peft, data=(self.model_path, self.tokenizer, self.chat,
-                                                   self.train_examples, self.eval_examples))
+                                                   self.train_examples, self.eval_examples),
+                  check_data=self.family.check_data)
         # The source reads and checks its data now, before any role starts; it reaches the roles
         # through self.roles, filled below.
         self.source = SOURCES[self.spec.source](SourceContext(
@@ -137,7 +137,7 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
             self.roles[kind] = getattr(self, f"_start_{kind}s")()
         self.record_placement()
         if "generator" in self.roles:
-            self.sync = WeightSync(self.learners, self.roles["generator"], cfg.sync, self._probe(), self.dtype())
+            self.sync = WeightSync(self.learners, self.roles["generator"], cfg.sync, self.family.probe(self), self.dtype())
         self.row_ctx = RowContext(self.tokenizer, self.chat, cfg.train.max_length, cfg.algorithm)
         if self.resumed is not None:
             self.restore(self.resumed)
@@ -149,16 +149,11 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
         logging.getLogger("rlft").setLevel(logging.INFO)
         self._log_handler = handler
 
-    def _probe(self):
-        """The parity probe: a fixed sequence (held-out prompt + reference), scored at every position."""
-        ex = (self.eval_examples or self.train_examples)[0]
-        row = encode_sft(self.tokenizer, ex.prompt, ex.response or ex.answer or "", self.cfg.train.max_length, self.chat)
-        row["labels"] = list(row["input_ids"])
-        return pad_rows([row], self.pad_id())
-
     # ----------------------------------------------------------------- learner steps
-    def pad_id(self) -> int:
+    def pad_id(self) -> int | None:
         tok = self.tokenizer
+        if tok is None:  # fixed-length sequences (rlft.families.mdlm): nothing is padded
+            return None
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
     def learner_step(self, rows: list[dict]) -> dict[str, float]:
@@ -275,25 +270,10 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
 
     # ----------------------------------------------------------------- eval and outputs
     def evaluate(self, step: int) -> dict[str, float]:
-        """Greedy held-out accuracy: by the generators (current version) when there are any, else learner rank 0."""
-        cfg = self.cfg.eval
-        if not self.eval_examples:
+        """The model family's held-out evaluation (rlft.families), by the generators when there are any."""
+        metrics = self.family.evaluate(self, step)
+        if not metrics:
             return {}
-        if "generator" in self.roles:
-            self.settle()
-            rollouts = generate(self.roles["generator"], self.tokenizer, self.chat, self.eval_examples, 1,
-                                cfg.max_new_tokens, 0.0, 1.0, seed=0)
-            score(self.roles["reward"], rollouts)
-            found = reward_metrics(rollouts, self.task.name, prefix="eval")
-            metrics = {**eval_metrics([r.example for r in rollouts], [float(r.correct) for r in rollouts],
-                                      [len(r.completion_ids) for r in rollouts]), "eval/reward": found["eval/mean"]}
-        else:
-            scores, lengths = score_greedy(
-                self.task, self.tokenizer, self.eval_examples, self.chat, cfg,
-                lambda chunk: self.learners.call_one(0, "generate", chunk, cfg.max_new_tokens, cfg.batch_size),
-                description=f"eval @ step {step}", show_progress=self.show_progress,
-            )
-            metrics = eval_metrics(self.eval_examples, scores, lengths)
         if self.start_eval is None:
             self.start_eval = metrics
         act = act_against(metrics, self.start_eval)  # reasoning modes: ACT against the start's high mode

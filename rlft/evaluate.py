@@ -32,6 +32,12 @@ def load_for_eval(cfg: RLFTConfig, checkpoint: str | None):
     adapter_config = Path(checkpoint) / "adapter_config.json" if checkpoint else None
     if adapter_config is None or not adapter_config.is_file():
         path = checkpoint or base_model_path(cfg, run_warm_start=False)
+        from rlft.families import family_name
+
+        if family_name(path) != "causal_lm":
+            raise ValueError(f"{path} is a {family_name(path)} model: `rlft eval` scores language models' answers; "
+                             "diffusion runs log their evaluation (eval/*) during training, and "
+                             "bench/drakes_dna.py compares checkpoints")
         return AutoModelForCausalLM.from_pretrained(path, dtype=dtype), AutoTokenizer.from_pretrained(path)
     from peft import PeftModel
 

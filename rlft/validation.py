@@ -82,12 +82,13 @@ def check_lengths(cfg, spec, model_path, tokenizer, chat: bool, train_examples, 
                 )
 
 
-def check_run(cfg, spec, peft_cls, data: tuple | None = None) -> None:
-    """RunError (a ValueError) naming what is wrong, before any role starts."""
+def check_run(cfg, spec, peft_cls, data: tuple | None = None, check_data=check_lengths) -> None:
+    """RunError (a ValueError) naming what is wrong, before any role starts; `check_data` is the model
+    family's check of the data (rlft.families)."""
     try:
         check_config(cfg, spec, peft_cls)
         if data is not None:
-            check_lengths(cfg, spec, *data)
+            check_data(cfg, spec, *data)
     except RunError:
         raise
     except ValueError as err:

@@ -78,9 +78,9 @@ class FakeLearner:
         CALLS.append(("learner", "export_weights"))
         return FakePayload(version, fingerprint=f"fp-{version}")
 
-    def token_logprobs(self, batch, reference=False):
-        CALLS.append(("learner", "token_logprobs"))
-        return torch.zeros(1, batch["input_ids"].shape[1] - 1)
+    def probe_logprobs(self, probe):
+        CALLS.append(("learner", "probe_logprobs"))
+        return torch.zeros(probe["input_ids"].shape[1] - 1)
 
     def save(self, out_dir):
         CALLS.append(("learner", "save"))
@@ -110,9 +110,9 @@ class FakeGenerator:
         self.version = payload.version
         return "tampered" if FakeGenerator.corrupt else payload.fingerprint
 
-    def prompt_logprobs(self, sequences):
-        CALLS.append(("generator", "prompt_logprobs"))
-        return [[0.0] * (len(s) - 1) for s in sequences]
+    def probe_logprobs(self, probe):
+        CALLS.append(("generator", "probe_logprobs"))
+        return [0.0] * (probe["input_ids"].shape[1] - 1)
 
     def close(self):
         CALLS.append(("generator", "close"))
@@ -193,7 +193,7 @@ def _config(tmp_path, name="fake", **over):
 
 ITERATION = [("generator", "generate"), ("reward", "score"), ("learner", "train_step"),
              ("learner", "export_weights"), ("generator", "load_weights"),
-             ("learner", "token_logprobs"), ("generator", "prompt_logprobs")]
+             ("learner", "probe_logprobs"), ("generator", "probe_logprobs")]
 EVAL = [("generator", "generate"), ("reward", "score")]
 
 
@@ -202,7 +202,7 @@ def test_new_algorithm_runs_in_the_controller_with_fake_roles_in_call_order(tmp_
     summary = train(_config(tmp_path), show_progress=False)
     seconds = time.perf_counter() - started
     setup = [("learner", "setup"), ("generator", "setup"), ("reward", "setup")]
-    start = EVAL + [("learner", "token_logprobs"), ("generator", "prompt_logprobs")]
+    start = EVAL + [("learner", "probe_logprobs"), ("generator", "probe_logprobs")]
     end = EVAL + [("learner", "save"), ("reward", "close"), ("generator", "close"), ("learner", "close")]
     assert CALLS == setup + start + ITERATION * 3 + end
     assert summary["policy_version"] == 3 and summary["iterations"] == 3

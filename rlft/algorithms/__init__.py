@@ -16,4 +16,6 @@ ALGORITHMS: Registry = Registry("algorithm", {
     "dpo_offline": "rlft.algorithms.dpo:OFFLINE_SPEC",
     "tpo": "rlft.algorithms.tpo:SPEC",
     "tpo_offline": "rlft.algorithms.tpo:OFFLINE_SPEC",
+    "mdlm": "rlft.algorithms.mdlm:SPEC",
+    "drakes": "rlft.algorithms.drakes:SPEC",
 })

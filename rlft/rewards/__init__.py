@@ -14,4 +14,5 @@ REWARD_COMPONENTS: Registry = Registry("reward component", {
     "steps": "rlft.rewards.steps:SPEC",
     "progress": "rlft.rewards.progress:SPEC",
     "budget": "rlft.rewards.budget:SPEC",
+    "dna_oracle": "rlft.rewards.dna_oracle:SPEC",
 })

@@ -16,6 +16,7 @@ from rlft.registry import Registry
 
 ROLES: dict[str, Registry] = {
     "learner": Registry("learner role", {"deepspeed": "rlft.roles.learner:LearnerActor"}),
-    "generator": Registry("generator role", {"vllm": "rlft.roles.generator:GeneratorActor"}),
+    "generator": Registry("generator role", {"vllm": "rlft.roles.generator:GeneratorActor",
+                                            "diffusion": "rlft.roles.diffusion_generator:DiffusionGeneratorActor"}),
     "reward": Registry("reward role", {"checker": "rlft.roles.reward:RewardActor"}),
 }

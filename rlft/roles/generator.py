@@ -159,6 +159,13 @@ class GeneratorActor:
         return [[entry[tok].logprob for entry, tok in zip(out.prompt_logprobs[1:], seq[1:])]
                 for out, seq in zip(outputs, sequences)]
 
+    def probe_logprobs(self, probe) -> list[float]:
+        """The parity probe's scored log-probs (rlft.families.causal_lm)."""
+        from rlft.families.causal_lm import CausalLM
+
+        scored = self.prompt_logprobs([probe["input_ids"][0].tolist()])[0]
+        return [lp for lp, keep in zip(scored, CausalLM.scored_positions(probe).tolist()) if keep]
+
     def memory(self) -> dict[str, float]:
         from rlft.memory import process_memory
 

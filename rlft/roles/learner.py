@@ -112,6 +112,21 @@ class _Policy:
     def logits_from_embeds(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self._learner.engine(inputs_embeds=embeds, attention_mask=attention_mask).logits
 
+    def __call__(self, *args, **kwargs):
+        """The model's own forward (with grad): models that are not causal LMs (rlft.families)."""
+        return self._learner.engine(*args, **kwargs)
+
+    @property
+    def config(self):
+        """The model's own config (e.g. the sequence length of a diffusion model)."""
+        return self._learner.engine.module.config
+
+    def reference(self, *args, **kwargs):
+        """The reference model's forward, no grad (what the reference is depends on the PEFT method)."""
+        module = self._learner.engine.module
+        with torch.no_grad(), self._learner.peft.reference(module):
+            return module(*args, **kwargs)
+
 
 class LearnerActor:
     """One data-parallel rank. Construct cheaply; `setup` joins the group and loads the model."""
@@ -171,13 +186,13 @@ class LearnerActor:
                              use_libuv=False)
 
     def _load_model(self) -> torch.nn.Module:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
         from rlft.data.models import resolve_dtype
+        from rlft.families import family_for
 
         self.dtype = resolve_dtype(self.cfg.model.dtype, self.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
-        model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=self.dtype)
+        self.family = family_for(self.model_path)
+        self.tokenizer = self.family.load_tokenizer(self.model_path)
+        model = self.family.load_model(self.model_path, self.dtype)
         return self.peft.wrap(model, self.cfg.run.seed, with_reference=self.spec.needs_reference(self.cfg))
 
     def setup(self) -> dict[str, Any]:
@@ -258,6 +273,17 @@ class LearnerActor:
             else:
                 logits = self.engine.module(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         return token_logprobs(logits, batch["labels"])[0].cpu()
+
+    def probe_logprobs(self, probe: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The parity probe's scored log-probs under the current policy (rlft.families)."""
+        with eval_mode(self.engine.module):
+            return self.family.probe_logprobs(self.engine.module, self._to_device(probe))
+
+    def family_call(self, method: str, *args, **kwargs):
+        """Rank 0's model in eval mode handed to the model family's `method` (e.g. held-out NELBO of a
+        diffusion model when a run has no generators)."""
+        with eval_mode(self.engine.module), torch.no_grad():
+            return getattr(self.family, method)(self.engine.module, *args, **kwargs)
 
     def export_weights(self, version: int, everything: bool = False):
         """Rank 0: what generators need after an update, as a versioned payload (rlft.sync).

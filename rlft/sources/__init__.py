@@ -11,7 +11,8 @@ Registered by name:
   pairs     preference pairs (prompt, chosen, rejected) from the JSONL file `algorithm.path`
   lists     ranked lists (prompt, responses, scores) from the JSONL file `algorithm.path`
 
-Trees and in-learner sampling are further sources.
+  trees     preference trees grown by the generators
+  sampling  seeds only: the learners sample inside the loss (DRAKES)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ SOURCES: Registry = Registry("data source", {
     "pairs": "rlft.sources.pairs:PairSource",
     "lists": "rlft.sources.lists:ListSource",
     "trees": "rlft.sources.trees:TreeSource",
+    "sampling": "rlft.sources.sampling:SamplingSource",
 })
 
 

@@ -3,8 +3,8 @@
     learner rank 0 --export_weights(v)--> payload (kind, version, fingerprint)
         --handed over by reference (Ray object store; inline: the object itself)--> every generator
         --load_weights(payload)--> fingerprint of what each generator deserialised
-    mismatch -> SyncError.  Every `parity_every` versions: a fixed probe sequence is scored by
-    learner rank 0 and every generator; a statistic of |log-prob difference| over the probe tokens
+    mismatch -> SyncError.  Every `parity_every` versions: a fixed probe (the model family's) is scored
+    by learner rank 0 and every generator; a statistic of |log-prob difference| over the probe tokens
     (max in float32, mean in 16 bits) > tolerance -> SyncError.
 
 The controller calls `publish()` after each update and nothing else; transports other than the
@@ -17,7 +17,6 @@ import time
 
 import torch
 
-from rlft.ops.logprobs import IGNORE_INDEX
 
 
 class SyncError(RuntimeError):
@@ -84,13 +83,13 @@ class WeightSync:
         return metrics
 
     def check_parity(self) -> dict[str, float]:
-        """Max and mean |learner - generator| log-prob over the probe tokens (the worst generator);
-        the configured statistic above tolerance is an error."""
-        learner = self.learners.call_one(0, "token_logprobs", self.probe)[0]
-        mask = self.probe["labels"][0, 1:] != IGNORE_INDEX
+        """Max and mean |learner - generator| log-prob over the probe's scored positions (the worst
+        generator); the configured statistic above tolerance is an error. What the probe is and
+        scores belongs to the model family (rlft.families): both sides return one flat vector."""
+        learner = self.learners.call_one(0, "probe_logprobs", self.probe)
         found = {"max": 0.0, "mean": 0.0}
-        for generator in self.generators.call("prompt_logprobs", [self.probe["input_ids"][0].tolist()]):
-            diff = (torch.tensor(generator[0]) - learner)[mask].abs()
+        for generator in self.generators.call("probe_logprobs", self.probe):
+            diff = (torch.as_tensor(generator, dtype=torch.float32) - learner.float()).abs()
             if diff.numel():
                 found = {"max": max(found["max"], float(diff.max())), "mean": max(found["mean"], float(diff.mean()))}
         if found[self.statistic] > self.tolerance:

@@ -1,0 +1,137 @@
+"""DRAKES on DNA over seeds: the pretrained model vs DRAKES vs DRAKES without KL (spec 5.8's table).
+
+    .venv/bin/python bench/drakes_dna.py                         # 3 seeds, the recipe's budget
+    .venv/bin/python bench/drakes_dna.py --seeds 0 1 2 --steps 200
+    .venv/bin/python bench/drakes_dna.py --report-only           # table and PNG from runs already made
+
+Every run is configs/drakes_dna.yaml (`rlft train`, in a child process) with `run.seed` set, under
+--out (default runs/bench_drakes; a finished run is reused, never overwritten). Its warm start,
+configs/mdlm_dna_pretrain.yaml, runs once under --out and is shared by every run. "without KL" is
+the same recipe with algorithm.alpha=0. The pretrained row is each DRAKES run's evaluation at
+step 0 (the same weights, that seed's evaluation noise).
+
+Metrics (rlft.families.mdlm; 128 sequences per evaluation by the recipe): Pred-Activity = median
+HepG2 logit of the held-out evaluation oracle; HepG2 % = fraction it classifies as HepG2; 3-mer
+and JASPAR motif correlations with the data's top HepG2 sequences; App-Log-Lik = median
+approximate log-likelihood (nats) under the pretrained model. Mean (std) over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = "configs/drakes_dna.yaml"
+METHODS = {"drakes": [], "drakes_no_kl": ["algorithm.alpha=0"]}
+COLUMNS = (("Pred-Activity", "eval/pred_activity", 1.0, "{:.2f}"), ("HepG2 %", "eval/accuracy", 100.0, "{:.1f}"),
+           ("3-mer Corr", "eval/kmer3_corr", 1.0, "{:.3f}"), ("JASPAR Corr", "eval/motif_corr", 1.0, "{:.3f}"),
+           ("App-Log-Lik", "eval/log_likelihood", 1.0, "{:.1f}"))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=None, help="train.steps of the DRAKES runs (default: the recipe's)")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_drakes")
+    parser.add_argument("--png", type=Path, default=None, help="plot path (default: <out>/drakes_dna.png)")
+    parser.add_argument("--report-only", action="store_true", help="only read finished runs")
+    return parser.parse_args()
+
+
+def run_name(method: str, seed: int, steps: int | None) -> str:
+    return f"{method}_s{seed}" + (f"_{steps}steps" if steps else "")
+
+
+def run_one(method: str, seed: int, args) -> float:
+    name = run_name(method, seed, args.steps)
+    if (args.out / name / "checkpoints" / "final").exists():
+        return 0.0
+    overrides = [f"run.name={name}", f"run.seed={seed}", f"run.output_dir={args.out}", "run.if_exists=error",
+                 "tracking.wandb=disabled", *METHODS[method]]
+    if args.steps:
+        overrides.append(f"train.steps={args.steps}")
+    started = time.time()
+    log = args.out / f"{name}.log"
+    with log.open("w") as out:
+        code = subprocess.call([sys.executable, "-m", "rlft.cli", "train", "--quiet", RECIPE, *overrides],
+                               cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    if code:
+        raise SystemExit(f"{method} seed {seed} failed (exit {code}); see {log}")
+    return time.time() - started
+
+
+def evaluations(run_dir: Path) -> list[dict]:
+    """The rows of a run's metrics.jsonl that hold an evaluation, in step order."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [row for row in rows if "eval/pred_activity" in row]
+
+
+def cell(values: list[float], scale: float, fmt: str) -> str:
+    spread = statistics.stdev(values) * scale if len(values) > 1 else 0.0
+    return f"{fmt.format(statistics.mean(values) * scale)} ({fmt.format(spread)})"
+
+
+def plot(runs: dict[str, dict[int, list[dict]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for ax, (key, label) in zip(axes, (("eval/pred_activity", "Pred-Activity (evaluation oracle, median)"),
+                                       ("eval/log_likelihood", "App-Log-Lik under the pretrained model (median)"))):
+        for method, color in zip(METHODS, ("tab:blue", "tab:orange")):
+            for seed, rows in runs[method].items():
+                ax.plot([r["step"] for r in rows], [r[key] for r in rows], color=color, alpha=0.3, linewidth=1)
+            steps = sorted({r["step"] for rows in runs[method].values() for r in rows})
+            means = [statistics.mean(r[key] for rows in runs[method].values() for r in rows if r["step"] == s)
+                     for s in steps]
+            ax.plot(steps, means, color=color, linewidth=2.5, label=f"{method} (mean of {len(runs[method])} seeds)")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    args = parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    seconds: dict[tuple[str, int], float] = {}
+    if not args.report_only:
+        for seed in args.seeds:
+            for method in METHODS:
+                print(f"running {method} seed {seed} ...", flush=True)
+                seconds[method, seed] = run_one(method, seed, args)
+    runs = {m: {s: evaluations(args.out / run_name(m, s, args.steps)) for s in args.seeds
+                if (args.out / run_name(m, s, args.steps) / "checkpoints" / "final").exists()} for m in METHODS}
+    rows = {"Pretrained": [r[0] for r in runs["drakes"].values()],
+            "DRAKES w/o KL": [r[-1] for r in runs["drakes_no_kl"].values()],
+            "DRAKES": [r[-1] for r in runs["drakes"].values()]}
+    print(f"\nDNA design, {RECIPE}, seeds {args.seeds}: mean (std) over seeds\n")
+    print("| Method | " + " | ".join(c[0] for c in COLUMNS) + " | seeds | min/run |")
+    print("|---|" + "---|" * (len(COLUMNS) + 2))
+    for label, found in rows.items():
+        if not found:
+            print(f"| {label} | " + " | ".join("-" for _ in COLUMNS) + " | 0 | - |")
+            continue
+        method = {"DRAKES w/o KL": "drakes_no_kl"}.get(label, "drakes")
+        minutes = [seconds.get((method, s), 0.0) / 60 for s in args.seeds]
+        timing = f"{statistics.median(minutes):.1f}" if label != "Pretrained" and any(minutes) else "-"
+        print(f"| {label} | " + " | ".join(cell([r[key] for r in found], scale, fmt) for _, key, scale, fmt in COLUMNS)
+              + f" | {len(found)} | {timing} |")
+    png = args.png or args.out / "drakes_dna.png"
+    plot(runs, png)
+    print(f"\ncurves: {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
