@@ -16,13 +16,7 @@ TINY = dict(length=L, hidden=32, blocks=4, kernel=3, dilations=(1, 2, 4, 8))
 ACGT = torch.tensor([0, 1, 2, 3] * (L // 4))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP barrier stalls on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_model(seed: int = 0, **overrides) -> MDLM:

@@ -187,6 +187,7 @@ def test_drakes_recipe_raises_the_evaluation_oracle_score_with_verified_syncs(pr
     summary = train(cfg, show_progress=False)
     run_dir = tmp_path / "drakes_dna"
     start, end = _eval_rows(run_dir, "eval/pred_activity")
+    print({k: (round(start[k], 3), round(end[k], 3)) for k in start if k.startswith("eval/")})
     assert end["eval/pred_activity"] > start["eval/pred_activity"] + 0.2
     assert end["eval/reward"] > start["eval/reward"]
     trained = _eval_rows(run_dir, "train/oracle_reward")

@@ -8,6 +8,7 @@ Constructor keywords each kind receives (fakes take the same):
   learner:   cfg, spec (the AlgorithmSpec), rank, world_size, model_path, master_addr, master_port, grad_accum, num_threads
   generator: cfg, index, model_path, dtype, lora_rank, seed, cpu_bind
   reward:    cfg, index
+  environment: cfg (with a `retrieval` section, rlft.retrieval.config.RetrievalConfig), index
 """
 
 from __future__ import annotations
@@ -19,4 +20,5 @@ ROLES: dict[str, Registry] = {
     "generator": Registry("generator role", {"vllm": "rlft.roles.generator:GeneratorActor",
                                             "diffusion": "rlft.roles.diffusion_generator:DiffusionGeneratorActor"}),
     "reward": Registry("reward role", {"checker": "rlft.roles.reward:RewardActor"}),
+    "environment": Registry("environment role", {"bm25": "rlft.roles.environment:RetrievalEnvironmentActor"}),
 }

@@ -1,0 +1,173 @@
+"""Offline pieces of multi-turn retrieval (IM-RAG): corpus, HotpotQA reader, BM25, episode format."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import pytest
+
+from rlft.data.jsonl import DataError
+from rlft.retrieval.config import RetrievalConfig
+from rlft.retrieval.corpus import build_corpus, split_corpus
+from rlft.retrieval.episode import (Answer, Malformed, Search, coverage, exact_match, f1,
+                                    format_observation, parse_turn, turn_rewards)
+from rlft.retrieval.hotpot import read_hotpot
+from rlft.retrieval.index import BM25Index, refine
+from rlft.roles import ROLES
+from rlft.roles.environment import RetrievalEnvironmentActor
+
+
+def _fact(text: str) -> tuple[str, str]:
+    """(subject, object) of a procedural fact sentence "S ... O."."""
+    words = text.rstrip(".").split()
+    return words[0], words[-1]
+
+
+def test_corpus_is_deterministic_by_seed():
+    assert build_corpus(seed=3) == build_corpus(seed=3)
+    assert build_corpus(seed=3) != build_corpus(seed=4)
+
+
+def test_every_answer_is_reached_by_following_the_supporting_documents():
+    corpus = build_corpus(seed=1, num_entities=30, num_questions=60, distractors=30)
+    assert len(corpus.questions) == 60 and {q.hops for q in corpus.questions} == {2, 3}
+    assert [d.id for d in corpus.documents] == list(range(len(corpus.documents)))
+    assert all(4 <= len(d.title) <= 6 for d in corpus.documents)
+    for question in corpus.questions:
+        assert len(question.supporting) == question.hops
+        entity = question.question.split()[0]  # every template starts with the person asked about
+        for doc_id in question.supporting:
+            subject, obj = _fact(corpus.documents[doc_id].text)
+            assert subject == entity
+            entity = obj
+        assert entity == question.answer
+
+
+def test_split_is_disjoint_by_question():
+    corpus = build_corpus(seed=0, num_questions=20)
+    train, held_out = split_corpus(corpus, eval_fraction=0.25, seed=0)
+    assert len(held_out.questions) == 5 and len(train.questions) == 15
+    assert not {q.question for q in train.questions} & {q.question for q in held_out.questions}
+    assert train.documents is corpus.documents is held_out.documents
+
+
+def test_first_hop_query_finds_the_first_supporting_document():
+    corpus = build_corpus(seed=2)
+    index = BM25Index(corpus.documents)
+    two_hop = [q for q in corpus.questions if q.hops == 2]
+    assert two_hop
+    for question in two_hop:
+        # The natural first-hop query: the question up to "which" ("Bavo lives in", "Bavo works for a firm in").
+        query = question.question.split(" which ")[0]
+        top3 = [doc_id for doc_id, _ in index.search([query], k=3)[0]]
+        assert question.supporting[0] in top3, (question, [corpus.documents[i].text for i in top3])
+
+
+def test_search_orders_results_and_skips_empty_queries():
+    corpus = build_corpus(seed=0)
+    index = BM25Index(corpus.documents)
+    found, empty, blank = index.search(["Tesk city " + corpus.documents[0].title, "", "   "], k=4)
+    scores = [score for _, score in found]
+    assert 0 < len(found) <= 4 and scores == sorted(scores, reverse=True)
+    assert empty == [] and blank == []
+    assert refine("First one. Second one.", 100) == "First one."
+    assert refine("alpha beta gamma", 12) == "alpha beta"
+
+
+def _write(path, rows):
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
+    return path
+
+
+_GOOD = {"_id": "a1", "type": "bridge", "level": "easy", "question": "Who?", "answer": "Ann",
+         "supporting_facts": [["Bob", 0], ["Ann", 1], ["Bob", 1]],
+         "context": [["Ann", ["Ann is a cook.", " She lives in Rome."]], ["Bob", ["Bob knows Ann."]],
+                     ["Cat", ["Cat is a cat."]]]}
+
+
+def test_hotpot_reader_builds_a_shared_document_list(tmp_path):
+    second = {"question": "Where?", "answer": "Rome", "supporting_facts": [["Ann", 1]],
+              "context": [["Ann", ["Ann is a cook.", " She lives in Rome."]], ["Dan", ["Dan."]]]}
+    corpus = read_hotpot(_write(tmp_path / "h.jsonl", [_GOOD, "", second]))
+    assert [(d.id, d.title) for d in corpus.documents] == [(0, "Ann"), (1, "Bob"), (2, "Cat"), (3, "Dan")]
+    assert corpus.documents[0].text == "Ann is a cook. She lives in Rome."
+    first, again = corpus.questions
+    assert (first.answer, first.supporting, first.hops) == ("Ann", (1, 0), 2)
+    assert (again.supporting, again.hops) == ((0,), 1)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("{not json", "invalid JSON"),
+    ({k: v for k, v in _GOOD.items() if k != "answer"}, "missing key 'answer'"),
+    ({**_GOOD, "supporting_facts": [["Zed", 0]]}, "supporting title 'Zed' is not in 'context'"),
+    ({**_GOOD, "context": [["Ann", "not a list"]]}, "'context'[0] must be [title, [sentence, ...]]"),
+    ({**_GOOD, "supporting_facts": [["Ann", "0"]]}, "'supporting_facts'[0] must be [title, sentence_index]"),
+    ({**_GOOD, "supporting_facts": []}, "'supporting_facts' is empty"),
+])
+def test_hotpot_reader_errors_name_file_and_line(tmp_path, bad, message):
+    path = _write(tmp_path / "bad.jsonl", [_GOOD, bad])
+    with pytest.raises(DataError) as error:
+        read_hotpot(path)
+    assert str(error.value).startswith(f"{path}:2: ") and message in str(error.value)
+
+
+@pytest.mark.parametrize("text, action", [
+    ("I need Bavo's city.<search> Bavo lives </search>", Search("Bavo lives")),
+    ("<answer>Orvan</answer><search>x</search>", Answer("Orvan")),
+    ("<search>a</search> then <answer>b</answer>", Search("a")),
+    ("I think it is Orvan.", Malformed("no <search> or <answer> tag")),
+    ("<search>Bavo lives", Malformed("unclosed <search> tag")),
+    ("<answer>Orvan", Malformed("unclosed <answer> tag")),
+    ("<search>  </search>", Malformed("empty query")),
+    ("<answer></answer>", Malformed("empty answer")),
+    ("</search>", Malformed("no <search> or <answer> tag")),
+    ("", Malformed("no <search> or <answer> tag")),
+])
+def test_parse_turn(text, action):
+    assert parse_turn(text) == action
+
+
+def test_observation_format():
+    assert format_observation(["A b.", "C\nd."]) == "<docs>A b.\nC d.</docs>"
+
+
+def test_turn_rewards_telescope_and_repeated_evidence_earns_nothing():
+    supporting = (4, 9, 2)
+    retrieved_by_turn = [{7}, {4, 7}, {4}, {9, 2, 4}]  # turn 3 finds only already-covered doc 4
+    seen: set[int] = set()
+    coverages = [coverage(seen, supporting)]
+    for found in retrieved_by_turn:
+        seen |= found
+        coverages.append(coverage(seen, supporting))
+    rewards = turn_rewards(coverages)
+    assert coverages == pytest.approx([0, 0, 1 / 3, 1 / 3, 1])
+    assert sum(rewards) == pytest.approx(coverages[-1] - coverages[0])
+    assert rewards[2] == 0.0
+    costly = turn_rewards(coverages, turn_cost=0.1)
+    assert sum(costly) == pytest.approx(coverages[-1] - coverages[0] - 4 * 0.1)
+    assert coverage(set(), ()) == 1.0
+
+
+def test_exact_match_and_f1():
+    assert exact_match("The Orvan!", "orvan") == 1.0
+    assert exact_match("Orvan city", "Orvan") == 0.0
+    assert f1("Orvan city", "Orvan") == pytest.approx(2 / 3)  # precision 1/2, recall 1
+    assert f1("x b c", "b c d") == pytest.approx(2 / 3)
+    assert f1("a b c", "b c d") == pytest.approx(0.8)  # "a" is an article: precision 1, recall 2/3
+    assert f1("the", "") == 1.0 and f1("x", "") == 0.0
+
+
+def test_environment_actor_returns_top_k_refined_documents():
+    assert ROLES["environment"].get("bm25") is RetrievalEnvironmentActor
+    cfg = SimpleNamespace(retrieval=RetrievalConfig(seed=5, top_k=2, refine_chars=12))
+    actor = RetrievalEnvironmentActor(cfg, index=0)
+    info = actor.setup()
+    assert info["documents"] > 0 and info["top_k"] == 2
+    question = actor.corpus.questions[0]
+    first, empty = actor.search([question.question.split(" which ")[0], ""])
+    assert len(first) == 2 and empty == []
+    assert all(set(doc) == {"id", "title", "text"} and len(doc["text"]) <= 12 for doc in first)
+    full = actor.documents([first[0]["id"]])[0]
+    assert full["text"].startswith(first[0]["text"]) and len(full["text"]) >= len(first[0]["text"])
+    actor.close()
