@@ -33,6 +33,9 @@ NELBO_EVAL_SEQUENCES = 256
 class MaskedDiffusion:
     name = "mdlm"
 
+    def __init__(self):
+        self._references: list[str] | None = None
+
     # ----------------------------------------------------------------- loading (controller and learners)
     def load_tokenizer(self, model_path):
         return None  # the vocabulary is fixed: A, C, G, T and [MASK] (rlft.data.dna)
@@ -106,13 +109,13 @@ class MaskedDiffusion:
 
     def references(self, ctrl) -> list[str]:
         """The top target-cell sequences of the data by the checking oracle (computed once per run)."""
-        if getattr(ctrl, "_dna_references", None) is None:
+        if self._references is None:
             from rlft.diffusion.metrics import top_sequences
 
             task = ctrl.task
             subset = task.data.subset(cell_type=task.cfg.target)
-            ctrl._dna_references = top_sequences(subset, task.oracle, ctrl.cfg.diffusion.reference_fraction)
-        return ctrl._dna_references
+            self._references = top_sequences(subset, task.oracle, ctrl.cfg.diffusion.reference_fraction)
+        return self._references
 
     def sequence_statistics(self, ctrl, sequences: list[str]) -> dict[str, float]:
         from rlft.diffusion.metrics import kmer_correlation, motif_correlation
