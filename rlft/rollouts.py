@@ -43,9 +43,20 @@ def process_token_advantages(rollouts: list[Rollout], scale_by_std: bool = True)
     return [token_values_from_steps(r.segments, a, len(r.completion_ids)) for r, a in zip(rollouts, per_step)]
 
 
+def observation_mask(rollout: Rollout) -> list[bool]:
+    """Per completion token: True where an observation segment (what an environment inserted) holds it."""
+    mask = [False] * len(rollout.completion_ids)
+    for segment in rollout.segments:
+        if segment.kind == "observation":
+            mask[segment.start:segment.end] = [True] * (segment.end - segment.start)
+    return mask
+
+
 def rollout_row(rollout: Rollout, advantage: float | list[float], positive: float, max_length: int) -> dict[str, Any]:
     """Training row of one rollout; the completion is cut (never the prompt) to max_length.
-    `advantage`: one for every completion token (outcome), or one per completion token."""
+    `advantage`: one for every completion token (outcome), or one per completion token.
+    Observation tokens are context only: their labels are ignored, so they carry no policy loss
+    and no KL, and their advantage is 0."""
     prompt, completion = rollout.prompt_ids, rollout.completion_ids[: max(0, max_length - len(rollout.prompt_ids))]
     if len(rollout.logprobs) < len(completion):
         raise ValueError(f"rollout has {len(rollout.logprobs)} log-probs for {len(completion)} tokens")
@@ -53,12 +64,13 @@ def rollout_row(rollout: Rollout, advantage: float | list[float], positive: floa
     old_logprobs = [0.0] * (len(input_ids) - 1)
     advantages = [0.0] * (len(input_ids) - 1)
     per_token = advantage if isinstance(advantage, list) else [advantage] * len(completion)
+    observed = observation_mask(rollout)[: len(completion)]
     for k, logprob in enumerate(rollout.logprobs[: len(completion)]):
         old_logprobs[len(prompt) + k - 1] = logprob  # position t predicts token t + 1
-        advantages[len(prompt) + k - 1] = per_token[k]
+        advantages[len(prompt) + k - 1] = 0.0 if observed[k] else per_token[k]
     return {
         "input_ids": input_ids,
-        "labels": [IGNORE_INDEX] * len(prompt) + completion,
+        "labels": [IGNORE_INDEX] * len(prompt) + [IGNORE_INDEX if o else t for t, o in zip(completion, observed)],
         "old_logprobs": old_logprobs,
         "advantages": advantages,
         "positive": positive,

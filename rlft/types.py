@@ -62,6 +62,7 @@ class Rollout:
     segments: list[Segment] = field(default_factory=list)
     score: Score | None = None
     temperature: float = 1.0    # sampling temperature: `logprobs` are of pi(.)^(1/T), renormalised
+    info: dict = field(default_factory=dict)  # what an environment reported (e.g. documents retrieved per turn)
 
     @property
     def reward(self) -> float:

@@ -15,4 +15,6 @@ REWARD_COMPONENTS: Registry = Registry("reward component", {
     "progress": "rlft.rewards.progress:SPEC",
     "budget": "rlft.rewards.budget:SPEC",
     "dna_oracle": "rlft.rewards.dna_oracle:SPEC",
+    "retrieval_progress": "rlft.rewards.retrieval_progress:SPEC",
+    "answer_f1": "rlft.rewards.answer_f1:SPEC",
 })
