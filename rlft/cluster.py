@@ -75,6 +75,7 @@ def role_bundles(cfg, kinds, cluster_gpus: float) -> dict[str, list[dict[str, fl
         "generator": (cfg.generator.count, cfg.generator.cpus_per_actor,
                       member_gpus(cfg.generator.gpus_per_actor, cluster_gpus), cfg.generator.resources),
         "reward": (cfg.reward.count, cfg.reward.cpus_per_actor, 0.0, cfg.reward.resources),
+        "environment": (cfg.environment.count, cfg.environment.cpus_per_actor, 0.0, cfg.environment.resources),
     }
     return {kind: [member_resources(cpus, gpus, extra)] * count
             for kind, (count, cpus, gpus, extra) in sizes.items() if kind in kinds}

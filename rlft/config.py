@@ -46,6 +46,7 @@ class RolesConfig(Section):
     learner: str = Field("deepspeed", description="Learner role class (rlft.roles.ROLES['learner']).")
     generator: str = Field("vllm", description="Generator role class (rlft.roles.ROLES['generator']).")
     reward: str = Field("checker", description="Reward role class (rlft.roles.ROLES['reward']).")
+    environment: str = Field("bm25", description="Environment role class (rlft.roles.ROLES['environment']).")
 
 
 class RuntimeConfig(Section):
@@ -122,6 +123,12 @@ class RewardConfig(Section):
     )
 
 
+class EnvironmentConfig(Section):
+    count: int = Field(1, ge=1, description="Number of environment actors (multi-turn episodes: the retriever).")
+    cpus_per_actor: float = Field(0.25, gt=0, description="Ray CPUs reserved per environment actor.")
+    resources: dict[str, float] = Field({}, description="Extra Ray resources per environment actor.")
+
+
 class RolloutConfig(Section):
     max_new_tokens: int = Field(32, ge=1, description="Sampled tokens per completion.")
     temperature: float = Field(1.0, ge=0, description="Sampling temperature.")
@@ -129,6 +136,9 @@ class RolloutConfig(Section):
     step_delimiter: str | None = Field(
         None, min_length=1, description="Cut each completion into step segments at this text (\"\\n\": one step per "
         "line); step rewards (reward component `progress`) and process advantages (gppo process_coef) need it."
+    )
+    max_turns: int = Field(
+        3, ge=1, description="Multi-turn episodes: searches before the model must answer (one more turn answers)."
     )
     mini_batches: int = Field(1, ge=1, description="Optimizer steps per pass over a rollout batch.")
     epochs: int = Field(1, ge=1, description="Passes over each rollout batch (>1 or mini_batches>1: off-policy steps).")
@@ -263,6 +273,7 @@ class RLFTConfig(Section):
     learner: LearnerConfig = LearnerConfig()
     generator: GeneratorConfig = GeneratorConfig()
     reward: RewardConfig = RewardConfig()
+    environment: EnvironmentConfig = EnvironmentConfig()
     rollout: RolloutConfig = RolloutConfig()
     sync: SyncConfig = SyncConfig()
     eval: EvalConfig = EvalConfig()

@@ -27,7 +27,8 @@ class RoleStartup:
         cfg = self.cfg
         sizes = {"learner": cfg.learner.count * cfg.learner.cpus_per_rank,
                  "generator": cfg.generator.count * cfg.generator.cpus_per_actor,
-                 "reward": cfg.reward.count * cfg.reward.cpus_per_actor}
+                 "reward": cfg.reward.count * cfg.reward.cpus_per_actor,
+                 "environment": cfg.environment.count * cfg.environment.cpus_per_actor}
         return sum(sizes[kind] for kind in ("learner", *self.spec.roles))
 
     def placement_check(self) -> None:
@@ -108,4 +109,8 @@ class RoleStartup:
     def _start_rewards(self) -> runtime.RoleGroup:
         kwargs = [dict(cfg=self.cfg, index=i) for i in range(self.cfg.reward.count)]
         return self._create("reward", kwargs)[0]
+
+    def _start_environments(self) -> runtime.RoleGroup:
+        kwargs = [dict(cfg=self.cfg, index=i) for i in range(self.cfg.environment.count)]
+        return self._create("environment", kwargs)[0]
 

@@ -8,7 +8,6 @@ from types import SimpleNamespace
 import pytest
 
 from rlft.data.jsonl import DataError
-from rlft.retrieval.config import RetrievalConfig
 from rlft.retrieval.corpus import build_corpus, split_corpus
 from rlft.retrieval.episode import (Answer, Malformed, Search, coverage, exact_match, f1,
                                     format_observation, parse_turn, turn_rewards)
@@ -159,15 +158,30 @@ def test_exact_match_and_f1():
 
 
 def test_environment_actor_returns_top_k_refined_documents():
+    from rlft.data.multihop import MultiHopConfig
+
     assert ROLES["environment"].get("bm25") is RetrievalEnvironmentActor
-    cfg = SimpleNamespace(retrieval=RetrievalConfig(seed=5, top_k=2, refine_chars=12))
+    cfg = SimpleNamespace(task=MultiHopConfig(seed=5, top_k=2, refine_chars=12))
     actor = RetrievalEnvironmentActor(cfg, index=0)
     info = actor.setup()
     assert info["documents"] > 0 and info["top_k"] == 2
-    question = actor.corpus.questions[0]
+    question = actor.task.corpus.questions[0]
     first, empty = actor.search([question.question.split(" which ")[0], ""])
     assert len(first) == 2 and empty == []
     assert all(set(doc) == {"id", "title", "text"} and len(doc["text"]) <= 12 for doc in first)
-    full = actor.documents([first[0]["id"]])[0]
-    assert full["text"].startswith(first[0]["text"]) and len(full["text"]) >= len(first[0]["text"])
+    full = actor.task.corpus.documents[first[0]["id"]].text
+    assert full.startswith(first[0]["text"])
     actor.close()
+
+
+def test_multihop_worked_episodes_find_every_supporting_document_and_score_correct():
+    from rlft.data.multihop import MultiHopConfig, MultiHopTask
+    from rlft.retrieval.episode import DOCS_CLOSE
+
+    task = MultiHopTask(MultiHopConfig(num_entities=24, distractors=24))
+    train, held_out = task.split("train"), task.split("eval")
+    assert train and held_out and not {e.prompt for e in train} & {e.prompt for e in held_out}
+    for example in train + held_out:
+        assert task.score(example, example.response) == 1.0
+        assert task.score(example, example.response.rsplit(DOCS_CLOSE, 1)[0] + DOCS_CLOSE + "<answer>x</answer>") == 0.0
+        assert example.response.count("<search>") == example.meta["hops"] == len(example.meta["supporting"])

@@ -244,7 +244,7 @@ def test_jsonl_task_split_and_exact_match(tmp_path):
 
 
 def test_registry_names_and_config_classes():
-    assert set(TASKS) == {"arith", "arith_think", "gsm8k", "reasoning_gym", "jsonl", "dna"}
+    assert set(TASKS) == {"arith", "arith_think", "gsm8k", "reasoning_gym", "jsonl", "dna", "multihop"}
     for name, spec in TASKS.items():
         assert spec.name == name
         first_field, info = next(iter(spec.config_cls.model_fields.items()))

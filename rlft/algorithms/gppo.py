@@ -34,6 +34,8 @@ accordingly.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from typing import Literal, NamedTuple
 
 import torch
@@ -234,7 +236,8 @@ def log_metrics(sums: dict[str, float], steps: int) -> dict[str, float]:
     }
 
 
-def validate(run_cfg) -> None:
+def validate(run_cfg, segments_from_turns: bool = False) -> None:
+    """segments_from_turns: the source cuts rollouts into turn segments itself (episodes)."""
     cfg = run_cfg.algorithm
     if run_cfg.train.batch_size % cfg.group_size:
         raise ValueError(f"train.batch_size={run_cfg.train.batch_size} is not a multiple of "
@@ -246,7 +249,7 @@ def validate(run_cfg) -> None:
     if cfg.process_coef > 0:
         from rlft.rewards import REWARD_COMPONENTS
 
-        if run_cfg.rollout.step_delimiter is None:
+        if run_cfg.rollout.step_delimiter is None and not segments_from_turns:
             raise ValueError("algorithm.process_coef > 0 needs step segments: set rollout.step_delimiter (e.g. '\\n')")
         if not any(REWARD_COMPONENTS[c.name].scores_segments for c in run_cfg.reward.components):
             raise ValueError("algorithm.process_coef > 0 needs step rewards: add a reward component that scores "
@@ -369,4 +372,18 @@ SPEC = AlgorithmSpec(
     needs_reference=needs_reference,
     validate=validate,
     log_metrics=log_metrics,
+)
+
+
+class GPPOEpisodesConfig(GPPOConfig):
+    name: Literal["gppo_episodes"] = "gppo_episodes"
+
+
+# The same algorithm on multi-turn retrieval episodes (IM-RAG's questioner): turns written by the
+# policy, documents inserted by the environment role as observation tokens (no loss on them); with
+# process_coef the retrieval_progress turn rewards give per-turn advantages.
+EPISODES_SPEC = dataclasses.replace(
+    SPEC, name="gppo_episodes", config_cls=GPPOEpisodesConfig, source="episodes",
+    roles=("generator", "reward", "environment"), validate=functools.partial(validate, segments_from_turns=True),
+    summary="GPPO on multi-turn retrieval episodes (IM-RAG questioner: environment observations masked)",
 )

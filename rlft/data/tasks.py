@@ -17,7 +17,7 @@ from typing import Callable, Literal, Protocol
 
 from pydantic import Field
 
-from rlft.data import arith, arith_think, dna_task, gsm, rgym
+from rlft.data import arith, arith_think, dna_task, gsm, multihop, rgym
 from rlft.data.jsonl import Example, read_sft_rows
 from rlft.schema import Section
 
@@ -88,6 +88,7 @@ TASKS: dict[str, TaskSpec] = {
         TaskSpec("reasoning_gym", rgym.ReasoningGymConfig, rgym.build),
         TaskSpec("jsonl", JsonlTaskConfig, JsonlTask),
         TaskSpec("dna", dna_task.DnaTaskConfig, dna_task.build),
+        TaskSpec("multihop", multihop.MultiHopConfig, multihop.build),
     )
 }
 

@@ -59,12 +59,23 @@ class CausalLM:
             return {}
         if "generator" in ctrl.roles:
             ctrl.settle()
-            rollouts = generate(ctrl.roles["generator"], ctrl.tokenizer, ctrl.chat, ctrl.eval_examples, 1,
-                                cfg.max_new_tokens, 0.0, 1.0, seed=0)
+            if "environment" in ctrl.roles:  # multi-turn episodes, greedy
+                from rlft.sources.episodes import episode_metrics, generate_episodes
+
+                rollouts = generate_episodes(ctrl.roles["generator"], ctrl.roles["environment"], ctrl.tokenizer,
+                                             ctrl.chat, ctrl.eval_examples, 1, cfg.max_new_tokens, 0.0, 1.0, seed=0,
+                                             max_turns=ctrl.cfg.rollout.max_turns)
+            else:
+                rollouts = generate(ctrl.roles["generator"], ctrl.tokenizer, ctrl.chat, ctrl.eval_examples, 1,
+                                    cfg.max_new_tokens, 0.0, 1.0, seed=0)
             score(ctrl.roles["reward"], rollouts)
             found = reward_metrics(rollouts, ctrl.task.name, prefix="eval")
-            return {**eval_metrics([r.example for r in rollouts], [float(r.correct) for r in rollouts],
-                                   [len(r.completion_ids) for r in rollouts]), "eval/reward": found["eval/mean"]}
+            metrics = {**eval_metrics([r.example for r in rollouts], [float(r.correct) for r in rollouts],
+                                      [len(r.completion_ids) for r in rollouts]), "eval/reward": found["eval/mean"]}
+            if "environment" in ctrl.roles:  # each reward component, and how the episodes went
+                metrics.update({k: v for k, v in found.items() if k != "eval/mean" and not k.startswith("eval/accuracy_")},
+                               **episode_metrics(rollouts, "eval"))
+            return metrics
         scores, lengths = score_greedy(
             ctrl.task, ctrl.tokenizer, ctrl.eval_examples, ctrl.chat, cfg,
             lambda chunk: ctrl.learners.call_one(0, "generate", chunk, cfg.max_new_tokens, cfg.batch_size),

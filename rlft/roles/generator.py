@@ -119,9 +119,10 @@ class GeneratorActor:
 
     # ----------------------------------------------------------------- sampling
     def generate(self, prompts: list[list[int]], n: int, max_new_tokens: int | list[int], temperature: float,
-                 top_p: float, seed: int) -> list[list[dict[str, Any]]]:
+                 top_p: float, seed: int, stop: list[str] | None = None) -> list[list[dict[str, Any]]]:
         """n samples per tokenised prompt: token ids, sampling log-probs, text, version.
-        max_new_tokens: one limit for every prompt, or one per prompt."""
+        max_new_tokens: one limit for every prompt, or one per prompt. stop: strings that end a sample
+        (kept in its text and tokens: a multi-turn episode's closing tag)."""
         if not prompts:
             return []
         from vllm import SamplingParams
@@ -130,7 +131,8 @@ class GeneratorActor:
         # One seed per prompt: a shared seed would give every prompt the same random stream.
         limits = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
         params = [SamplingParams(n=n, max_tokens=limits[i], temperature=temperature, top_p=top_p,
-                                 seed=seed + i, logprobs=0) for i in range(len(prompts))]
+                                 seed=seed + i, logprobs=0, stop=stop, include_stop_str_in_output=bool(stop))
+                  for i in range(len(prompts))]
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=p) for p in prompts], params,
             lora_request=self._request(), use_tqdm=False,

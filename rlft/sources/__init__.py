@@ -13,6 +13,8 @@ Registered by name:
 
   trees     preference trees grown by the generators
   sampling  seeds only: the learners sample inside the loss (DRAKES)
+  episodes  multi-turn retrieval episodes: generators write turns, the environment role answers
+            searches, reward roles score (IM-RAG)
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ SOURCES: Registry = Registry("data source", {
     "lists": "rlft.sources.lists:ListSource",
     "trees": "rlft.sources.trees:TreeSource",
     "sampling": "rlft.sources.sampling:SamplingSource",
+    "episodes": "rlft.sources.episodes:EpisodeSource",
 })
 
 
