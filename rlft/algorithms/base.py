@@ -61,6 +61,16 @@ class PolicyModel(Protocol):
     def logits_from_embeds(self, embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Policy logits [B, T, V] for given input embeddings (with grad, like `logits`)."""
 
+    def __call__(self, *args, **kwargs):
+        """The model's own forward, with grad (models other than causal LMs: a diffusion denoiser)."""
+
+    def reference(self, *args, **kwargs):
+        """The reference model's own forward, without grad."""
+
+    @property
+    def config(self):
+        """The model's own config (e.g. a diffusion model's sequence length)."""
+
 
 @dataclass
 class RowContext:
