@@ -19,14 +19,12 @@ approximate log-likelihood (nats) under the pretrained model. Mean (std) over se
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from recipe_runs import ROOT, evaluations, finished, mean_std, train
+
 RECIPE = "configs/drakes_dna.yaml"
 METHODS = {"drakes": [], "drakes_no_kl": ["algorithm.alpha=0"]}
 COLUMNS = (("Pred-Activity", "eval/pred_activity", 1.0, "{:.2f}"), ("HepG2 %", "eval/accuracy", 100.0, "{:.1f}"),
@@ -49,32 +47,8 @@ def run_name(method: str, seed: int, steps: int | None) -> str:
 
 
 def run_one(method: str, seed: int, args) -> float:
-    name = run_name(method, seed, args.steps)
-    if (args.out / name / "checkpoints" / "final").exists():
-        return 0.0
-    overrides = [f"run.name={name}", f"run.seed={seed}", f"run.output_dir={args.out}", "run.if_exists=error",
-                 "tracking.wandb=disabled", *METHODS[method]]
-    if args.steps:
-        overrides.append(f"train.steps={args.steps}")
-    started = time.time()
-    log = args.out / f"{name}.log"
-    with log.open("w") as out:
-        code = subprocess.call([sys.executable, "-m", "rlft.cli", "train", "--quiet", RECIPE, *overrides],
-                               cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    if code:
-        raise SystemExit(f"{method} seed {seed} failed (exit {code}); see {log}")
-    return time.time() - started
-
-
-def evaluations(run_dir: Path) -> list[dict]:
-    """The rows of a run's metrics.jsonl that hold an evaluation, in step order."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [row for row in rows if "eval/pred_activity" in row]
-
-
-def cell(values: list[float], scale: float, fmt: str) -> str:
-    spread = statistics.stdev(values) * scale if len(values) > 1 else 0.0
-    return f"{fmt.format(statistics.mean(values) * scale)} ({fmt.format(spread)})"
+    overrides = [*METHODS[method], *([f"train.steps={args.steps}"] if args.steps else [])]
+    return train(RECIPE, run_name(method, seed, args.steps), seed, args.out, overrides, f"{method} seed {seed}")
 
 
 def plot(runs: dict[str, dict[int, list[dict]]], path: Path) -> None:
@@ -110,8 +84,8 @@ def main() -> int:
             for method in METHODS:
                 print(f"running {method} seed {seed} ...", flush=True)
                 seconds[method, seed] = run_one(method, seed, args)
-    runs = {m: {s: evaluations(args.out / run_name(m, s, args.steps)) for s in args.seeds
-                if (args.out / run_name(m, s, args.steps) / "checkpoints" / "final").exists()} for m in METHODS}
+    runs = {m: {s: evaluations(args.out / run_name(m, s, args.steps), "eval/pred_activity") for s in args.seeds
+                if finished(args.out / run_name(m, s, args.steps))} for m in METHODS}
     rows = {"Pretrained": [r[0] for r in runs["drakes"].values()],
             "DRAKES w/o KL": [r[-1] for r in runs["drakes_no_kl"].values()],
             "DRAKES": [r[-1] for r in runs["drakes"].values()]}
@@ -125,7 +99,7 @@ def main() -> int:
         method = {"DRAKES w/o KL": "drakes_no_kl"}.get(label, "drakes")
         minutes = [seconds.get((method, s), 0.0) / 60 for s in args.seeds]
         timing = f"{statistics.median(minutes):.1f}" if label != "Pretrained" and any(minutes) else "-"
-        print(f"| {label} | " + " | ".join(cell([r[key] for r in found], scale, fmt) for _, key, scale, fmt in COLUMNS)
+        print(f"| {label} | " + " | ".join(mean_std([r[key] for r in found], scale, fmt) for _, key, scale, fmt in COLUMNS)
               + f" | {len(found)} | {timing} |")
     png = args.png or args.out / "drakes_dna.png"
     plot(runs, png)

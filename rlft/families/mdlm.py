@@ -73,12 +73,7 @@ class MaskedDiffusion:
 
     @torch.no_grad()
     def probe_logprobs(self, module, probe: dict[str, torch.Tensor]) -> torch.Tensor:
-        from rlft.diffusion.mdlm import MASK
-        from rlft.diffusion.model import subs_log_probs
-
-        xt, x0 = probe["xt"], probe["x0"]
-        log_p = subs_log_probs(module(xt), xt, MASK).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
-        return log_p[xt == MASK].float().cpu()
+        return probe_logprobs(module, probe)
 
     # ----------------------------------------------------------------- learner-side helpers (family_call)
     def held_out_nelbo(self, module, ids: torch.Tensor, seed: int) -> float:
@@ -143,12 +138,12 @@ class MaskedDiffusion:
         rollouts = [Rollout(example=Example(prompt="", response=None, answer=ctrl.task.cfg.target), group=0,
                             prompt_ids=[], completion_ids=[], logprobs=[], text=seq, version=version)
                     for seq in sequences]
-        from rlft.sources.rollouts import score
+        from rlft.sources.rollouts import score, split_evenly
 
         score(ctrl.roles["reward"], rollouts)
         likelihoods = [ll for i, lls in enumerate(generators.call_each(
             "log_likelihood", [(chunk, cfg.diffusion.loglik_steps, seed + 4_001 + i) for i, chunk in
-                               enumerate(_split(sequences, len(generators)))])) for ll in lls]
+                               enumerate(split_evenly(sequences, len(generators)))])) for ll in lls]
         metrics = {"eval/pred_activity": statistics.median(r.reward for r in rollouts),
                    "eval/reward": statistics.fmean(r.reward for r in rollouts),
                    "eval/accuracy": statistics.fmean(float(r.correct) for r in rollouts),
@@ -171,11 +166,13 @@ class MaskedDiffusion:
                     ctrl.task.classified_as_target(sequences)), **self.sequence_statistics(ctrl, sequences)}
 
 
-def _split(items: list, parts: int) -> list[list]:
-    size, extra = divmod(len(items), parts)
-    out, start = [], 0
-    for i in range(parts):
-        end = start + size + (i < extra)
-        out.append(items[start:end])
-        start = end
-    return out
+
+def probe_logprobs(module, probe: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Log-probabilities the denoiser gives the true tokens at the masked positions of a parity
+    probe ({"xt", "x0"}): what learner and generators compare after a weight sync."""
+    from rlft.diffusion.mdlm import MASK
+    from rlft.diffusion.model import subs_log_probs
+
+    xt, x0 = probe["xt"], probe["x0"]
+    log_p = subs_log_probs(module(xt), xt, MASK).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+    return log_p[xt == MASK].float().cpu()

@@ -96,10 +96,10 @@ class DiffusionGeneratorActor:
 
     def probe_logprobs(self, probe) -> list[float]:
         """The parity probe's scored log-probs under the current weights (rlft.families.mdlm)."""
-        from rlft.families.mdlm import MaskedDiffusion
+        from rlft.families.mdlm import probe_logprobs
 
         probe = {k: v.to(self.device) for k, v in probe.items()}
-        return MaskedDiffusion().probe_logprobs(self.model, probe).tolist()
+        return probe_logprobs(self.model, probe).tolist()
 
     def memory(self) -> dict[str, float]:
         from rlft.memory import process_memory

@@ -4,14 +4,10 @@ reward roles (rlft.retrieval.episodes runs the turns)."""
 
 from __future__ import annotations
 
-import time
-
 from rlft.data.collate import encode_prompt
-from rlft.data.sampler import EpochSampler
 from rlft.retrieval.episode import ANSWER_CLOSE, SEARCH_CLOSE, coverage
 from rlft.retrieval.episodes import TurnSample, run_episodes
-from rlft.sources import SampledSource, SourceContext
-from rlft.sources.rollouts import reward_metrics, score, split_evenly
+from rlft.sources.rollouts import RolloutSource, split_evenly
 from rlft.types import Rollout
 
 TURN_STOP = [SEARCH_CLOSE, ANSWER_CLOSE]
@@ -70,26 +66,14 @@ def episode_metrics(rollouts: list[Rollout], prefix: str) -> dict[str, float]:
             f"{prefix}/coverage": sum(covered) / n}
 
 
-class EpisodeSource(SampledSource):
-    def __init__(self, ctx: SourceContext):
-        self.ctx = ctx
-        self.sampler = EpochSampler(len(ctx.train_examples), ctx.cfg.run.seed)
+class EpisodeSource(RolloutSource):
+    """Rollouts that are multi-turn episodes with the environment role."""
 
-    def next_batch(self, iteration: int, policy_version: int) -> tuple[list[Rollout], dict[str, float]]:
+    def produce(self, prompts: list, group: int, seed: int) -> list[Rollout]:
         ctx, ro = self.ctx, self.ctx.cfg.rollout
-        group = ctx.spec.samples_per_prompt(ctx.cfg)
-        prompts = self.sampler.next_batch(ctx.train_examples, ctx.rows_per_batch() // group)
-        t0 = time.time()
-        rollouts = generate_episodes(ctx.roles["generator"], ctx.roles["environment"], ctx.tokenizer, ctx.chat,
-                                     prompts, group, ro.max_new_tokens, ro.temperature, ro.top_p,
-                                     seed=ctx.cfg.run.seed * 100_003 + iteration, max_turns=ro.max_turns)
-        t1 = time.time()
-        score(ctx.roles["reward"], rollouts)
-        t2 = time.time()
-        tokens = sum(len(r.completion_ids) for r in rollouts)
-        return rollouts, {
-            **reward_metrics(rollouts, ctx.task.name), **episode_metrics(rollouts, "rollout"),
-            "rollout/response_length": tokens / len(rollouts),
-            "rollout/staleness": float(policy_version - min(r.version for r in rollouts)),
-            "perf/time_generate": t1 - t0, "perf/time_reward": t2 - t1,
-        }
+        return generate_episodes(ctx.roles["generator"], ctx.roles["environment"], ctx.tokenizer, ctx.chat,
+                                 prompts, group, ro.max_new_tokens, ro.temperature, ro.top_p, seed=seed,
+                                 max_turns=ro.max_turns)
+
+    def extra_metrics(self, rollouts: list[Rollout]) -> dict[str, float]:
+        return episode_metrics(rollouts, "rollout")

@@ -79,18 +79,30 @@ def reward_metrics(rollouts: list[Rollout], task_name: str, prefix: str = "rewar
 
 
 class RolloutSource(SampledSource):
+    """Prompts from the train split, a group of completions per prompt, scored by the reward roles.
+    Subclasses change how completions are produced (`produce`) and what else is logged (`extra_metrics`)."""
+
     def __init__(self, ctx: SourceContext):
         self.ctx = ctx
         self.sampler = EpochSampler(len(ctx.train_examples), ctx.cfg.run.seed)
 
-    def next_batch(self, iteration: int, policy_version: int) -> tuple[list[Rollout], dict[str, float]]:
+    def produce(self, prompts: list, group: int, seed: int) -> list[Rollout]:
         ctx, ro = self.ctx, self.ctx.cfg.rollout
+        return generate(ctx.roles["generator"], ctx.tokenizer, ctx.chat, prompts, group, ro.max_new_tokens,
+                        ro.temperature, ro.top_p, seed=seed, step_delimiter=ro.step_delimiter)
+
+    def extra_metrics(self, rollouts: list[Rollout]) -> dict[str, float]:
+        return {**({"rollout/steps": sum(len(r.segments) for r in rollouts) / len(rollouts)}
+                   if self.ctx.cfg.rollout.step_delimiter else {}),
+                **mode_metrics([r.example for r in rollouts], [r.correct for r in rollouts],
+                               [len(r.completion_ids) for r in rollouts], prefix="rollout")}
+
+    def next_batch(self, iteration: int, policy_version: int) -> tuple[list[Rollout], dict[str, float]]:
+        ctx = self.ctx
         group = ctx.spec.samples_per_prompt(ctx.cfg)
         prompts = self.sampler.next_batch(ctx.train_examples, ctx.rows_per_batch() // group)
         t0 = time.time()
-        rollouts = generate(ctx.roles["generator"], ctx.tokenizer, ctx.chat, prompts, group, ro.max_new_tokens,
-                            ro.temperature, ro.top_p, seed=ctx.cfg.run.seed * 100_003 + iteration,
-                            step_delimiter=ro.step_delimiter)
+        rollouts = self.produce(prompts, group, seed=ctx.cfg.run.seed * 100_003 + iteration)
         t1 = time.time()
         score(ctx.roles["reward"], rollouts)
         t2 = time.time()
@@ -101,7 +113,5 @@ class RolloutSource(SampledSource):
             "rollout/staleness": float(policy_version - min(r.version for r in rollouts)),
             "perf/time_generate": t1 - t0, "perf/time_reward": t2 - t1,
             "perf/gen_tokens_per_s": gen_tokens / max(t1 - t0, 1e-9),
-            **({"rollout/steps": sum(len(r.segments) for r in rollouts) / len(rollouts)} if ro.step_delimiter else {}),
-            **mode_metrics([r.example for r in rollouts], [r.correct for r in rollouts],
-                           [len(r.completion_ids) for r in rollouts], prefix="rollout"),
+            **self.extra_metrics(rollouts),
         }
