@@ -118,3 +118,101 @@ def test_observation_tokens_get_no_policy_gradient_and_no_kl():
     for k in range(10):
         predicting = per_position[prompt + k - 1]
         assert (predicting == 0) == (k in observed), k
+
+
+# ---- the answerer: SFT on the gold answer after the episode's own searches (IM-RAG) --------------
+
+
+class _CharTokenizer:
+    """One token per character (id = code point), so token offsets are text offsets."""
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [ord(c) for c in text]}
+
+    def decode(self, ids, skip_special_tokens=False):
+        return "".join(chr(i) for i in ids)
+
+
+def _episode(turns: list[tuple[str, str]], finish_reason: str, reward: float) -> Rollout:
+    """A scored rollout whose completion is the (kind, text) segments, one token per character."""
+    from rlft.types import Score
+
+    segments, ids = [], []
+    for kind, text in turns:
+        segments.append(Segment(len(ids), len(ids) + len(text), kind, text))
+        ids += [ord(c) for c in text]
+    example = Example(prompt="q", response=None, answer="Orvan", meta={"supporting": [3, 7]})
+    return Rollout(example=example, group=0, prompt_ids=[1, 2], completion_ids=ids, logprobs=[-0.5] * len(ids),
+                   text="".join(t for _, t in turns), version=0, finish_reason=finish_reason, segments=segments,
+                   score=Score(reward=reward, correct=reward > 0))
+
+
+def test_answered_episode_keeps_its_answer_decision_and_learns_the_gold_answer_by_nll():
+    from rlft.algorithms.base import RowContext
+    from rlft.algorithms.gppo_episodes import GPPOEpisodesConfig, build_episode_rows
+
+    search, docs = ("turn", "<search>tesk</search>"), ("observation", "<docs>Tesk is in Orvan.</docs>")
+    answered = _episode([search, docs, ("turn", " <answer>Kern</answer>")], "answer", 1.0)
+    malformed = _episode([search, docs, ("turn", "<serch>")], "malformed: no <search> or <answer> tag", 0.0)
+    unsupported = _episode([search, ("observation", "<docs>Tesk is in Kern.</docs>"), ("turn", "<answer>Kern</answer>")],
+                           "answer", 0.0)
+    ctx = RowContext(tokenizer=_CharTokenizer(), chat=False, max_length=128,
+                     algorithm=GPPOEpisodesConfig(group_size=2))
+    (row, other, guessed), metrics = build_episode_rows([answered, malformed, unsupported], ctx)
+    decision = len(answered.prompt_ids) + answered.text.index("<answer>") + len("<answer>")
+    gold = [ord(c) for c in "Orvan</answer>"]
+    # the sampled turns up to and including "<answer>" stay (policy gradient), the gold answer follows
+    assert row["input_ids"] == answered.prompt_ids + answered.completion_ids[:decision - 2] + gold
+    assert row["labels"][decision:] == gold
+    assert row["answer_sft"] == [0.0] * (decision - 1) + [1.0] * len(gold)  # positions predicting the gold tokens
+    assert row["advantages"][decision - 1:] == [0.0] * len(gold)
+    assert row["advantages"][decision - 2] > 0 and row["advantages"][len(answered.prompt_ids) - 1] > 0
+    assert len(row["old_logprobs"]) == len(row["advantages"]) == len(row["input_ids"]) - 1
+    assert other["answer_sft"] == [0.0] * (len(other["input_ids"]) - 1)  # no answer, nothing to teach
+    assert other["input_ids"] == malformed.prompt_ids + malformed.completion_ids
+    # its documents do not hold the gold answer: it would teach answering without them
+    assert guessed["input_ids"] == unsupported.prompt_ids + unsupported.completion_ids and not any(guessed["answer_sft"])
+    assert metrics["rollout/answer_sft_fraction"] == pytest.approx(1 / 3)
+    rl = RowContext(tokenizer=_CharTokenizer(), chat=False, max_length=128,
+                    algorithm=GPPOEpisodesConfig(group_size=2, answerer="rl"))
+    (sampled, _, _), _ = build_episode_rows([answered, malformed, unsupported], rl)
+    assert sampled["input_ids"] == answered.prompt_ids + answered.completion_ids and "answer_sft" not in sampled
+
+
+def test_a_token_across_the_answer_tag_is_cut_and_the_gold_tokens_repeat_the_rest_of_the_tag():
+    from rlft.algorithms.gppo_episodes import answer_start
+
+    class Pairs:  # two characters per token: "<a", "ns", "we", "r>", ...
+        def decode(self, ids, skip_special_tokens=False):
+            return "".join(chr(i // 1000) + chr(i % 1000) for i in ids)
+
+    text = " <answer>Kern</answer>"  # " <", "an", "sw", "er", ">K" straddles the tag's end
+    ids = [ord(text[k]) * 1000 + ord(text[k + 1]) for k in range(0, len(text), 2)]
+    rollout = _episode([("observation", "<docs>Orvan</docs>")], "answer", 1.0)  # one token per character
+    rollout.completion_ids += ids
+    rollout.segments.append(Segment(18, 18 + len(ids), "turn", text))
+    assert answer_start(rollout, Pairs().decode) == (18 + 4, ">")
+    rollout.finish_reason = "max_turns"
+    assert answer_start(rollout, Pairs().decode) is None
+
+
+def test_answer_nll_is_the_only_loss_when_advantages_are_zero_and_observations_get_no_gradient():
+    from rlft.algorithms.gppo_episodes import GPPOEpisodesConfig, micro_batch_loss as episode_loss, pad_episode_rows, \
+        with_gold_answer
+
+    rollout = _rollout(SEGMENTS, 10)
+    rollout.completion_ids = [i % 32 for i in range(10)]
+    gold = [20, 21, 22]
+    row = with_gold_answer(rollout_row(rollout, 0.0, 0.0, max_length=64), 2, SEGMENTS[-1].start, gold, 64)
+    batch = pad_episode_rows([row, {**row, "answer_sft": [0.0] * len(row["answer_sft"])}], pad_id=0)
+    model = _LeafLogits(batch)
+    counts = StepCounts(*count_label_tokens(batch))
+    loss, metrics = episode_loss(model, batch, GPPOEpisodesConfig(answer_sft_coef=0.5), counts)
+    log_p = torch.log_softmax(model.leaf[0].detach(), -1)
+    keep = 2 + SEGMENTS[-1].start
+    expected = -sum(float(log_p[keep - 1 + j, g]) for j, g in enumerate(gold)) * 0.5 / counts.num_tokens
+    assert float(loss.detach()) == pytest.approx(expected, rel=1e-5) and metrics["answer_tokens"] == 3
+    loss.backward()
+    grad = model.leaf.grad.abs().sum(-1)
+    assert (grad[1] == 0).all()  # the second row has no answer to learn and no advantage
+    assert [k for k in range(grad.shape[1]) if grad[0, k] > 0] == [keep - 1, keep, keep + 1]

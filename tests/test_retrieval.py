@@ -185,3 +185,17 @@ def test_multihop_worked_episodes_find_every_supporting_document_and_score_corre
         assert task.score(example, example.response) == 1.0
         assert task.score(example, example.response.rsplit(DOCS_CLOSE, 1)[0] + DOCS_CLOSE + "<answer>x</answer>") == 0.0
         assert example.response.count("<search>") == example.meta["hops"] == len(example.meta["supporting"])
+
+
+def test_train_part_splits_the_training_questions_into_disjoint_parts():
+    from rlft.data.multihop import MultiHopConfig, MultiHopTask
+
+    def prompts(part):
+        return [ex.prompt for ex in MultiHopTask(MultiHopConfig(num_entities=24, train_part=part)).split("train")]
+
+    whole, first, second = prompts((0.0, 1.0)), prompts((0.0, 0.5)), prompts((0.5, 1.0))
+    assert first + second == whole and first and second
+    held_out = MultiHopTask(MultiHopConfig(num_entities=24, train_part=(0.5, 1.0))).split("eval")
+    assert held_out == MultiHopTask(MultiHopConfig(num_entities=24)).split("eval")  # eval is never cut
+    with pytest.raises(ValueError, match="train_part"):
+        MultiHopConfig(train_part=(0.5, 0.5))

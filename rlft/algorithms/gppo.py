@@ -34,8 +34,6 @@ accordingly.
 
 from __future__ import annotations
 
-import dataclasses
-import functools
 from typing import Literal, NamedTuple
 
 import torch
@@ -339,6 +337,15 @@ def micro_batch_loss(
     Metrics are sums over this micro-batch (add across micro-batches/ranks, divide by counts);
     kl_sum is 0 unless the KL is in the loss.
     """
+    loss, metrics, _, _ = policy_loss(model, batch, cfg, counts)
+    return loss, metrics
+
+
+def policy_loss(
+    model: PolicyModel, batch: dict[str, torch.Tensor], cfg: GPPOConfig, counts: StepCounts
+) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor]:
+    """micro_batch_loss's (loss, metrics), plus the token log-probs and label mask it computed, for
+    algorithms that add terms of their own."""
     logits = tempered(model.logits(batch), batch)
     logprobs, mask = token_logprobs(logits, batch["labels"])
     # Off-mask logprobs are 0: zero old_logprobs there too so delta = 1 whatever the batch holds.
@@ -355,7 +362,7 @@ def micro_batch_loss(
         # Normalised by the step's total token count (see the module docstring).
         loss = loss + cfg.aux_nll_coef * token_mean(-logprobs, positive_mask, counts.num_tokens)
     metrics = _metrics(logits.detach(), logprobs.detach(), mask, token_loss.detach(), regions, kl_sum, positive_mask)
-    return loss, metrics
+    return loss, metrics, logprobs, mask
 
 
 SPEC = AlgorithmSpec(
@@ -374,16 +381,3 @@ SPEC = AlgorithmSpec(
     log_metrics=log_metrics,
 )
 
-
-class GPPOEpisodesConfig(GPPOConfig):
-    name: Literal["gppo_episodes"] = "gppo_episodes"
-
-
-# The same algorithm on multi-turn retrieval episodes (IM-RAG's questioner): turns written by the
-# policy, documents inserted by the environment role as observation tokens (no loss on them); with
-# process_coef the retrieval_progress turn rewards give per-turn advantages.
-EPISODES_SPEC = dataclasses.replace(
-    SPEC, name="gppo_episodes", config_cls=GPPOEpisodesConfig, source="episodes",
-    roles=("generator", "reward", "environment"), validate=functools.partial(validate, segments_from_turns=True),
-    summary="GPPO on multi-turn retrieval episodes (IM-RAG questioner: environment observations masked)",
-)

@@ -20,7 +20,7 @@ from __future__ import annotations
 from functools import cached_property
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from rlft.data.jsonl import Example
 from rlft.schema import Section
@@ -34,10 +34,22 @@ class MultiHopConfig(Section):
     num_questions: int = Field(400, ge=2, description="Procedural corpus: questions.")
     distractors: int = Field(120, ge=0, description="Procedural corpus: distractor documents.")
     eval_fraction: float = Field(0.2, gt=0, lt=1, description="Questions held out for evaluation.")
+    train_part: tuple[float, float] = Field(
+        (0.0, 1.0), description="The part [start, stop) of the training questions used, as fractions: a warm "
+        "start and the RL run after it can take disjoint parts, so RL does not start on questions the warm "
+        "start has memorised.")
     top_k: int = Field(2, ge=1, description="Documents the environment returns per search.")
     refine_chars: int | None = Field(
         48, ge=1, description="The refiner: each returned document cut to its first sentence and this many "
         "characters (null: whole documents).")
+
+    @field_validator("train_part")
+    @classmethod
+    def _ordered_fractions(cls, part: tuple[float, float]) -> tuple[float, float]:
+        start, stop = part
+        if not 0.0 <= start < stop <= 1.0:
+            raise ValueError(f"train_part must be [start, stop) with 0 <= start < stop <= 1, got {list(part)}")
+        return part
 
 
 class MultiHopTask:
@@ -91,9 +103,12 @@ class MultiHopTask:
     def split(self, which: str) -> list[Example]:
         if which not in ("train", "eval"):
             raise ValueError(f"unknown split {which!r}; expected train or eval")
-        chosen = self._splits[0] if which == "train" else self._splits[1]
+        chosen = self._splits[0].questions if which == "train" else self._splits[1].questions
+        if which == "train":
+            start, stop = self.cfg.train_part
+            chosen = chosen[round(start * len(chosen)):round(stop * len(chosen))]
         return [Example(prompt=f"Q: {q.question}\n", response=self.worked_response(q), answer=q.answer,
-                        meta={"supporting": list(q.supporting), "hops": q.hops}) for q in chosen.questions]
+                        meta={"supporting": list(q.supporting), "hops": q.hops}) for q in chosen]
 
     def score(self, example: Example, completion: str) -> float:
         from rlft.retrieval.episode import Answer, exact_match, parse_turn

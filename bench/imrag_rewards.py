@@ -1,0 +1,126 @@
+"""IM-RAG questioner rewards over seeds: turn-level progress rewards vs outcome-only reward.
+
+    .venv/bin/python bench/imrag_rewards.py                      # 3 seeds, the recipe's budget
+    .venv/bin/python bench/imrag_rewards.py --seeds 0 1 2 --steps 60
+    .venv/bin/python bench/imrag_rewards.py --report-only        # table and PNG from runs already made
+
+Every run is configs/imrag_tiny.yaml (`rlft train`, in a child process) with `run.seed` set, under
+--out (default runs/bench_imrag; a finished run is reused, never overwritten). Its SFT warm start
+(configs/imrag_sft_tiny.yaml) runs once under --out and is shared by every run, so both arms start
+from the same weights and spend the same budget (steps, batch, episodes):
+
+* progress: the recipe. Advantage per search turn = group-normalised answer F1 (outcome) plus the
+  group-normalised sum of the retrieval_progress turn rewards P_t - P_{t-1} from that turn on;
+* outcome: algorithm.process_coef=0, the answer F1 alone for every turn.
+
+In both the answer turn is trained by SFT on the gold answer (answerer: sft). Metrics are the
+held-out greedy episodes (80 questions none of the runs trains on): exact-match accuracy, answer
+F1, evidence coverage P_T, searches per episode, malformed episodes. "start" is each run's step-0
+evaluation (the warm start). Mean (std) over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+from recipe_runs import ROOT, evaluations, finished, mean_std, train
+
+RECIPE = "configs/imrag_tiny.yaml"
+ARMS = {"progress": [], "outcome": ["algorithm.process_coef=0"]}
+WINDOW = 10  # iterations averaged at the start and the end of a run (rollout metrics are noisy)
+COLUMNS = (("accuracy (EM)", "eval/accuracy"), ("answer F1", "eval/answer_f1"), ("coverage", "eval/coverage"),
+           ("searches", "eval/searches"), ("malformed", "eval/malformed"))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--steps", type=int, default=None, help="train.steps of the RL runs (default: the recipe's)")
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_imrag")
+    parser.add_argument("--png", type=Path, default=None, help="plot path (default: <out>/imrag_rewards.png)")
+    parser.add_argument("--report-only", action="store_true", help="only read finished runs")
+    return parser.parse_args()
+
+
+def training_rows(run_dir: Path) -> list[dict]:
+    """The metrics rows of a run's RL iterations (they hold the rollout statistics)."""
+    return evaluations(run_dir, "rollout/coverage")
+
+
+def run_name(arm: str, seed: int, steps: int | None) -> str:
+    return f"{arm}_s{seed}" + (f"_{steps}steps" if steps else "")
+
+
+def plot(runs: dict[str, dict[int, list[dict]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for ax, (key, label) in zip(axes, (("eval/accuracy", "held-out accuracy (exact match)"),
+                                       ("eval/coverage", "held-out evidence coverage P_T"))):
+        for arm, color in zip(ARMS, ("tab:blue", "tab:orange")):
+            for rows in runs[arm].values():
+                ax.plot([r["step"] for r in rows], [r[key] for r in rows], color=color, alpha=0.3, linewidth=1)
+            steps = sorted({r["step"] for rows in runs[arm].values() for r in rows})
+            means = [statistics.mean(r[key] for rows in runs[arm].values() for r in rows if r["step"] == s)
+                     for s in steps]
+            ax.plot(steps, means, color=color, linewidth=2.5, label=f"{arm} (mean of {len(runs[arm])} seeds)")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    args = parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    seconds: dict[tuple[str, int], float] = {}
+    steps = [f"train.steps={args.steps}"] if args.steps else []
+    if not args.report_only:
+        for seed in args.seeds:
+            for arm, overrides in ARMS.items():
+                print(f"running {arm} seed {seed} ...", flush=True)
+                seconds[arm, seed] = train(RECIPE, run_name(arm, seed, args.steps), seed, args.out,
+                                           [*overrides, *steps], f"{arm} seed {seed}")
+    runs = {arm: {s: evaluations(args.out / run_name(arm, s, args.steps), "eval/accuracy") for s in args.seeds
+                  if finished(args.out / run_name(arm, s, args.steps))} for arm in ARMS}
+    rows = {"start (warm start)": ("progress", 0), "outcome-only reward": ("outcome", -1),
+            "progress turn rewards": ("progress", -1)}
+    print(f"\nIM-RAG questioner, {RECIPE}, seeds {args.seeds}: held-out greedy episodes, mean (std) over seeds\n")
+    print("| | " + " | ".join(c[0] for c in COLUMNS) + " | seeds | min/run |")
+    print("|---|" + "---|" * (len(COLUMNS) + 2))
+    for label, (arm, at) in rows.items():
+        found = [evals[at] for evals in runs[arm].values()]
+        if not found:
+            print(f"| {label} | " + " | ".join("-" for _ in COLUMNS) + " | 0 | - |")
+            continue
+        minutes = [seconds.get((arm, s), 0.0) / 60 for s in args.seeds]
+        timing = f"{statistics.median(minutes):.1f}" if at != 0 and any(minutes) else "-"
+        print(f"| {label} | " + " | ".join(mean_std([r[key] for r in found]) for _, key in COLUMNS)
+              + f" | {len(found)} | {timing} |")
+    print(f"\nRL questions (sampled episodes at the rollout temperature), mean of the first and the last "
+          f"{WINDOW} iterations, mean (std) over seeds\n")
+    print("| arm | answer F1 first | answer F1 last | coverage first | coverage last | seeds |")
+    print("|---|---|---|---|---|---|")
+    for arm in ARMS:
+        rollouts = [training_rows(args.out / run_name(arm, s, args.steps)) for s in runs[arm]]
+        if not rollouts:
+            continue
+        cells = [mean_std([statistics.mean(r[key] for r in rows[part]) for rows in rollouts])
+                 for key in ("reward/answer_f1", "rollout/coverage") for part in (slice(0, WINDOW), slice(-WINDOW, None))]
+        print(f"| {arm} | " + " | ".join(cells) + f" | {len(rollouts)} |")
+    png = args.png or args.out / "imrag_rewards.png"
+    plot(runs, png)
+    print(f"\ncurves: {png}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
