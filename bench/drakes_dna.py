@@ -23,7 +23,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from recipe_runs import ROOT, evaluations, finished, mean_std, train
+from recipe_runs import ROOT, evaluations, finished, mean_std, plot_seed_curves, train
 
 RECIPE = "configs/drakes_dna.yaml"
 METHODS = {"drakes": [], "drakes_no_kl": ["algorithm.alpha=0"]}
@@ -49,30 +49,6 @@ def run_name(method: str, seed: int, steps: int | None) -> str:
 def run_one(method: str, seed: int, args) -> float:
     overrides = [*METHODS[method], *([f"train.steps={args.steps}"] if args.steps else [])]
     return train(RECIPE, run_name(method, seed, args.steps), seed, args.out, overrides, f"{method} seed {seed}")
-
-
-def plot(runs: dict[str, dict[int, list[dict]]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    for ax, (key, label) in zip(axes, (("eval/pred_activity", "Pred-Activity (evaluation oracle, median)"),
-                                       ("eval/log_likelihood", "App-Log-Lik under the pretrained model (median)"))):
-        for method, color in zip(METHODS, ("tab:blue", "tab:orange")):
-            for seed, rows in runs[method].items():
-                ax.plot([r["step"] for r in rows], [r[key] for r in rows], color=color, alpha=0.3, linewidth=1)
-            steps = sorted({r["step"] for rows in runs[method].values() for r in rows})
-            means = [statistics.mean(r[key] for rows in runs[method].values() for r in rows if r["step"] == s)
-                     for s in steps]
-            ax.plot(steps, means, color=color, linewidth=2.5, label=f"{method} (mean of {len(runs[method])} seeds)")
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 def main() -> int:
@@ -102,7 +78,11 @@ def main() -> int:
         print(f"| {label} | " + " | ".join(mean_std([r[key] for r in found], scale, fmt) for _, key, scale, fmt in COLUMNS)
               + f" | {len(found)} | {timing} |")
     png = args.png or args.out / "drakes_dna.png"
-    plot(runs, png)
+    plot_seed_curves([(label, "", {m: {seed: [(r["step"], r[key]) for r in rows] for seed, rows in runs[m].items()}
+                                   for m in METHODS})
+                      for key, label in (("eval/pred_activity", "Pred-Activity (evaluation oracle, median)"),
+                                         ("eval/log_likelihood", "App-Log-Lik under the pretrained model (median)"))],
+                     png)
     print(f"\ncurves: {png}")
     return 0
 

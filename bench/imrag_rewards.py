@@ -26,7 +26,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from recipe_runs import ROOT, evaluations, finished, mean_std, train
+from recipe_runs import ROOT, evaluations, finished, mean_std, plot_seed_curves, train
 
 RECIPE = "configs/imrag_tiny.yaml"
 ARMS = {"progress": [], "outcome": ["algorithm.process_coef=0"]}
@@ -52,30 +52,6 @@ def training_rows(run_dir: Path) -> list[dict]:
 
 def run_name(arm: str, seed: int, steps: int | None) -> str:
     return f"{arm}_s{seed}" + (f"_{steps}steps" if steps else "")
-
-
-def plot(runs: dict[str, dict[int, list[dict]]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    for ax, (key, label) in zip(axes, (("eval/accuracy", "held-out accuracy (exact match)"),
-                                       ("eval/coverage", "held-out evidence coverage P_T"))):
-        for arm, color in zip(ARMS, ("tab:blue", "tab:orange")):
-            for rows in runs[arm].values():
-                ax.plot([r["step"] for r in rows], [r[key] for r in rows], color=color, alpha=0.3, linewidth=1)
-            steps = sorted({r["step"] for rows in runs[arm].values() for r in rows})
-            means = [statistics.mean(r[key] for rows in runs[arm].values() for r in rows if r["step"] == s)
-                     for s in steps]
-            ax.plot(steps, means, color=color, linewidth=2.5, label=f"{arm} (mean of {len(runs[arm])} seeds)")
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 def main() -> int:
@@ -117,7 +93,11 @@ def main() -> int:
                  for key in ("reward/answer_f1", "rollout/coverage") for part in (slice(0, WINDOW), slice(-WINDOW, None))]
         print(f"| {arm} | " + " | ".join(cells) + f" | {len(rollouts)} |")
     png = args.png or args.out / "imrag_rewards.png"
-    plot(runs, png)
+    plot_seed_curves([(label, "", {arm: {seed: [(r["step"], r[key]) for r in rows] for seed, rows in runs[arm].items()}
+                                   for arm in ARMS})
+                      for key, label in (("eval/accuracy", "held-out accuracy (exact match)"),
+                                         ("eval/coverage", "held-out evidence coverage P_T"))],
+                     png)
     print(f"\ncurves: {png}")
     return 0
 

@@ -31,10 +31,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
+
+from recipe_runs import plot_seed_curves, train
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {"sft": "configs/sft_tiny_arith.yaml", "ift": "configs/ift_tiny_arith.yaml",
@@ -60,22 +60,10 @@ def run_name(algorithm: str, seed: int, steps: int | None) -> str:
 
 
 def run_one(algorithm: str, seed: int, args) -> float:
-    """Train one recipe at one seed (skipped when its run folder holds a final checkpoint); seconds taken."""
-    name = run_name(algorithm, seed, args.steps)
-    if (args.out / name / "checkpoints" / "final").exists():
-        return 0.0
-    overrides = [f"run.name={name}", f"run.seed={seed}", f"run.output_dir={args.out}", "run.if_exists=error",
-                 "tracking.wandb=disabled", f"train.eval_every={EVAL_EVERY[algorithm]}"]
-    if args.steps:
-        overrides.append(f"train.steps={args.steps}")
-    started = time.time()
-    log = args.out / f"{name}.log"
-    with log.open("w") as out:
-        code = subprocess.call([sys.executable, "-m", "rlft.cli", "train", RECIPES[algorithm], *overrides],
-                               cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    if code:
-        raise SystemExit(f"{algorithm} seed {seed} failed (exit {code}); see {log}")
-    return time.time() - started
+    """Train one recipe at one seed (reused when its run folder holds a final checkpoint); seconds taken."""
+    overrides = [f"train.eval_every={EVAL_EVERY[algorithm]}", *([f"train.steps={args.steps}"] if args.steps else [])]
+    return train(RECIPES[algorithm], run_name(algorithm, seed, args.steps), seed, args.out, overrides,
+                 f"{algorithm} seed {seed}")
 
 
 def curve(run_dir: Path) -> list[tuple[int, float]]:
@@ -92,30 +80,6 @@ def curve(run_dir: Path) -> list[tuple[int, float]]:
 def summarise(values: list[float]) -> str:
     spread = statistics.stdev(values) if len(values) > 1 else 0.0
     return f"{statistics.mean(values):.3f} ± {spread:.3f} [{min(values):.3f}, {max(values):.3f}]"
-
-
-def plot(curves: dict[str, dict[int, list[tuple[int, float]]]], pairs: list[str], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(pairs), figsize=(6 * len(pairs), 4), squeeze=False)
-    for ax, pair in zip(axes[0], pairs):
-        for algorithm, color in zip(PAIRS[pair], ("tab:blue", "tab:orange")):
-            runs = curves[algorithm]
-            for seed, points in runs.items():
-                ax.plot(*zip(*points), color=color, alpha=0.3, linewidth=1)
-            steps = sorted({s for points in runs.values() for s, _ in points})
-            means = [statistics.mean(a for points in runs.values() for s2, a in points if s2 == s) for s in steps]
-            ax.plot(steps, means, color=color, linewidth=2.5, label=f"{algorithm} (mean of {len(runs)} seeds)")
-        ax.set_xlabel("optimizer step")
-        ax.set_ylabel("held-out accuracy (greedy)")
-        ax.set_title(pair.replace("-", " vs "))
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
 
 
 def main() -> int:
@@ -148,7 +112,8 @@ def main() -> int:
             print(f"| {pair} | {algorithm} | {start} | {summarise(finals)} | "
                   f"{', '.join(f'{v:.3f}' for v in finals)} | {timing} |")
     png = args.png or args.out / "learning_seeds.png"
-    plot(curves, args.pairs, png)
+    plot_seed_curves([("held-out accuracy (greedy)", pair.replace("-", " vs "), {a: curves[a] for a in PAIRS[pair]})
+                      for pair in args.pairs], png)
     print(f"\ncurves: {png}")
     return 0
 

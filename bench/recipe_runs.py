@@ -43,3 +43,29 @@ def mean_std(values: list[float], scale: float = 1.0, fmt: str = "{:.3f}") -> st
     """'mean (std)' over seeds."""
     spread = statistics.stdev(values) * scale if len(values) > 1 else 0.0
     return f"{fmt.format(statistics.mean(values) * scale)} ({fmt.format(spread)})"
+
+
+def plot_seed_curves(panels: list[tuple[str, str, dict[str, dict[int, list[tuple[int, float]]]]]], path: Path) -> None:
+    """One panel per (y label, title, {series: {seed: [(step, value)]}}): every seed's curve thin, the
+    mean over seeds thick, one colour per series."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
+    for ax, (ylabel, title, series) in zip(axes[0], panels):
+        for (label, seeds), color in zip(series.items(), ("tab:blue", "tab:orange", "tab:green", "tab:red")):
+            for points in seeds.values():
+                ax.plot(*zip(*points), color=color, alpha=0.3, linewidth=1)
+            steps = sorted({s for points in seeds.values() for s, _ in points})
+            means = [statistics.mean(v for points in seeds.values() for s2, v in points if s2 == s) for s in steps]
+            ax.plot(steps, means, color=color, linewidth=2.5, label=f"{label} (mean of {len(seeds)} seeds)")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel(ylabel)
+        if title:
+            ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
