@@ -39,7 +39,7 @@ class GPPOEpisodesConfig(GPPOConfig):
     name: Literal["gppo_episodes"] = "gppo_episodes"
     answerer: Literal["sft", "rl"] = Field(
         "sft", description="How the answer turn is trained: sft (IM-RAG: NLL of the gold answer after the "
-        "episode's own searches; the policy gradient only on search turns) or rl (the sampled answer is "
+        "episode's own searches; the policy gradient on the search turns and the decision to answer) or rl (the sampled answer is "
         "trained by the policy gradient like the search turns).")
     answer_sft_coef: float = Field(1.0, ge=0.0, description="Weight of the answerer's NLL (answerer: sft).")
 
