@@ -14,7 +14,7 @@ from the same weights and spend the same budget (steps, batch, episodes):
 * outcome: algorithm.process_coef=0, the answer F1 alone for every turn.
 
 In both the answer turn is trained by SFT on the gold answer (answerer: sft). Metrics are the
-held-out greedy episodes (80 questions none of the runs trains on): exact-match accuracy, answer
+held-out greedy episodes (all 400 held-out questions; no run trains on them): exact-match accuracy, answer
 F1, evidence coverage P_T, searches per episode, malformed episodes. "start" is each run's step-0
 evaluation (the warm start). Mean (std) over seeds.
 """

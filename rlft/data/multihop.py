@@ -103,10 +103,11 @@ class MultiHopTask:
     def split(self, which: str) -> list[Example]:
         if which not in ("train", "eval"):
             raise ValueError(f"unknown split {which!r}; expected train or eval")
-        chosen = self._splits[0].questions if which == "train" else self._splits[1].questions
+        train, held_out = self._splits
+        chosen = held_out.questions
         if which == "train":
             start, stop = self.cfg.train_part
-            chosen = chosen[round(start * len(chosen)):round(stop * len(chosen))]
+            chosen = train.questions[round(start * len(train.questions)):round(stop * len(train.questions))]
         return [Example(prompt=f"Q: {q.question}\n", response=self.worked_response(q), answer=q.answer,
                         meta={"supporting": list(q.supporting), "hops": q.hops}) for q in chosen]
 

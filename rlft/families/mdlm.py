@@ -71,7 +71,6 @@ class MaskedDiffusion:
         masked = torch.rand(x0.shape, generator=generator) < PROBE_MASKED_FRACTION
         return {"x0": x0, "xt": torch.where(masked, torch.full_like(x0, MASK), x0)}
 
-    @torch.no_grad()
     def probe_logprobs(self, module, probe: dict[str, torch.Tensor]) -> torch.Tensor:
         return probe_logprobs(module, probe)
 
@@ -167,6 +166,7 @@ class MaskedDiffusion:
 
 
 
+@torch.no_grad()
 def probe_logprobs(module, probe: dict[str, torch.Tensor]) -> torch.Tensor:
     """Log-probabilities the denoiser gives the true tokens at the masked positions of a parity
     probe ({"xt", "x0"}): what learner and generators compare after a weight sync."""

@@ -12,6 +12,7 @@ from rlft.data.collate import encode_prompt
 from rlft.data.sampler import EpochSampler
 from rlft.data.steps import completion_steps
 from rlft.modes import mode_metrics
+from rlft.rollouts import observation_mask
 from rlft.sources import SampledSource, SourceContext
 from rlft.types import Rollout
 
@@ -106,10 +107,12 @@ class RolloutSource(SampledSource):
         t1 = time.time()
         score(ctx.roles["reward"], rollouts)
         t2 = time.time()
-        gen_tokens = sum(len(r.completion_ids) for r in rollouts)
+        tokens = sum(len(r.completion_ids) for r in rollouts)
+        # the model's own tokens: what an environment inserted (observations) was not generated
+        gen_tokens = tokens - sum(sum(observation_mask(r)) for r in rollouts)
         return rollouts, {
             **reward_metrics(rollouts, ctx.task.name),
-            "rollout/response_length": gen_tokens / len(rollouts),
+            "rollout/response_length": tokens / len(rollouts),
             "rollout/staleness": float(policy_version - min(r.version for r in rollouts)),
             "perf/time_generate": t1 - t0, "perf/time_reward": t2 - t1,
             "perf/gen_tokens_per_s": gen_tokens / max(t1 - t0, 1e-9),
