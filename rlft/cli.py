@@ -1,4 +1,4 @@
-"""Command line: `rlft train|eval|plot|algorithms|doctor`."""
+"""Command line: `rlft train|eval|samples|plot|algorithms|doctor`."""
 
 from __future__ import annotations
 
@@ -35,6 +35,19 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
     for path in plot_run(Path(args.run_dir)):
         print(path)
+    return 0
+
+
+def _cmd_samples(args: argparse.Namespace) -> int:
+    from rlft.samples import SAMPLES_FILE, latest, read_samples, select
+    from rlft.samples_view import heading, print_samples
+
+    records = latest(read_samples(Path(args.run_dir)))
+    correct = True if args.correct else False if args.incorrect else None
+    shown = select(records, args.last, correct, args.step)
+    filters = [name for name, on in (("correct", args.correct), ("incorrect", args.incorrect),
+                                     (f"step {args.step}", args.step is not None)) if on]
+    print_samples(shown, heading(Path(args.run_dir) / SAMPLES_FILE, records, shown, filters))
     return 0
 
 
@@ -79,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--checkpoint", help="checkpoint folder (default: the base model)")
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=_cmd_eval)
+    samples = sub.add_parser("samples", help="print a run's latest sampled rollouts (RUN_DIR/samples.jsonl)")
+    samples.add_argument("run_dir")
+    samples.add_argument("--last", type=int, default=8, metavar="N", help="the newest N samples (default %(default)s)")
+    verdict = samples.add_mutually_exclusive_group()
+    verdict.add_argument("--correct", action="store_true", help="only rollouts the task checker marked correct")
+    verdict.add_argument("--incorrect", action="store_true", help="only rollouts marked incorrect")
+    samples.add_argument("--step", type=int, metavar="S", help="only the samples of optimizer step S")
+    samples.set_defaults(func=_cmd_samples)
     plot = sub.add_parser("plot", help="write PNG plots of a run's metrics")
     plot.add_argument("run_dir")
     plot.set_defaults(func=_cmd_plot)

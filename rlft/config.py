@@ -222,6 +222,10 @@ class TrainConfig(Section):
         "more stops the run (each skipped step is counted in train/skipped_steps)."
     )
     log_every: int = Field(1, ge=1, description="Log train metrics every N optimizer steps.")
+    log_samples: int = Field(
+        4, ge=0, description="Rollouts kept at every logged step, chosen by run.seed and the step, in "
+        "<run>/samples.jsonl and the wandb table `samples` (`rlft samples RUN_DIR` prints them; 0: none)."
+    )
 
 
 class EvalConfig(Section):

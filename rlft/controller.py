@@ -5,6 +5,7 @@ One loop runs every algorithm; the algorithm's spec (rlft.algorithms.base) says 
     iteration i:
       source.next_batch(i)        dataset rows, or prompts -> generators sample -> reward roles score
         -> spec.build_rows          training rows (advantages, labels, ...)
+        -> learners.proximal_logprobs   with spec.recompute_logprobs: every row scored once, before the passes
         -> learners.train_step      spec.passes: mini-batches x epochs optimizer steps
         -> sync.publish             when generators exist: versioned payload, fingerprints, parity probe
       log at optimizer step i * steps_per_iteration; evaluate / checkpoint when a cadence is due
@@ -38,7 +39,7 @@ from typing import Any
 
 from rlft import runtime
 from rlft.algorithms import ALGORITHMS
-from rlft.algorithms.base import RowContext, StepCounts
+from rlft.algorithms.base import RowContext, StepCounts, combine_metric_sums
 from rlft.checkpoints import FINISHED
 from rlft.cluster import resolve_storage
 from rlft.config import RLFTConfig, dump_config
@@ -51,7 +52,9 @@ from rlft.peft import PEFT_METHODS
 from rlft.progress import print_summary, progress_bar
 from rlft.recovery import FaultRecovery
 from rlft.resume import ResumableRun, ResumePoint, RunFinished, RunStopped, StopOnSignal, resume_point
+from rlft.rollouts import with_logprobs
 from rlft.runs import base_model_path, prepare_run_dir
+from rlft.samples import SampleLog
 from rlft.startup import RoleStartup
 from rlft.sources import SOURCES, SourceContext
 from rlft.sources.rollouts import split_evenly
@@ -90,6 +93,7 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
         self.stop = StopOnSignal()
         self.restarts = 0  # generator and reward actors replaced after their process died
         self._next_batch_state: dict | None = None  # the source's state before the batch generated ahead
+        self.samples: SampleLog | None = None  # rollouts a person can read (rlft.samples)
 
     @property
     def learners(self) -> runtime.RoleGroup | None:
@@ -128,6 +132,7 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
         state = self.resumed.state if self.resumed else {}
         self.tracker = Tracker(self.run_dir, cfg.run.name, cfg.model_dump(mode="json"), cfg.tracking.wandb,
                                cfg.tracking.project, resume_step=state.get("step"), wandb_id=state.get("wandb_id"))
+        self.samples = SampleLog(self.run_dir, cfg.train.log_samples, cfg.run.seed, self.tracker)
         num_cpus = cfg.runtime.num_cpus or max(os.cpu_count() or 1, math.ceil(self.required_cpus()))
         runtime.start(cfg.runtime.mode, address=cfg.runtime.ray_address, num_cpus=num_cpus)
         self.stop.install()  # ray.init replaced the SIGTERM handler
@@ -169,7 +174,7 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
         results = self.learners.call_each("train_step", [(shard, step) for shard in batches])
         self.optimizer_steps_taken += 1
         per_rank = ("grad_norm", "lr", "skipped_steps")  # the same on every rank: rank 0's
-        merged = {k: sum(r.get(k, 0.0) for r in results) for k in results[0] if k not in per_rank}
+        merged = combine_metric_sums({k: v for k, v in r.items() if k not in per_rank} for r in results)
         merged["grad_norm"], merged["lr"], merged["step_tokens"] = results[0]["grad_norm"], results[0]["lr"], step.num_tokens
         self.count_skipped(bool(results[0].get("skipped_steps")))
         return merged
@@ -188,16 +193,26 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
                 "Lower train.lr, set train.grad_clip, or check the data")
 
     def optimize(self, rows: list[dict]) -> tuple[dict[str, float], int]:
-        """spec.passes: mini-batches x epochs optimizer steps on rows; sums (grad norm and lr averaged)."""
+        """spec.passes: mini-batches x epochs optimizer steps on rows; sums (grad norm and lr averaged).
+        With spec.recompute_logprobs the learners first score every mini-batch under the weights they
+        hold now (the proximal policy), before the first pass changes them."""
         mini_batches, epochs = self.spec.passes(self.cfg)
-        passes = [mb for _ in range(epochs) for mb in split_evenly(rows, mini_batches)]
-        totals: dict[str, float] = {}
-        for mb_rows in passes:
-            for key, value in self.learner_step(mb_rows).items():
-                totals[key] = totals.get(key, 0.0) + value
+        split = split_evenly(rows, mini_batches)
+        if self.spec.recompute_logprobs(self.cfg):
+            split = [self.proximal_rows(mb_rows) for mb_rows in split]
+        passes = [mb for _ in range(epochs) for mb in split]
+        totals = combine_metric_sums(self.learner_step(mb_rows) for mb_rows in passes)
         totals["grad_norm"] /= len(passes)
         totals["lr"] /= len(passes)
         return totals, len(passes)
+
+    def proximal_rows(self, rows: list[dict]) -> list[dict]:
+        """rows with `prox_logprobs`, scored by the learners in the micro-batches `learner_step` gives them."""
+        shards = shard_micro_batches(rows, len(self.learners), self.cfg.train.micro_batch_size)
+        scored = self.learners.call_each("proximal_logprobs", [([self.spec.pad(mb, self.pad_id()) for mb in shard],)
+                                                               for shard in shards])
+        return [row for shard, per_rank in zip(shards, scored) for mb, logprobs in zip(shard, per_rank)
+                for row in with_logprobs(mb, logprobs, "prox_logprobs")]
 
     def next_batch(self, iteration: int, prefetch: bool) -> tuple[list, dict[str, float]]:
         """Source batch `iteration` (generated during the previous iteration when it was prefetched);
@@ -231,6 +246,9 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
         t0 = time.time()
         items, metrics = self.next_batch(iteration, prefetch=bool(self.cfg.rollout.max_staleness) and not last)
         t_batch = time.time()
+        step = self.log_step(iteration, last)
+        if step is not None:  # beside the step's metrics, some of the scored rollouts behind them
+            self.samples.write(items, step, iteration, learner_version=self.policy_version)
         rows, row_stats = self.spec.build_rows(items, self.row_ctx)
         self.samples_seen += len(rows)
         t1 = time.time()
@@ -255,6 +273,12 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
         metrics.update({"perf/time_train": t2 - t1, "perf/train_tokens_per_s": sums["step_tokens"] / max(t2 - t1, 1e-9),
                         "perf/step_seconds": elapsed, "perf/samples_per_s": len(rows) / elapsed})
         return metrics
+
+    def log_step(self, iteration: int, last: bool) -> int | None:
+        """The optimizer step at which `iteration` logs its metrics and samples; None when it logs none."""
+        per_iteration = self.spec.optimizer_steps(self.cfg)
+        step = iteration * per_iteration
+        return step if due(self.cfg.train.log_every, step, per_iteration) or last else None
 
     def memory(self) -> dict[str, float]:
         """perf/mem_<role>_<measure>: the largest value over each role's members (rlft.memory)."""
@@ -320,7 +344,7 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
             for it in range(first, iterations + 1):
                 metrics = self.iteration(it, last=it == iterations)
                 step = it * per_iteration
-                if due(cfg.train.log_every, step, per_iteration) or it == iterations:
+                if self.log_step(it, last=it == iterations) is not None:
                     self.tracker.log({**metrics, **self.memory()}, step)
                 if due(cfg.train.eval_every, step, per_iteration) and it != iterations:
                     self.tracker.log(self.recovering(self.evaluate, step), step)

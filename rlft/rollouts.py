@@ -4,7 +4,8 @@ A row holds prompt + completion token ids, labels (IGNORE_INDEX on the prompt), 
 position (aligned with rlft.ops.logprobs.token_logprobs) the behaviour log-prob and the
 advantage of the completion token predicted there, and per row the sampling temperature T: the
 behaviour log-probs are of the tempered distribution softmax(logits / T), so the learner scores
-the same distribution (rlft.algorithms.gppo.tempered).
+the same distribution (rlft.algorithms.gppo.tempered). With `algorithm.old_logprobs: learner` the
+controller adds `prox_logprobs` (the learners' own log-probs of the row, on the same positions).
 """
 
 from __future__ import annotations
@@ -91,8 +92,14 @@ def pad_rollout_rows(rows: list[dict[str, Any]], pad_id: int) -> dict[str, torch
 
     batch = pad_rows(rows, pad_id)
     width = batch["input_ids"].shape[1] - 1
-    for key in ("old_logprobs", "advantages"):
+    for key in [k for k in ("old_logprobs", "advantages", "prox_logprobs") if k in rows[0]]:
         batch[key] = torch.tensor([r[key] + [0.0] * (width - len(r[key])) for r in rows], dtype=torch.float32)
     batch["positive"] = torch.tensor([r["positive"] for r in rows], dtype=torch.float32)
     batch["temperature"] = torch.tensor([r.get("temperature", 1.0) for r in rows], dtype=torch.float32)
     return batch
+
+
+def with_logprobs(rows: list[dict[str, Any]], logprobs: torch.Tensor, key: str) -> list[dict[str, Any]]:
+    """The rows with `key`: their padded per-position log-probs ([len(rows), W - 1], from a right-padded
+    batch of them) cut to each row's own length."""
+    return [{**row, key: logprobs[i, : len(row["input_ids"]) - 1].tolist()} for i, row in enumerate(rows)]

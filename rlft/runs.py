@@ -2,7 +2,7 @@
 
 A run folder is never destroyed by default: with `run.if_exists: new` (the default) a run whose
 folder already holds a run goes to `<name>-2`, `<name>-3`, ...; `error` refuses; `overwrite`
-reuses the folder and replaces its metrics.
+reuses the folder and replaces its metrics and samples.
 
 A warm start (`warm_start.recipe`) is an SFT recipe run first; its final full checkpoint is the
 base model of the run. A folder holding a finished warm start of the same recipe and overrides
@@ -16,6 +16,7 @@ import logging
 from pathlib import Path
 
 from rlft.checkpoints import FINISHED
+from rlft.samples import SAMPLES_FILE
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ def prepare_run_dir(run_dir: Path, if_exists: str, config_yaml: str) -> Path:
     folder = choose_run_dir(run_dir, if_exists)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "metrics.jsonl").unlink(missing_ok=True)  # only ever non-empty with overwrite
+    (folder / SAMPLES_FILE).unlink(missing_ok=True)
     (folder / FINISHED).unlink(missing_ok=True)  # this run has not finished (resume=auto reads it)
     (folder / "config.yaml").write_text(config_yaml)
     return folder

@@ -79,6 +79,13 @@ class Tracker:
         if self._wandb is not None:
             self._wandb.log(clean, step=step)
 
+    def log_table(self, key: str, columns: list[str], rows: list[list[Any]], step: int) -> None:
+        """A wandb Table under `key` at `step`; nothing when wandb is off (the caller keeps its own file)."""
+        if self._wandb is not None:
+            import wandb
+
+            self._wandb.log({key: wandb.Table(columns=columns, data=rows)}, step=step)
+
     def finish(self, summary: dict[str, Any] | None = None) -> None:
         if self._wandb is not None:
             if summary:

@@ -25,6 +25,10 @@ def check_config(cfg, spec, peft_cls) -> None:
     if cfg.train.steps % per_iteration:
         raise ValueError(f"train.steps={cfg.train.steps} is not a multiple of the {per_iteration} optimizer steps "
                          f"that algorithm {spec.name!r} takes per batch (rollout.mini_batches x rollout.epochs)")
+    if cfg.train.batch_size < cfg.learner.count * cfg.train.micro_batch_size:
+        raise ValueError(f"train.batch_size={cfg.train.batch_size} is smaller than learner.count x "
+                         f"train.micro_batch_size = {cfg.learner.count} x {cfg.train.micro_batch_size}: every rank "
+                         "needs at least one micro-batch per step; lower train.micro_batch_size or raise train.batch_size")
     if "generator" in spec.roles and peft_cls.payload_kind is None and cfg.sync.weights == "adapter":
         raise ValueError(f"algorithm {spec.name!r} runs generators, and sync.weights=adapter ships adapters: "
                          f"peft.method={cfg.peft.method} has none; set sync.weights=merged (every weight is "

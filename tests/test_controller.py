@@ -23,6 +23,7 @@ from rlft.controller import Controller, train
 from rlft.ops.logprobs import token_logprobs
 from rlft.roles import ROLES
 from rlft.rollouts import pad_rollout_rows, rollout_row
+from rlft.samples import choose, read_samples
 from rlft.schema import Section
 from rlft.sync.protocol import SyncError
 from rlft.types import Rollout, Score
@@ -211,6 +212,11 @@ def test_new_algorithm_runs_in_the_controller_with_fake_roles_in_call_order(tmp_
     assert [r["sync/version"] for r in trained] == [1.0, 2.0, 3.0]
     assert all(r["rollout/staleness"] == 0.0 for r in trained)  # each batch sampled by the latest version
     assert all("train/logprob" in r and "reward/length_parity" in r for r in trained)
+    # train.log_samples (4) of each logged step's 8 rollouts, chosen by the seed and the step (rlft.samples)
+    samples = read_samples(tmp_path / "runs" / "fake")
+    assert [(r["step"], r["index"]) for r in samples] == [(s, i) for s in (1, 2, 3) for i in choose(4, 8, 0, s)]
+    assert all(r["version"] == r["learner_version"] == r["step"] - 1 and r["staleness"] == 0 for r in samples)
+    assert all(r["completion"] == "A: 0" and r["prompt"] and "length_parity" in r["rewards"] for r in samples)
     print(f"controller run with fake roles: {seconds:.2f} s")
 
 

@@ -17,6 +17,7 @@ from rlft.diffusion.model import MDLM, MDLMConfig
 from rlft.families import family_name
 from rlft.families.mdlm import MaskedDiffusion
 from rlft.roles.diffusion_generator import DiffusionGeneratorActor
+from rlft.samples import latest, read_samples
 from rlft.sources import SourceContext
 from rlft.sources.sampling import SamplingSource
 from rlft.sync.payload import DensePayload
@@ -215,3 +216,8 @@ def test_drakes_resume_is_exact_and_the_generator_gets_the_resumed_policy(pretra
     whole, resumed, summary = stop_and_resume(make, at=2)
     assert summary["resumed_from"].endswith("step_2")
     assert_same_run(whole, resumed)
+    # DRAKES's samples to read are its evaluation sequences with their oracle scores (rlft.samples)
+    samples = {run: [(r["step"], r["index"], r["sequence"], r["rewards"]) for r in latest(read_samples(run))]
+               for run in (whole, resumed)}
+    assert samples[whole] == samples[resumed]
+    assert [s[0] for s in samples[whole]] == [0] * 4 + [2] * 4 + [4] * 4 and "dna_oracle" in samples[whole][0][3]

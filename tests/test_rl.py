@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from rlft.controller import Controller, train
+from rlft.samples import read_samples
 from rlft.sources.rollouts import generate, score
 from rlft.sync.protocol import SyncError
 from rlft.types import Score
@@ -52,8 +53,8 @@ def test_parity_probe_catches_a_silently_skipped_load(controller, monkeypatch):
     rollouts = generate(controller.roles["generator"], controller.tokenizer, False, controller.train_examples[:2],
                         4, 24, 1.0, 1.0, seed=1)
     score(controller.roles["reward"], rollouts)
-    for r in rollouts:  # make every advantage non-zero so the update moves the policy
-        r.score = Score(reward=float(len(r.completion_ids) % 2), correct=False)
+    for i, r in enumerate(rollouts):  # alternate rewards in each group: every advantage non-zero, the policy moves
+        r.score = Score(reward=float(i % 2), correct=False)
     rows, _ = controller.spec.build_rows(rollouts, controller.row_ctx)
     assert_probe_catches_a_skipped_load(controller, rows, monkeypatch)
 
@@ -114,6 +115,9 @@ def test_rl_run_end_to_end(tmp_path, mode):
         assert trained[-1]["perf/mem_generator_rss_mb"] > trained[-1]["perf/mem_reward_rss_mb"]
     adapter = tmp_path / "runs" / mode / "checkpoints" / "final" / "adapter_config.json"
     assert json.loads(adapter.read_text())["r"] == 4
+    samples = read_samples(tmp_path / "runs" / mode)  # train.log_samples (4) of each step's rollouts, to read
+    assert [r["step"] for r in samples] == [1] * 4 + [2] * 4
+    assert all(r["prompt"] and r["length"] >= 1 and set(r["rewards"]) == {"answer", "steps"} for r in samples)
 
 
 @pytest.mark.parametrize("over, message", [
@@ -122,6 +126,7 @@ def test_rl_run_end_to_end(tmp_path, mode):
     ({"peft": {"method": "lift"}}, "set learner.zero_stage=0"),
     ({"train": {"batch_size": 10, "micro_batch_size": 5}}, "not a multiple of algorithm.group_size"),
     ({"rollout": {"mini_batches": 2}, "train": {"steps": 3}}, "not a multiple of the 2 optimizer steps"),
+    ({"train": {"batch_size": 8, "micro_batch_size": 8}, "learner": {"count": 2}}, "smaller than learner.count x"),
     ({"rollout": {"max_new_tokens": 60}}, r"train example 0: prompt of \d+ tokens \+ 60 more does not fit train.max_length"),
     ({"train": {"max_length": 512}}, "longer than the model's context"),
 ])

@@ -14,7 +14,11 @@ The spec says everything the controller needs, so the controller never branches 
   * `passes(run_cfg)`: (mini-batches, epochs): optimizer steps taken on one source batch;
   * `samples_per_prompt(run_cfg)`: rollouts per prompt (the group size) for rollout sources;
   * `needs_reference(run_cfg)`: whether the learner must keep a reference policy;
-  * `log_metrics(sums, steps)`: summed metric sums -> logged `train/...` metrics;
+  * `recompute_logprobs(run_cfg)`: whether the learners score every batch once, before its
+    optimizer passes, with `proximal_logprobs(model, batch, cfg)` (no grad; log pi_prox [B, T-1]),
+    which the controller puts into the rows as `prox_logprobs` (the rollout/training mismatch);
+  * `log_metrics(sums, steps)`: summed metric sums -> logged `train/...` metrics (sums add over
+    micro-batches, ranks and passes; a key ending in `_max` keeps the largest value: `add_metric_sums`);
   * `validate(run_cfg)`: its own checks of the whole config (ValueError before any role starts);
   * `summary`: what it is, in one line (`rlft algorithms` lists them).
 
@@ -92,6 +96,25 @@ def count_label_tokens(batch: dict[str, torch.Tensor]) -> tuple[float, float]:
     return float((labels[:, 1:] != IGNORE_INDEX).sum().item()), float(labels.shape[0])
 
 
+def add_metric_sums(totals: dict[str, float], metrics: dict[str, float]) -> dict[str, float]:
+    """Accumulate one piece's metrics (a micro-batch's, a rank's, a pass's) into `totals`, in place:
+    values add up, except keys ending in `_max`, which keep the largest value."""
+    for key, value in metrics.items():
+        if key.endswith("_max") and key in totals:
+            totals[key] = max(totals[key], value)
+        else:
+            totals[key] = totals.get(key, 0.0) + value
+    return totals
+
+
+def combine_metric_sums(pieces) -> dict[str, float]:
+    """The metrics of several pieces (ranks, passes) combined by `add_metric_sums`."""
+    totals: dict[str, float] = {}
+    for metrics in pieces:
+        add_metric_sums(totals, metrics)
+    return totals
+
+
 def single_pass(run_cfg) -> tuple[int, int]:
     return 1, 1
 
@@ -132,6 +155,8 @@ class AlgorithmSpec:
     passes: Callable[[Any], tuple[int, int]] = single_pass
     samples_per_prompt: Callable[[Any], int] = one_sample
     needs_reference: Callable[[Any], bool] = never
+    recompute_logprobs: Callable[[Any], bool] = never
+    proximal_logprobs: Callable[[PolicyModel, dict[str, torch.Tensor], Any], torch.Tensor] | None = None
     validate: Callable[[Any], None] = no_checks
     log_metrics: Callable[[dict[str, float], int], dict[str, float]] = loss_only
     summary: str = ""  # what it is, in one line (`rlft algorithms`)

@@ -14,7 +14,8 @@ Per-token loss L = -(.) (spec 3.1 case table; gradients w.r.t. log pi_theta):
     otherwise                    -delta A                  -delta A
     A < 0 and loss > -c A        -c A  (dual clip)         0
 
-With b1 = b2 = 1 the forward value equals PPO with clip-higher; only the backward differs.
+With b1 = b2 = 1 the forward value equals PPO with clip-higher; only the backward differs
+(the per-token surrogates: rlft.ops.surrogates).
 clip_mode="ppo" is the ordinary clipped surrogate: symmetric PPO/GRPO when eps_low == eps_high,
 DAPO clip-higher when eps_high > eps_low. Original GRPO = ppo + seq-mean-token-mean + KL in the
 loss (k3); Dr.GRPO = scale_by_std False + seq-mean-token-sum-norm.
@@ -23,6 +24,13 @@ KL. kl_placement="loss": + kl_coef * reduce(k) with k from rlft.ops.kl against
 model.reference_logits (only called when kl_coef > 0). kl_placement="reward" (InstructGPT): the
 loss never sees the reference; the rollout stage must shape batch['advantages'] with
 rlft.ops.advantages.kl_in_reward_advantages (A_t - kl_coef * sum_{s>=t} k_s, behaviour log-probs).
+
+pi_old. old_logprobs="sampler": the generators' sampling log-probs. old_logprobs="learner": the
+learners first score each batch under the weights they hold (pi_prox, `proximal_logprobs`), the
+clipped ratio is pi_theta / pi_prox, and the behaviour weight w = pi_prox / pi_sampler (tis/mis,
+per token or sequence: rlft.ops.mismatch) multiplies each token's policy-gradient loss. Tokens
+that mis zeroes still count in the token-mean normaliser (zero loss, as in veRL and slime), so the
+loss of the other tokens does not grow when many are dropped.
 
 Normalisers. Every term uses the step-global `StepCounts`, so micro-batches and ranks sum to the
 full-batch loss. The auxiliary NLL on fully-correct responses (Klear's `positive_loss_coeff`) is
@@ -34,7 +42,7 @@ accordingly.
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -43,7 +51,9 @@ from rlft.algorithms.base import AlgorithmSpec, PolicyModel, RowContext, StepCou
 from rlft.ops.advantages import broadcast_to_tokens, dynamic_sampling_keep, group_relative_advantages
 from rlft.ops.kl import kl_penalty
 from rlft.ops.logprobs import token_entropy, token_logprobs
+from rlft.ops.mismatch import MISMATCH_KEYS, behaviour_weights, mismatch_metrics, mismatch_sums
 from rlft.ops.reductions import aggregate, token_mean
+from rlft.ops.surrogates import ClipRegions, gppo_token_loss, ppo_token_loss
 from rlft.rollouts import filler_row, pad_rollout_rows, process_token_advantages, rollout_row
 from rlft.schema import Section
 from rlft.types import Rollout
@@ -90,6 +100,15 @@ class GPPOConfig(Section):
     positive_reward_threshold: float = Field(
         1.0, description="A response is fully correct (aux NLL target) when its reward is >= this."
     )
+    old_logprobs: Literal["sampler", "learner"] = Field(
+        "sampler", description="pi_old of the clipped ratio: sampler (the generators' sampling log-probs) or learner "
+        "(pi_prox: the learners rescore each batch before its optimizer passes; enables `correction`).")
+    correction: Literal["none", "tis", "mis"] = Field(
+        "none", description="Behaviour weight w = pi_prox / pi_sampler on each token's loss (old_logprobs: learner): "
+        "none (w = 1), tis (truncated: min(w, C)), mis (masked: 0 outside [1/C, C]).")
+    correction_level: Literal["token", "sequence"] = Field(
+        "token", description="w per token, or per sequence (the geometric mean of its token ratios).")
+    correction_cap: float = Field(2.0, gt=1.0, description="C of the correction: tis caps w at C, mis keeps [1/C, C].")
 
     @model_validator(mode="after")
     def _max_len_for_sum_norm(self) -> "GPPOConfig":
@@ -97,77 +116,10 @@ class GPPOConfig(Section):
             raise ValueError("reduction 'seq-mean-token-sum-norm' needs max_len (the constant T_max)")
         if self.outcome_coef == 0 and self.process_coef == 0:
             raise ValueError("outcome_coef and process_coef are both 0: no advantage is left to train on")
+        if self.correction != "none" and self.old_logprobs == "sampler":
+            raise ValueError(f"algorithm.correction={self.correction} needs algorithm.old_logprobs=learner: with the "
+                             "sampler's log-probs as pi_old the weight pi_prox / pi_sampler is 1 on every token")
         return self
-
-
-class ClipRegions(NamedTuple):
-    """Per-token bool indicators of where the surrogate is not the plain -delta*A."""
-
-    low: torch.Tensor  # A < 0 and delta < 1 - eps_low
-    high: torch.Tensor  # A > 0 and delta > 1 + eps_high
-    dual: torch.Tensor  # A < 0 and the dual clip -c*A is active
-
-
-def importance_ratio(logprobs: torch.Tensor, old_logprobs: torch.Tensor) -> torch.Tensor:
-    """delta = pi_theta / pi_old = exp(log pi_theta - log pi_old), differentiable in logprobs."""
-    return torch.exp(logprobs - old_logprobs)
-
-
-def clip_regions(delta: torch.Tensor, advantages: torch.Tensor, eps_low: float, eps_high: float) -> tuple:
-    """(low, high): the two regions where PPO's min picks the constant bound."""
-    low = (advantages < 0) & (delta < 1.0 - eps_low)
-    high = (advantages > 0) & (delta > 1.0 + eps_high)
-    return low, high
-
-
-def dual_clip(loss: torch.Tensor, advantages: torch.Tensor, c: float | None) -> tuple:
-    """For A < 0 cap the loss at -c*A (a constant: zero gradient there). Returns (loss, dual mask)."""
-    if c is None:
-        return loss, torch.zeros_like(advantages, dtype=torch.bool)
-    cap = -c * advantages
-    dual = (advantages < 0) & (loss > cap)
-    return torch.where(dual, cap, loss), dual
-
-
-def gppo_token_loss(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    advantages: torch.Tensor,
-    eps_low: float,
-    eps_high: float,
-    beta1: float = 1.0,
-    beta2: float = 1.0,
-    dual_clip_c: float | None = None,
-) -> tuple[torch.Tensor, ClipRegions]:
-    """Per-token GPPO loss (general beta) and its clip regions; explicit masks, no tensor-bound clamp."""
-    log_ratio = logprobs - old_logprobs
-    delta = torch.exp(log_ratio)
-    low, high = clip_regions(delta, advantages, eps_low, eps_high)
-    # delta / sg(delta), written as exp(x - sg(x)) so it never divides by an underflowed 0:
-    # value 1, gradient 1 w.r.t. log pi_theta, so the bound keeps its value and gains a gradient.
-    unit = torch.exp(log_ratio - log_ratio.detach())
-    loss = -delta * advantages
-    loss = torch.where(low, -beta1 * (1.0 - eps_low) * unit * advantages, loss)
-    loss = torch.where(high, -beta2 * (1.0 + eps_high) * unit * advantages, loss)
-    loss, dual = dual_clip(loss, advantages, dual_clip_c)
-    return loss, ClipRegions(low, high, dual)
-
-
-def ppo_token_loss(
-    logprobs: torch.Tensor,
-    old_logprobs: torch.Tensor,
-    advantages: torch.Tensor,
-    eps_low: float,
-    eps_high: float,
-    dual_clip_c: float | None = None,
-) -> tuple[torch.Tensor, ClipRegions]:
-    """Textbook clipped surrogate -min(delta A, clip(delta, 1-eps_l, 1+eps_h) A), plus dual clip."""
-    delta = importance_ratio(logprobs, old_logprobs)
-    low, high = clip_regions(delta, advantages, eps_low, eps_high)
-    clipped = delta.clamp(1.0 - eps_low, 1.0 + eps_high)  # constant bounds: zero gradient outside
-    loss = torch.maximum(-delta * advantages, -clipped * advantages)
-    loss, dual = dual_clip(loss, advantages, dual_clip_c)
-    return loss, ClipRegions(low, high, dual)
 
 
 def policy_token_loss(
@@ -230,7 +182,7 @@ def log_metrics(sums: dict[str, float], steps: int) -> dict[str, float]:
     return {
         "train/clip_low_frac": sums["clip_low_tokens"] / tokens, "train/clip_high_frac": sums["clip_high_tokens"] / tokens,
         "train/dual_clip_frac": sums["dual_clip_tokens"] / tokens, "train/entropy": sums["entropy_sum"] / tokens,
-        "train/kl": sums["kl_sum"] / tokens,
+        "train/kl": sums["kl_sum"] / tokens, **mismatch_metrics(sums),
     }
 
 
@@ -260,6 +212,10 @@ def group_size(run_cfg) -> int:
 
 def needs_reference(run_cfg) -> bool:
     return run_cfg.algorithm.kl_coef > 0 and run_cfg.algorithm.kl_placement == "loss"
+
+
+def learner_logprobs(run_cfg) -> bool:
+    return run_cfg.algorithm.old_logprobs == "learner"
 
 
 # ---- the learner contract ------------------------------------------------------------------------
@@ -314,7 +270,7 @@ def _positive_mask(batch: dict[str, torch.Tensor], mask: torch.Tensor, required:
 
 
 @torch.no_grad()
-def _metrics(logits, logprobs, mask, token_loss, regions, kl_sum, positive_mask) -> dict[str, float]:
+def _metrics(logits, logprobs, mask, token_loss, regions, kl_sum, positive_mask, mismatch) -> dict[str, float]:
     sums = torch.stack([
         (token_loss * mask).sum(),
         (regions.low * mask).sum(),
@@ -326,7 +282,30 @@ def _metrics(logits, logprobs, mask, token_loss, regions, kl_sum, positive_mask)
         (-logprobs * positive_mask).sum(),
         positive_mask.sum(),
     ])
-    return dict(zip(METRIC_KEYS, sums.tolist()))  # one device sync for all metrics
+    if mismatch is None:
+        return dict(zip(METRIC_KEYS, sums.tolist()))  # one device sync for all metrics
+    return dict(zip(METRIC_KEYS + MISMATCH_KEYS, torch.cat([sums, mismatch.to(sums)]).tolist()))
+
+
+def proximal_logprobs(model: PolicyModel, batch: dict[str, torch.Tensor], cfg: GPPOConfig) -> torch.Tensor:
+    """log pi_prox [B, T-1]: the batch's tokens scored as the loss scores them (tempered), 0 off the
+    label mask. The learners call it without grad before the batch's optimizer passes."""
+    return token_logprobs(tempered(model.logits(batch), batch), batch["labels"])[0]
+
+
+def behaviour(batch: dict[str, torch.Tensor], sampler_logprobs: torch.Tensor, mask: torch.Tensor, cfg: GPPOConfig,
+              unsampled: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(pi_old of the clipped ratio [B, T], behaviour weights w [B, T], mismatch sums or None).
+    unsampled [B, T]: 1 on labelled tokens the sampler did not produce (they get w = 1 and no metric)."""
+    if cfg.old_logprobs == "sampler":
+        return sampler_logprobs, torch.ones_like(sampler_logprobs), None
+    if "prox_logprobs" not in batch:
+        raise KeyError("algorithm.old_logprobs=learner: the batch has no prox_logprobs (Controller.optimize adds them)")
+    prox = torch.where(mask > 0, batch["prox_logprobs"].to(sampler_logprobs.dtype), 0.0)
+    sampled = mask if unsampled is None else mask * (1.0 - unsampled.to(mask.dtype))
+    w, corrected = behaviour_weights(prox, sampler_logprobs, sampled, cfg.correction, cfg.correction_level,
+                                     cfg.correction_cap)
+    return prox, w, mismatch_sums(prox, sampler_logprobs, sampled, w, corrected)
 
 
 def micro_batch_loss(
@@ -342,16 +321,19 @@ def micro_batch_loss(
 
 
 def policy_loss(
-    model: PolicyModel, batch: dict[str, torch.Tensor], cfg: GPPOConfig, counts: StepCounts
+    model: PolicyModel, batch: dict[str, torch.Tensor], cfg: GPPOConfig, counts: StepCounts,
+    unsampled: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor]:
     """micro_batch_loss's (loss, metrics), plus the token log-probs and label mask it computed, for
-    algorithms that add terms of their own."""
+    algorithms that add terms of their own (and may mark labelled tokens the sampler did not produce)."""
     logits = tempered(model.logits(batch), batch)
     logprobs, mask = token_logprobs(logits, batch["labels"])
     # Off-mask logprobs are 0: zero old_logprobs there too so delta = 1 whatever the batch holds.
-    old_logprobs = torch.where(mask > 0, batch["old_logprobs"].to(logprobs.dtype), 0.0)
+    sampler_logprobs = torch.where(mask > 0, batch["old_logprobs"].to(logprobs.dtype), 0.0)
     advantages = batch["advantages"].to(logprobs.dtype) * mask
+    old_logprobs, w, mismatch = behaviour(batch, sampler_logprobs, mask, cfg, unsampled)
     token_loss, regions = policy_token_loss(cfg, logprobs, old_logprobs, advantages)
+    token_loss = w * token_loss  # w is a constant: it scales each token's gradient
     loss = _reduce(token_loss, mask, cfg, counts)
     kl_sum = torch.zeros((), device=logprobs.device)
     if cfg.kl_coef > 0 and cfg.kl_placement == "loss":
@@ -361,7 +343,8 @@ def policy_loss(
     if cfg.aux_nll_coef > 0:
         # Normalised by the step's total token count (see the module docstring).
         loss = loss + cfg.aux_nll_coef * token_mean(-logprobs, positive_mask, counts.num_tokens)
-    metrics = _metrics(logits.detach(), logprobs.detach(), mask, token_loss.detach(), regions, kl_sum, positive_mask)
+    metrics = _metrics(logits.detach(), logprobs.detach(), mask, token_loss.detach(), regions, kl_sum, positive_mask,
+                       mismatch)
     return loss, metrics, logprobs, mask
 
 
@@ -377,6 +360,8 @@ SPEC = AlgorithmSpec(
     passes=rollout_passes,
     samples_per_prompt=group_size,
     needs_reference=needs_reference,
+    recompute_logprobs=learner_logprobs,
+    proximal_logprobs=proximal_logprobs,
     validate=validate,
     log_metrics=log_metrics,
 )

@@ -138,7 +138,8 @@ def answer_nll_sum(logprobs: torch.Tensor, mask: torch.Tensor, answer_sft: torch
 
 def micro_batch_loss(model: PolicyModel, batch: dict[str, torch.Tensor], cfg: GPPOEpisodesConfig,
                      counts: StepCounts) -> tuple[torch.Tensor, dict[str, float]]:
-    loss, metrics, logprobs, mask = policy_loss(model, batch, cfg, counts)
+    # the gold answer's tokens were written, not sampled: no behaviour weight or mismatch there
+    loss, metrics, logprobs, mask = policy_loss(model, batch, cfg, counts, unsampled=batch.get("answer_sft"))
     if "answer_sft" in batch and cfg.answerer == "sft":
         nll = answer_nll_sum(logprobs, mask, batch["answer_sft"])
         loss = loss + cfg.answer_sft_coef * nll / counts.num_tokens

@@ -140,6 +140,8 @@ class MaskedDiffusion:
         from rlft.sources.rollouts import score, split_evenly
 
         score(ctrl.roles["reward"], rollouts)
+        # DRAKES's training samples never leave the learners' loss: these are the ones to read
+        ctrl.samples.write(rollouts, step, step // ctrl.spec.optimizer_steps(cfg), ctrl.policy_version, source="eval")
         likelihoods = [ll for i, lls in enumerate(generators.call_each(
             "log_likelihood", [(chunk, cfg.diffusion.loglik_steps, seed + 4_001 + i) for i, chunk in
                                enumerate(split_evenly(sequences, len(generators)))])) for ll in lls]

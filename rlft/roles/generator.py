@@ -128,10 +128,10 @@ class GeneratorActor:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        # One seed per prompt: a shared seed would give every prompt the same random stream.
+        # vLLM draws the j-th of n samples with seed + j: prompts n seeds apart share no random stream.
         limits = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
         params = [SamplingParams(n=n, max_tokens=limits[i], temperature=temperature, top_p=top_p,
-                                 seed=seed + i, logprobs=0, stop=stop, include_stop_str_in_output=bool(stop))
+                                 seed=seed + i * n, logprobs=0, stop=stop, include_stop_str_in_output=bool(stop))
                   for i in range(len(prompts))]
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=p) for p in prompts], params,

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from rlft.algorithms.base import StepCounts
+from rlft.algorithms.base import StepCounts, add_metric_sums
 from rlft.generation import eval_mode, greedy_generate
 from rlft.ops.logprobs import token_logprobs
 from rlft.peft import PEFT_METHODS
@@ -245,8 +245,7 @@ class LearnerActor:
             self.engine.backward(loss * self.world_size, scale_wrt_gas=False)
             self.engine.step()
             totals["loss"] += float(loss.detach())
-            for key, value in metrics.items():
-                totals[key] = totals.get(key, 0.0) + value
+            add_metric_sums(totals, metrics)
         changes = self.peft.after_step(self.engine.module, self.engine.optimizer)
         if self.rank == 0:
             totals.update(changes)
@@ -257,6 +256,14 @@ class LearnerActor:
         totals["grad_norm"] = float(grad_norm) if grad_norm is not None else float("nan")
         totals["lr"] = float(self.engine.get_lr()[0])
         return totals
+
+    @torch.no_grad()
+    def proximal_logprobs(self, micro_batches: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
+        """The algorithm's per-token log-probs ([B, T-1] each) of every micro-batch under the weights this
+        rank holds now, without grad or dropout: the proximal policy of the passes about to run on them."""
+        score = self.spec.proximal_logprobs
+        with eval_mode(self.engine.module):
+            return [score(self.policy, self._to_device(b), self.cfg.algorithm).cpu() for b in micro_batches]
 
     # ----------------------------------------------------------------- eval and outputs
     def generate(self, prompts: list[list[int]], max_new_tokens: int, batch_size: int) -> list[list[int]]:

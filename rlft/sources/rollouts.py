@@ -30,12 +30,14 @@ def split_evenly(items: list, parts: int) -> list[list]:
 def sample(generators, prompts: list[list[int]], n: int, max_new_tokens: int | list[int], temperature: float,
            top_p: float, seed: int) -> list[list[dict]]:
     """n samples per tokenised prompt (max_new_tokens: one for all, or one per prompt), the prompts
-    spread evenly over the generator roles; results in prompt order."""
+    spread evenly over the generator roles; results in prompt order. Sample j of prompt p draws with
+    seed * 100_000 + p * n + j: every sample of the batch has its own random stream (a generator
+    gives its i-th prompt seed + i * n, and vLLM its j-th sample that + j)."""
     chunks = split_evenly(list(range(len(prompts))), len(generators))
     limits = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
     results = generators.call_each("generate", [
         ([prompts[i] for i in chunk], n, [limits[i] for i in chunk], temperature, top_p,
-         seed * 100_000 + chunk[0] if chunk else 0)
+         seed * 100_000 + chunk[0] * n if chunk else 0)
         for chunk in chunks
     ])
     return [samples for per_prompt in results for samples in per_prompt]
