@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/imrag_rewards.py                      # 3 seeds, the recipe's budget
     .venv/bin/python bench/imrag_rewards.py --seeds 0 1 2 --steps 60
-    .venv/bin/python bench/imrag_rewards.py --report-only        # table and PNG from runs already made
+    .venv/bin/python bench/imrag_rewards.py --report-only        # table, PNG and JSON from runs already made
 
 Every run is configs/imrag_tiny.yaml (`rlft train`, in a child process) with `run.seed` set, under
 --out (default runs/bench_imrag; a finished run is reused, never overwritten). Its SFT warm start
@@ -16,7 +16,9 @@ from the same weights and spend the same budget (steps, batch, episodes):
 In both the answer turn is trained by SFT on the gold answer (answerer: sft). Metrics are the
 held-out greedy episodes (all 400 held-out questions; no run trains on them): exact-match accuracy, answer
 F1, evidence coverage P_T, searches per episode, malformed episodes. "start" is each run's step-0
-evaluation (the warm start). Mean (std) over seeds.
+evaluation (the warm start). Mean (std) over seeds. Held out by default: whole people
+(`task.held_out: entities`), so no held-out question's person was in a training question.
+The raw numbers (every evaluation of every run, minutes per run, the machine) go to --json.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from recipe_runs import ROOT, evaluations, finished, mean_std, plot_seed_curves, train
+from recipe_runs import ROOT, evaluations, finished, mean_std, plot_seed_curves, train, write_results
 
 RECIPE = "configs/imrag_tiny.yaml"
 ARMS = {"progress": [], "outcome": ["algorithm.process_coef=0"]}
@@ -40,7 +42,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=None, help="train.steps of the RL runs (default: the recipe's)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_imrag")
-    parser.add_argument("--png", type=Path, default=None, help="plot path (default: <out>/imrag_rewards.png)")
+    parser.add_argument("--png", type=Path, default=ROOT / "bench" / "results" / "imrag_rewards.png")
+    parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "imrag_rewards.json")
     parser.add_argument("--report-only", action="store_true", help="only read finished runs")
     return parser.parse_args()
 
@@ -92,13 +95,18 @@ def main() -> int:
         cells = [mean_std([statistics.mean(r[key] for r in rows[part]) for rows in rollouts])
                  for key in ("reward/answer_f1", "rollout/coverage") for part in (slice(0, WINDOW), slice(-WINDOW, None))]
         print(f"| {arm} | " + " | ".join(cells) + f" | {len(rollouts)} |")
-    png = args.png or args.out / "imrag_rewards.png"
+    png = args.png
     plot_seed_curves([(label, "", {arm: {seed: [(r["step"], r[key]) for r in rows] for seed, rows in runs[arm].items()}
                                    for arm in ARMS})
                       for key, label in (("eval/accuracy", "held-out accuracy (exact match)"),
                                          ("eval/coverage", "held-out evidence coverage P_T"))],
                      png)
-    print(f"\ncurves: {png}")
+    keys = [key for _, key in COLUMNS]
+    write_results(args.json, {"recipe": RECIPE, "seeds": args.seeds, "steps": args.steps, "arms": ARMS,
+                              "minutes": {f"{arm}_s{seed}": t / 60 for (arm, seed), t in seconds.items()},
+                              "evaluations": {arm: {seed: [{k: r[k] for k in ("step", *keys) if k in r} for r in rows]
+                                                    for seed, rows in found.items()} for arm, found in runs.items()}})
+    print(f"\ncurves: {png}\nraw results: {args.json}")
     return 0
 
 

@@ -13,6 +13,37 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def machine() -> dict:
+    """What produced a result: CPU model, the vector flags that change kernels and numerics (AVX2,
+    AVX-512, bf16, AMX), cores, load, library versions and the commit."""
+    import os
+    import platform
+
+    import torch
+
+    cpu, flags = platform.processor(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu in ("", "x86_64"):
+                cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    return {"cpu": cpu, "cores": os.cpu_count(),
+            "flags": sorted(flags & {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile"}),
+            "load_average": os.getloadavg(), "torch": torch.__version__, "commit": commit.stdout.strip(),
+            "date": time.strftime("%Y-%m-%d")}
+
+
+def write_results(path: Path, results: dict) -> Path:
+    """The raw results of a bench as JSON (with the machine that produced them), beside its PNG."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"machine": machine(), **results}, indent=1) + "\n")
+    return path
+
+
 def finished(run_dir: Path) -> bool:
     return (run_dir / "checkpoints" / "final").exists()
 

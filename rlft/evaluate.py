@@ -73,12 +73,55 @@ def eval_metrics(examples, scores: list[float], lengths: list[int]) -> dict[str,
             **mode_metrics(examples, [s >= 1.0 for s in scores], lengths)}
 
 
+def _cut_at_stop(tokenizer, ids: list[int], stops: list[str]) -> list[int]:
+    """The shortest prefix of ids whose text contains a stop string (the string kept, as vLLM's
+    include_stop_str_in_output does), or all of ids."""
+    for end in range(1, len(ids) + 1):
+        if any(stop in tokenizer.decode(ids[:end], skip_special_tokens=True) for stop in stops):
+            return ids[:end]
+    return ids
+
+
+def greedy_episodes(model, tokenizer, task, examples, chat: bool, eval_cfg, max_turns: int,
+                    show_progress: bool = True) -> dict[str, float]:
+    """Greedy multi-turn episodes in this process (the task answers the searches, as the environment
+    role does in a run): the same metrics as a run's episode evaluation, except the reward components."""
+    from rlft.retrieval.episode import f1
+    from rlft.retrieval.episodes import TurnSample, run_episodes
+    from rlft.sources.episodes import TURN_STOP, episode_metrics
+    from rlft.types import Rollout
+
+    with progress_bar("eval episodes", max_turns + 1, show_progress) as advance:
+        def sample_turns(contexts: list[list[int]]) -> list[TurnSample]:
+            rows = greedy_generate(model, tokenizer, contexts, eval_cfg.max_new_tokens, eval_cfg.batch_size)
+            rows = [_cut_at_stop(tokenizer, row, TURN_STOP) for row in rows]
+            advance(1)
+            return [TurnSample(row, [0.0] * len(row), tokenizer.decode(row, skip_special_tokens=True)) for row in rows]
+
+        prompts = [encode_prompt(tokenizer, ex.prompt, chat) for ex in examples]
+        episodes = run_episodes(prompts, sample_turns, task.search,
+                                lambda text: tokenizer(text, add_special_tokens=False)["input_ids"], max_turns)
+    rollouts = [Rollout(ex, k, e.prompt_ids, e.completion_ids, e.logprobs, e.text, 0, e.finish_reason, e.segments,
+                        info={"retrieved": e.retrieved, "answer": e.answer})
+                for k, (ex, e) in enumerate(zip(examples, episodes))]
+    n = max(1, len(rollouts))
+    scores = [task.score(r.example, r.text) for r in rollouts]
+    return {**eval_metrics(examples, scores, [len(r.completion_ids) for r in rollouts]),
+            "eval/answer_f1": sum(f1(r.info["answer"] or "", r.example.answer) for r in rollouts) / n,
+            **episode_metrics(rollouts, "eval")}
+
+
 def evaluate_checkpoint(cfg: RLFTConfig, checkpoint: str | None, show_progress: bool = True) -> dict[str, Any]:
+    from rlft.algorithms import ALGORITHMS
+
     cfg = resolve_storage(cfg)  # the run's own paths, so its warm start is found as the run recorded it
     model, tokenizer = load_for_eval(cfg, checkpoint)
     task = build_task(cfg.task)
     examples = task.split("eval")[: cfg.eval.num_examples]
     chat = uses_chat_template(tokenizer, cfg.data.chat_template)
+    if "environment" in ALGORITHMS[cfg.algorithm.name].roles:  # multi-turn episodes with the task's retriever
+        metrics = greedy_episodes(model, tokenizer, task, examples, chat, cfg.eval, cfg.rollout.max_turns, show_progress)
+        return {"checkpoint": checkpoint or "(base model)", **metrics}
     scores, lengths = score_greedy(
         task, tokenizer, examples, chat, cfg.eval,
         lambda chunk: greedy_generate(model, tokenizer, chunk, cfg.eval.max_new_tokens, cfg.eval.batch_size),

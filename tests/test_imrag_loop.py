@@ -99,3 +99,34 @@ def test_a_repeated_search_earns_no_progress(tmp_path, scripted):
     train(_config(tmp_path, "repeat"), show_progress=False)
     trained = [r for r in _rows(tmp_path / "runs" / "repeat") if "train/loss" in r]
     assert all(r["rollout/coverage"] < 1.0 and r["reward/retrieval_progress"] < 1.0 for r in trained)
+
+
+def test_rlft_eval_plays_greedy_episodes_with_the_tasks_retriever(tmp_path, monkeypatch):
+    """`rlft eval` on an episode recipe runs multi-turn episodes in-process (the task answers the
+    searches, as the environment role does in a run). The greedy model is scripted to write the
+    worked episode's next turn and then text past the closing tag: the turn is cut after the tag
+    (as vLLM's stop strings do), the worked episodes answer every question with every supporting
+    document covered, and a model that never closes a tag is malformed on every question."""
+    import rlft.evaluate as evaluate
+    from rlft.data.tasks import build_task
+
+    cfg = _config(tmp_path, "eval")
+    model, tokenizer = evaluate.load_for_eval(cfg, None)
+    task = build_task(cfg.task)
+    examples = task.split("eval")[:4]
+    script = ScriptedGenerator(cfg, 0, None, None, 0, 0)
+    script.worked = {ex.prompt: ex.response for ex in examples}
+
+    def scripted_greedy(model, tokenizer, prompts, max_new_tokens, batch_size):
+        texts = [script._next_turn(tokenizer.decode(ids, skip_special_tokens=True)) + "<search>junk" for ids in prompts]
+        return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
+
+    monkeypatch.setattr(evaluate, "greedy_generate", scripted_greedy)
+    found = evaluate.greedy_episodes(model, tokenizer, task, examples, False, cfg.eval, max_turns=3, show_progress=False)
+    assert found["eval/accuracy"] == found["eval/answer_f1"] == found["eval/coverage"] == found["eval/answered"] == 1.0
+    assert found["eval/searches"] == sum(ex.meta["hops"] for ex in examples) / 4 and found["eval/malformed"] == 0.0
+
+    monkeypatch.setattr(evaluate, "greedy_generate", lambda m, t, prompts, *a: [t("<search>never closed")["input_ids"]
+                                                                              for _ in prompts])
+    found = evaluate.greedy_episodes(model, tokenizer, task, examples, False, cfg.eval, max_turns=3, show_progress=False)
+    assert found["eval/accuracy"] == 0.0 and found["eval/malformed"] == 1.0 and found["eval/searches"] == 0.0

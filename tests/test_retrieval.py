@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from rlft.data.jsonl import DataError
-from rlft.retrieval.corpus import build_corpus, split_corpus
+from rlft.retrieval.corpus import build_corpus, question_subject, split_corpus
 from rlft.retrieval.episode import (Answer, Malformed, Search, coverage, exact_match, f1,
                                     format_observation, parse_turn, turn_rewards)
 from rlft.retrieval.hotpot import read_hotpot
@@ -43,12 +43,28 @@ def test_every_answer_is_reached_by_following_the_supporting_documents():
         assert entity == question.answer
 
 
-def test_split_is_disjoint_by_question():
+def test_question_split_is_disjoint_by_question():
     corpus = build_corpus(seed=0, num_questions=20)
-    train, held_out = split_corpus(corpus, eval_fraction=0.25, seed=0)
+    train, held_out = split_corpus(corpus, eval_fraction=0.25, seed=0, held_out="questions")
     assert len(held_out.questions) == 5 and len(train.questions) == 15
     assert not {q.question for q in train.questions} & {q.question for q in held_out.questions}
     assert train.documents is corpus.documents is held_out.documents
+
+
+def test_entity_split_holds_out_whole_people():
+    corpus = build_corpus(seed=0, num_entities=120, num_questions=200)
+    train, held_out = split_corpus(corpus, eval_fraction=0.2, seed=0)  # held_out="entities" is the default
+    people = lambda part: {question_subject(corpus, q) for q in part.questions}  # noqa: E731
+    assert not people(train) & people(held_out)
+    # Every question about a held-out person is held out, and the split covers the corpus.
+    assert sorted(map(id, train.questions + held_out.questions)) == sorted(map(id, corpus.questions))
+    # Whole groups of at most 4 questions are added until eval reaches 20% (40 of 200).
+    assert 40 <= len(held_out.questions) <= 43
+    # The question split of the same corpus shares people between the sides (what the default avoids).
+    q_train, q_held = split_corpus(corpus, eval_fraction=0.2, seed=0, held_out="questions")
+    assert people(q_train) & people(q_held)
+    with pytest.raises(ValueError, match="held_out"):
+        split_corpus(corpus, held_out="people")
 
 
 def test_first_hop_query_finds_the_first_supporting_document():
@@ -199,3 +215,51 @@ def test_train_part_splits_the_training_questions_into_disjoint_parts():
     assert held_out == MultiHopTask(MultiHopConfig(num_entities=24)).split("eval")  # eval is never cut
     with pytest.raises(ValueError, match="train_part"):
         MultiHopConfig(train_part=(0.5, 0.5))
+
+
+def _digest(lines) -> str:
+    import hashlib
+
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("recipe", ["configs/imrag_sft_tiny.yaml", "configs/imrag_tiny.yaml"])
+def test_imrag_recipe_corpus_and_splits_are_pinned(recipe):
+    """The README's IM-RAG numbers were measured on exactly these documents and splits: a change
+    to the corpus generator, the split or the recipe's task section shows here first (update the
+    digests only together with a rerun of the recipe's numbers)."""
+    from rlft.config import load_config
+    from rlft.data.multihop import MultiHopTask
+
+    task = MultiHopTask(load_config(recipe).task)
+    corpus = task.corpus
+    position = {id(q): i for i, q in enumerate(corpus.questions)}
+    train, held_out = task._splits
+    start, stop = task.cfg.train_part
+    used = train.questions[round(start * len(train.questions)):round(stop * len(train.questions))]
+    assert (len(corpus.documents), len(corpus.questions), len(held_out.questions)) == (2500, 2000, 400)
+    assert _digest(d.text for d in corpus.documents) == PINNED["documents"]
+    assert _digest(f"{q.question}|{q.answer}|{q.supporting}" for q in corpus.questions) == PINNED["questions"]
+    assert _digest(str(position[id(q)]) for q in held_out.questions) == PINNED["held_out"]
+    assert _digest(str(position[id(q)]) for q in used) == PINNED[recipe]
+    # The worked episodes hold the documents BM25 returns: pinned, so tie order cannot vary by CPU.
+    assert _digest(e.response for e in task.split("train") + task.split("eval")) == PINNED["worked " + recipe]
+    assert [e.prompt for e in task.split("eval")] == [f"Q: {q.question}\n" for q in held_out.questions]
+
+
+# Recipe corpus (seed 0, 1000 entities, 2000 questions, 600 distractors), entity-disjoint held-out split.
+PINNED = {"documents": "8967db6f78dafafe", "questions": "86814c92c35d65ad", "held_out": "ad6664066bd1e930",
+          "configs/imrag_sft_tiny.yaml": "bd6f8afef751f6cc", "configs/imrag_tiny.yaml": "ed89afeb7dc6943f",
+          "worked configs/imrag_sft_tiny.yaml": "eddaa9752866e660", "worked configs/imrag_tiny.yaml": "dcaed46cbfa0e124"}
+
+
+def test_equal_scores_come_in_document_order_whatever_the_cpu():
+    """Facts about one entity score alike for a query naming it; the cut between them is made by
+    document position (a sorting kernel's tie order differs between CPUs with and without AVX-512)."""
+    from rlft.retrieval.corpus import Document
+
+    texts = ["Kemo knows Bife.", "Kemo knows Rano.", "Kemo knows Tavu.", "Lumi knows Pado.", "Kemo knows Sibe."]
+    index = BM25Index([Document(id=10 + i, title=t.split()[0], text=t) for i, t in enumerate(texts)])
+    found = index.search(["Kemo", "Kemo Tavu"], k=3)
+    assert [doc for doc, _ in found[0]] == [10, 11, 12] and len({score for _, score in found[0]}) == 1
+    assert [doc for doc, _ in found[1]][0] == 12  # a better score still comes first

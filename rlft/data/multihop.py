@@ -13,6 +13,10 @@ to its last word (the fact it states, without the answer), and answers with the 
 its <docs> are what the environment actually returns. `Example.meta["supporting"]` holds the
 gold document ids (the progress tracker's evidence). A completion is correct when its answer
 matches the gold one exactly (after SQuAD normalisation).
+
+Held out (`held_out`): by default whole entities, i.e. every question about a held-out person, so
+the model cannot answer a held-out question from what a training episode showed about its
+person; `questions` draws questions at random instead (the split of the first IM-RAG numbers).
 """
 
 from __future__ import annotations
@@ -34,6 +38,10 @@ class MultiHopConfig(Section):
     num_questions: int = Field(400, ge=2, description="Procedural corpus: questions.")
     distractors: int = Field(120, ge=0, description="Procedural corpus: distractor documents.")
     eval_fraction: float = Field(0.2, gt=0, lt=1, description="Questions held out for evaluation.")
+    held_out: Literal["entities", "questions"] = Field(
+        "entities", description="What is held out: 'entities' (every question about a held-out person, so "
+        "training never shows the model that person's questions; the documents stay shared) or 'questions' "
+        "(questions drawn at random: other questions about the same person may be trained on).")
     train_part: tuple[float, float] = Field(
         (0.0, 1.0), description="The part [start, stop) of the training questions used, as fractions: a warm "
         "start and the RL run after it can take disjoint parts, so RL does not start on questions the warm "
@@ -98,7 +106,7 @@ class MultiHopTask:
     def _splits(self):
         from rlft.retrieval.corpus import split_corpus
 
-        return split_corpus(self.corpus, self.cfg.eval_fraction, self.cfg.seed)
+        return split_corpus(self.corpus, self.cfg.eval_fraction, self.cfg.seed, self.cfg.held_out)
 
     def split(self, which: str) -> list[Example]:
         if which not in ("train", "eval"):

@@ -177,17 +177,44 @@ def _question(person: str, template: tuple[str, tuple[str, ...]], relations: dic
                             supporting=tuple(supporting), hops=len(chain))
 
 
-def split_corpus(corpus: Corpus, eval_fraction: float = 0.2, seed: int = 0) -> tuple[Corpus, Corpus]:
-    """(train, eval) corpora over the same documents, with disjoint questions (eval gets
-    round(eval_fraction * n) of them, at least one when there are two or more)."""
+def question_subject(corpus: Corpus, question: MultiHopQuestion) -> str:
+    """The entity a question asks about: the title (subject) of its first supporting document."""
+    return corpus.documents[question.supporting[0]].title
+
+
+def split_corpus(corpus: Corpus, eval_fraction: float = 0.2, seed: int = 0,
+                 held_out: str = "entities") -> tuple[Corpus, Corpus]:
+    """(train, eval) corpora over the same documents, with disjoint questions.
+
+    held_out="questions": eval gets round(eval_fraction * n) questions drawn at random (at least
+    one when there are two or more); a held-out question may ask about a person whose other
+    questions (and their facts, in the worked episodes) are trained on.
+    held_out="entities": whole subjects are held out (every question about a held-out person is in
+    eval, none in train), drawn at random until eval holds at least round(eval_fraction * n)
+    questions, so held-out questions cannot be answered from what training episodes showed about
+    their person. The documents stay shared: retrieval over the same collection is what is tested.
+    """
     if not 0.0 < eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}")
-    order = list(range(len(corpus.questions)))
+    if held_out not in ("entities", "questions"):
+        raise ValueError(f"held_out must be 'entities' or 'questions', got {held_out!r}")
+    target = round(eval_fraction * len(corpus.questions))
+    if len(corpus.questions) >= 2:
+        target = min(max(target, 1), len(corpus.questions) - 1)
+    # Groups of question indices that go to one side together: one per question, or one per subject.
+    groups: dict[object, list[int]] = {}
+    for i, question in enumerate(corpus.questions):
+        key = question_subject(corpus, question) if held_out == "entities" else i
+        groups.setdefault(key, []).append(i)
+    order = list(groups.values())
     random.Random(seed).shuffle(order)
-    num_eval = round(eval_fraction * len(order))
-    if len(order) >= 2:
-        num_eval = min(max(num_eval, 1), len(order) - 1)
-    eval_ids = set(order[:num_eval])
+    eval_ids: set[int] = set()
+    for group in order:
+        if len(eval_ids) >= target:
+            break
+        eval_ids.update(group)
+    if held_out == "entities" and len(eval_ids) == len(corpus.questions):
+        raise ValueError("held_out=entities: every question is about one subject, nothing is left to train on")
     train = [q for i, q in enumerate(corpus.questions) if i not in eval_ids]
-    held_out = [q for i, q in enumerate(corpus.questions) if i in eval_ids]
-    return Corpus(corpus.documents, train), Corpus(corpus.documents, held_out)
+    held = [q for i, q in enumerate(corpus.questions) if i in eval_ids]
+    return Corpus(corpus.documents, train), Corpus(corpus.documents, held)

@@ -10,10 +10,12 @@ import re
 from typing import Sequence
 
 import bm25s
+import numpy as np
 
 from rlft.retrieval.corpus import Document
 
 _STOPWORDS = "en"
+SCORE_DECIMALS = 5  # scores equal to this many decimals tie (broken by document position)
 
 
 def _tokenize(texts: list[str]) -> list[list[str]]:
@@ -33,23 +35,25 @@ class BM25Index:
 
     def search(self, queries: list[str], k: int) -> list[list[tuple[int, float]]]:
         """For each query, up to k (document id, score) pairs, best first. Documents sharing no
-        term with the query (score 0) are left out, so an empty, whitespace-only or
-        all-stop-word query gets []."""
+        term with the query (score 0) are left out, so an empty, whitespace-only, all-stop-word or
+        all-unknown-word query gets [].
+
+        Ties are broken by document position, never by a sorting kernel: numpy's argpartition
+        orders equal scores differently on CPUs with and without AVX-512, and most queries of the
+        procedural corpus tie at the cut (every fact about an entity scores alike), so the
+        documents returned - and the worked episodes a warm start trains on - differed between
+        machines. Scores are compared at SCORE_DECIMALS, so last-bit differences tie too."""
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         results: list[list[tuple[int, float]]] = [[] for _ in queries]
-        tokens = _tokenize(list(queries)) if queries else []
-        asked = [i for i, query_tokens in enumerate(tokens) if query_tokens]
-        if not asked:
-            return results
-        found = self._retriever.retrieve([tokens[i] for i in asked], k=min(k, len(self.documents)),
-                                         show_progress=False, n_threads=1)
-        for row, query_index in enumerate(asked):
-            results[query_index] = [
-                (self.documents[int(position)].id, float(score))
-                for position, score in zip(found.documents[row], found.scores[row])
-                if score > 0.0
-            ]
+        for query_index, query_tokens in enumerate(_tokenize(list(queries)) if queries else []):
+            known = self._retriever.get_tokens_ids(query_tokens)  # unknown words score nothing
+            if not known:
+                continue
+            scores = self._retriever.get_scores(known)  # [num_documents]
+            ranked = sorted(np.flatnonzero(scores > 0.0).tolist(),
+                            key=lambda position: (-round(float(scores[position]), SCORE_DECIMALS), position))
+            results[query_index] = [(self.documents[p].id, float(scores[p])) for p in ranked[:k]]
         return results
 
 
