@@ -70,7 +70,8 @@ class RuntimeConfig(Section):
         "the stuck role's stacks are written to <run>/stacks/ and the run stops."
     )
     max_restarts: int = Field(
-        3, ge=0, description="Times in a row a dead generator or reward actor is replaced before the run stops."
+        3, ge=0, description="Times in a row a dead generator, reward or environment actor (also one killed for "
+        "memory) is replaced before the run stops."
     )
     num_cpus: int | None = Field(None, description="CPUs the local Ray cluster may use (None: all).")
     roles: RolesConfig = Field(default_factory=RolesConfig, description="Registered class of each role kind.")

@@ -315,7 +315,7 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
         except RunFinished:
             raise
         except Exception as err:
-            failed = self.explain_learner_death(err)
+            failed = self.explain_fault(err)
             if self._log_handler is not None:  # the run folder keeps why it stopped (the console shows the error)
                 self._log_handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0,
                                                         f"run stopped by an error{f': {failed}' if failed else ''}",

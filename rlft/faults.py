@@ -1,13 +1,17 @@
-"""Surviving faults (remote modes): dead generators and reward actors come back, a dead learner
-stops the run with its checkpoint intact, and a hang becomes an error with stack dumps.
+"""Surviving faults (remote modes): dead generator, reward and environment actors come back, a dead
+learner stops the run with its checkpoint intact, and a hang becomes an error with stack dumps.
 
-* A generator or reward actor whose process died is replaced by a new actor built from the same
-  arguments; the generators then get the current policy again (every change since the base
-  model, fingerprinted and probed like any sync), and the batch that was lost is generated again
-  from the same prompts and seeds. Nothing was trained on it, so nothing is trained on twice.
+* A generator, reward or environment actor whose process died is replaced by a new actor built
+  from the same arguments; the generators then get the current policy again (every change since
+  the base model, fingerprinted and probed like any sync), and the batch that was lost is generated
+  again from the same prompts and seeds. Nothing was trained on it, so nothing is trained on twice.
   Each replacement counts in `faults/restarts`.
 * A learner rank that dies takes its optimizer state with it: the run stops (LearnerFailed) with
   the newest checkpoint untouched and a message that says how to continue.
+* A process killed by Ray's memory monitor (ray.exceptions.OutOfMemoryError) is a dead actor like
+  any other: a generator, reward or environment actor is replaced; when the run cannot go on, it
+  stops with RoleOutOfMemory, which names the role, the memory figures of Ray's message and the
+  settings that lower what that role holds.
 * Every remote call waits at most `runtime.call_timeout_s`. Each actor registers Python's
   faulthandler on SIGUSR1 when it starts; on a timeout the controller signals the members of the
   group that did not answer, so each writes the stacks of all its threads to
@@ -18,8 +22,10 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +42,121 @@ class LearnerFailed(RuntimeError):
     """A learner rank died; the run cannot continue without its state."""
 
 
+class RoleOutOfMemory(RuntimeError):
+    """Ray's memory monitor killed a role's process and the run cannot go on without it."""
+
+
 def is_actor_death(err: BaseException) -> bool:
+    """A role's process died: Ray's actor errors, and the OutOfMemoryError that Ray raises instead for
+    the calls its memory monitor cut short when it killed the process."""
     try:
         import ray
     except ImportError:
         return False
-    return isinstance(err, ray.exceptions.RayActorError)
+    return isinstance(err, (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError))
+
+
+# ----------------------------------------------------------------- memory kills
+# Per role: the settings whose lower values make its members hold less, the biggest lever first.
+MEMORY_SETTINGS = {
+    "generator": ("generator.kv_cache_mb", "generator.count"),
+    "learner": ("train.micro_batch_size", "train.max_length", "learner.count"),
+    "reward": ("reward.count",),
+    "environment": ("environment.count",),
+    None: ("generator.kv_cache_mb", "generator.count", "train.micro_batch_size"),  # a worker of no role
+}
+# Values that shrink the weights and weight payloads generators and learners hold: key -> (value, saving).
+MEMORY_CHOICES = {
+    "model.dtype": (("bfloat16", "float16"), "half the memory of float32 weights"),
+    "sync.weights": (("adapter",), "no whole-model payload copies"),
+}
+
+
+@dataclass(frozen=True)
+class MemoryKill:
+    """The figures of Ray's message when its memory monitor killed a worker (GB; None: not in the message)."""
+
+    node_used_gb: float | None
+    node_limit_gb: float | None
+    node_id: str | None
+    workers: dict[int, tuple[str | None, float | None]]  # pid -> (task name, memory used by that process)
+    message: str
+
+
+def memory_kill(err: BaseException) -> MemoryKill | None:
+    """The figures of Ray's message when `err` is a kill by its memory monitor (the formats of Ray 2.x:
+    "was 22.70GB used / 23.50GB limit" and the older "was running was 22.70GB / 23.50GB")."""
+    try:
+        import ray
+    except ImportError:
+        return None
+    if not isinstance(err, ray.exceptions.OutOfMemoryError):
+        return None
+    text = str(err)
+    node = re.search(r"was (?:running was )?([\d.]+)\s*GB(?: used)? / ([\d.]+)\s*GB", text)
+    node_id = re.search(r"Memory on the node \(IP: [^,]*, ID: ([0-9a-f]+)", text)
+    workers = {}
+    for detail in re.findall(r"\(([^()]*\bpid=\d+[^()]*)\)", text):  # "(... name=X, pid=N, memory used=M GB ...)"
+        name = re.search(r"\bname=([^,\s]+)", detail)
+        used = re.search(r"memory used=([\d.]+)\s*GB", detail)
+        workers[int(re.search(r"\bpid=(\d+)", detail)[1])] = (name and name[1], used and float(used[1]))
+    return MemoryKill(float(node[1]) if node else None, float(node[2]) if node else None,
+                      node_id and node_id[1], workers, text)
+
+
+def killed_member(groups: dict[str, Any], kill: MemoryKill) -> tuple[str, int, int | None] | None:
+    """(role, member index, pid) of the process the kill names (by node and pid), else of a dead member."""
+    for kind, group in groups.items():
+        for index, where in enumerate(group.processes or []):
+            if where and where[1] in kill.workers and kill.node_id in (None, where[0]):
+                return kind, index, where[1]
+    for kind, group in groups.items():
+        dead = group.dead_members()
+        if dead:
+            where = group.processes[dead[0]] if group.processes else None
+            return kind, dead[0], where[1] if where else None
+    return None
+
+
+def _setting(cfg, dotted: str) -> str:
+    """The value of a dotted config key ("?" when the config has no such key)."""
+    value = cfg
+    for part in dotted.split("."):
+        value = getattr(value, part, "?")
+    return str(value)
+
+
+def memory_kill_summary(kill: MemoryKill, member: tuple[str, int, int | None] | None) -> str:
+    """Who was killed for memory and the memory at the kill, as Ray's message gives it."""
+    kind, index, pid = member or (None, None, None)
+    names = [name for name, _ in kill.workers.values() if name]
+    who = f"{kind} {index}" if kind else "a Ray worker" + (f" ({names[0]})" if names else "")
+    figures = []
+    if kill.node_used_gb is not None:
+        figures.append(f"the node had {kill.node_used_gb:g} of {kill.node_limit_gb:g} GB in use")
+    # the killed member's own figure; when the message lists one worker only, it is the one killed
+    killed = kill.workers.get(pid) or (next(iter(kill.workers.values())) if len(kill.workers) == 1 else None)
+    if killed and killed[1] is not None:
+        figures.append(f"the killed process used {killed[1]:g} GB")
+    return f"{who} was killed by Ray's memory monitor: " + ("; ".join(figures) or f"Ray said: {kill.message[:300]}")
+
+
+def memory_kill_message(kill: MemoryKill, member: tuple[str, int, int | None] | None, cfg, checkpoint: str) -> str:
+    """Why the run stops after a memory kill: the role, the memory at the kill, what to lower, how to continue."""
+    kind = member[0] if member else None
+    if kind == "learner":
+        why = "A learner rank's optimizer state dies with it, so the run stops."
+    else:
+        why = (f"The run stops: a {kind or 'role'} is replaced at most runtime.max_restarts "
+               f"({_setting(cfg, 'runtime.max_restarts')}) times in a row, and only while the loop runs.")
+    lower = MEMORY_SETTINGS.get(kind, MEMORY_SETTINGS[None])
+    advice = " or ".join(f"{key} (now {_setting(cfg, key)})" for key in lower)
+    if kind in ("generator", "learner", None):
+        choices = [f"{key}={values[0]} (now {_setting(cfg, key)}; {saving})" for key, (values, saving)
+                   in MEMORY_CHOICES.items() if _setting(cfg, key) not in values]
+        advice += "".join(f", or set {choice}" for choice in choices)
+    return (f"{memory_kill_summary(kill, member)}. {why} To fit, lower {advice}. The newest checkpoint is "
+            f"{checkpoint}; continue with: rlft train <recipe> [overrides] resume=auto")
 
 
 # ----------------------------------------------------------------- stack dumps

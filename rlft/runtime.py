@@ -12,6 +12,8 @@ import os
 import socket
 from typing import Any, Sequence
 
+from rlft.processes import guard_process_tree
+
 log = logging.getLogger(__name__)
 
 REMOTE_MODES = ("local", "cluster")
@@ -179,7 +181,11 @@ class RoleGroup:
             options: dict[str, Any] = {"name": f"{name}-{i}-{id(kwargs_per_member)}-{next(incarnation)}"}
             if placement is not None:
                 options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement, placement_group_bundle_index=i)
-            return actor_cls.options(**options).remote(**kwargs_per_member[i])
+            member = actor_cls.options(**options).remote(**kwargs_per_member[i])
+            # Runs before any other call (an actor's calls run in order): the processes the member starts
+            # (vLLM's engine core and workers) end with it, however it dies (rlft.processes).
+            member.__ray_call__.remote(guard_process_tree)
+            return member
 
         group = cls(name, [spawn(i) for i in range(len(kwargs_per_member))], remote=True)
         group.placement, group._spawn = placement, spawn

@@ -174,4 +174,7 @@ class GeneratorActor:
         return process_memory()
 
     def close(self) -> None:
+        """Stop the engine now: its engine-core and worker processes end here, not when the LLM is collected."""
+        if self.llm is not None:
+            self.llm.llm_engine.engine_core.shutdown()
         self.llm = None
