@@ -33,7 +33,9 @@ Rows:
 Each system runs in its own child process (this script with `--worker`), one after the other,
 so nothing is shared and a crash of one is reported instead of ending the benchmark. If TRL
 cannot run here, its row shows why. Ratios are against the fastest TRL row. Goals (issue 8):
-rlft >= 1.5x TRL on SmolLM2, >= 1.0x on the tiny model.
+rlft >= 1.5x TRL on SmolLM2, >= 1.0x on the tiny model. The raw results (every row's per-iteration
+seconds and phase split, the shared sizes, the machine) go to --json (default
+bench/results/e2e_vs_trl_<model>.json).
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ import time
 import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from recipe_runs import ROOT, write_results
+
 
 # Per model: the recipe and the sizes both systems share (flags override them).
 MODELS = {
@@ -91,6 +94,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--run-name", default="bench_rlft", help="rlft run folder under runs/ (variant appended)")
     p.add_argument("--skip-rlft", action="store_true")
     p.add_argument("--skip-trl", action="store_true")
+    p.add_argument("--json", type=Path, help="raw results (default: bench/results/e2e_vs_trl_<model>.json)")
     p.add_argument("--worker", choices=["rlft", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--variant", choices=sorted(VARIANTS), default="sync", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -102,6 +106,7 @@ def parse_args() -> argparse.Namespace:
                       ("trl_micro_batch", "micro_batch"), ("trl_threads", "trl_threads"), ("rlft_variants", "variants")):
         if getattr(args, flag) is None:
             setattr(args, flag, preset[key])
+    args.json = args.json or ROOT / "bench" / "results" / f"e2e_vs_trl_{args.model}.json"
     unknown = set(args.rlft_variants.split(",")) - set(VARIANTS)
     if unknown:
         p.error(f"unknown --rlft-variants {sorted(unknown)}; choose from {', '.join(VARIANTS)}")
@@ -332,6 +337,17 @@ def main() -> None:
         for threads in [int(t) for t in args.trl_threads.split(",")]:
             results[f"TRL GRPOTrainer ({threads} thread{'s' if threads > 1 else ''})"] = spawn("trl", argv, threads)
     print_table(results, args)
+    best_trl = max((r.get("completions_per_s") or 0 for n, r in results.items() if n.startswith("TRL")), default=0)
+    preset = MODELS[args.model]
+    write_results(args.json, {
+        "model": args.model, "recipe": preset["recipe"], "group_size": args.group_size,
+        "completions_per_step": args.completions_per_step, "steps_per_generation": preset["mini_batches"],
+        "max_tokens": args.max_tokens, "rlft_steps": args.rlft_steps, "trl_steps": args.trl_steps,
+        "goal_vs_trl": GOALS[args.model],
+        "vs_best_trl": {n: r["completions_per_s"] / best_trl for n, r in results.items()
+                        if best_trl and r.get("completions_per_s")},
+        "results": results})
+    print(f"raw results: {args.json}")
 
 
 if __name__ == "__main__":

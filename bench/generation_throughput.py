@@ -25,7 +25,8 @@ completions/s, and the ratio to the bare engine by median and by best call (goal
 >= 0.9). With `--rounds 2` the second round runs the paths in reverse order (ABBA) and both
 rounds are pooled. Generated token counts are printed so equal work can be checked: prompt i
 is sampled with seed + i on every vLLM path (as GeneratorActor.generate does), so the vLLM paths
-produce identical completions.
+produce identical completions. The raw results (every timed call's seconds, tokens and
+completions, the summaries, the settings, the machine) go to --json.
 """
 
 from __future__ import annotations
@@ -38,8 +39,11 @@ import shutil
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import torch
+
+from recipe_runs import ROOT, write_results
 
 ADAPTER_VERSION = 1
 PATHS = ("bare", "inline", "actor", "hf")  # inline: GeneratorActor without Ray; hf: transformers generate
@@ -63,6 +67,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-hf", dest="hf", action="store_false",
                    help="skip the reference row: HF transformers generate (batched, sampling) on the base model")
     p.add_argument("--verbose", action="store_true", help="keep vLLM's INFO logs")
+    p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "generation_throughput.json")
     return p.parse_args()
 
 
@@ -286,7 +291,15 @@ def main() -> None:
                 samples.setdefault((setup, path), []).extend(got)
     runtime.stop("local")
     shutil.rmtree(adapter_dir, ignore_errors=True)
-    print_table({k: summarise(v) for k, v in samples.items()}, args)
+    summaries = {k: summarise(v) for k, v in samples.items()}
+    print_table(summaries, args)
+    settings = {k: getattr(args, k) for k in ("prompts", "n", "max_tokens", "reps", "rounds", "seed", "cpu_bind",
+                                              "bare_omp_threads")}
+    calls = {f"{setup}/{path}": [{"seconds": s, "tokens": t, "completions": c} for s, t, c in got]
+             for (setup, path), got in samples.items()}
+    write_results(args.json, {**settings, "summary": {f"{setup}/{path}": r for (setup, path), r in summaries.items()},
+                              "calls": calls})
+    print(f"raw results: {args.json}")
 
 
 if __name__ == "__main__":

@@ -9,8 +9,9 @@ steps on fixed rollout rows (tests.helpers.synthetic_rollout_rows: reference tra
 rewards, old log-probs perturbed from 0), the same rows on every machine. The CPU run (float32, gloo) saves per-step losses and gradient
 norms; the GPU run (model.dtype auto = bfloat16, NCCL) recomputes them and prints both, with
 their relative differences. Passes when every value is finite and within 5% of the CPU value
-(bf16 keeps ~3 significant digits). Where no CUDA GPU is present it says so and checks nothing.
-`bench/gpu_learner_check.sh` wraps it.
+(bf16 keeps ~3 significant digits). Where no CUDA GPU is present it says so and checks nothing
+(and writes nothing). On a GPU the comparison (every value, its relative difference, the verdict,
+the GPU and the machine) goes to --json. `bench/gpu_learner_check.sh` wraps it.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # tests.helpers: the learner-only GPPO spec and its fixed rollout rows
 DEFAULT_REFERENCE = ROOT / "bench" / "data" / "gpu_learner_check_cpu.json"
+DEFAULT_RESULTS = ROOT / "bench" / "results" / "gpu_learner_check.json"
 TOLERANCE = 0.05
 
 
@@ -77,10 +79,23 @@ def run_all(out: Path) -> tuple[dict, dict]:
     return {"sft": sft, "gppo": gppo}, info
 
 
+def compare(reference: dict, found: dict) -> list[dict]:
+    """Every (algorithm, step, value) of the CPU reference beside the GPU's, with the relative difference."""
+    rows = []
+    for algorithm in ("sft", "gppo"):
+        for step, (cpu, gpu) in enumerate(zip(reference[algorithm], found[algorithm]), start=1):
+            for key in ("loss", "grad_norm"):
+                rel = abs(gpu[key] - cpu[key]) / max(abs(cpu[key]), 1e-8)
+                rows.append({"algorithm": algorithm, "step": step, "value": key, "cpu": cpu[key], "gpu": gpu[key],
+                             "rel_diff": rel, "ok": math.isfinite(gpu[key]) and rel <= TOLERANCE})
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reference", type=Path, help="write the CPU reference here (run on a CPU machine)")
     parser.add_argument("--against", type=Path, default=DEFAULT_REFERENCE, help="CPU reference to compare with")
+    parser.add_argument("--json", type=Path, default=DEFAULT_RESULTS, help="the GPU comparison, as JSON")
     args = parser.parse_args()
     import torch
 
@@ -100,14 +115,18 @@ def main() -> int:
     print(f"CPU reference: {reference['info']['device']}, {reference['info']['dtype']}, {reference['info']['backend']}\n")
     print("| algorithm | step | value | CPU float32 | GPU | rel. diff |")
     print("|---|---|---|---|---|---|")
-    ok = info["device"].startswith("cuda") and info["backend"] == "nccl"
-    for algorithm in ("sft", "gppo"):
-        for step, (cpu, gpu) in enumerate(zip(reference[algorithm], found[algorithm]), start=1):
-            for key in ("loss", "grad_norm"):
-                rel = abs(gpu[key] - cpu[key]) / max(abs(cpu[key]), 1e-8)
-                ok &= math.isfinite(gpu[key]) and rel <= TOLERANCE
-                print(f"| {algorithm} | {step} | {key} | {cpu[key]:.5f} | {gpu[key]:.5f} | {rel:.2%} |")
+    rows = compare(reference, found)
+    for r in rows:
+        print(f"| {r['algorithm']} | {r['step']} | {r['value']} | {r['cpu']:.5f} | {r['gpu']:.5f} | "
+              f"{r['rel_diff']:.2%} |")
+    ok = info["device"].startswith("cuda") and info["backend"] == "nccl" and all(r["ok"] for r in rows)
     print(f"\n{'PASS' if ok else 'FAIL'}: finite and within {TOLERANCE:.0%} of the CPU reference, on cuda with nccl")
+    # Imported here: bench/ is on the path when this runs as a script, not when a test imports the file.
+    from recipe_runs import write_results
+
+    write_results(args.json, {"gpu": torch.cuda.get_device_name(0), "learner": info, "reference": reference["info"],
+                              "tolerance": TOLERANCE, "passed": ok, "rows": rows})
+    print(f"raw results: {args.json}")
     return 0 if ok else 1
 
 

@@ -17,6 +17,10 @@ ranks, the same SFT warm start) with each method for `--steps` optimizer steps a
 iteration and per sync, and the sync's share of the iteration (goal < 1%). Each run in its own
 child process, one at a time, its run folder in the bench's temporary folder; the load average is
 printed before and after.
+
+Each part writes its raw results (every method's numbers per model or per seed, the machine) as
+JSON: --json with the part's name appended (default bench/results/peft_methods_sync.json and
+bench/results/peft_methods_accuracy.json), so running one part leaves the other's file alone.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from recipe_runs import ROOT, write_results
+
 RECIPE = "configs/gppo_tiny_arith.yaml"
 METHODS = ["lora", "pissa", "paca", "lift", "hft", "full"]
 PAYLOADS = {"lora": "lora", "pissa": "lora (2r)", "paca": "lora (selector)", "lift": "sparse", "hft": "partial",
@@ -51,6 +56,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=400, help="optimizer steps of each accuracy run")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
     p.add_argument("--lr", nargs="*", default=[], metavar="METHOD=LR", help="learning rate of a method (default: LR)")
+    p.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "peft_methods.json",
+                   help="raw results; each part writes <stem>_<part>.json beside it")
     p.add_argument("--worker", choices=["sync"], help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--method", help=argparse.SUPPRESS)
@@ -108,7 +115,8 @@ def run_child(argv: list[str], out: Path, log: Path) -> dict:
     return json.loads(out.read_text())
 
 
-def part_sync(args, work: Path) -> None:
+def part_sync(args, work: Path) -> dict:
+    found = {}
     for model in args.models:
         rows = {}
         for method in args.methods:
@@ -128,6 +136,8 @@ def part_sync(args, work: Path) -> None:
             xs = r["seconds"] / lora["seconds"] if "seconds" in lora else float("nan")
             print(f"| {method} | {PAYLOADS.get(method, '?')} | {r['trainable']:,} / {r['total']:,} | {r['bytes']:,.0f} | "
                   f"{xb:.2f} | {r['max_bytes']:,.0f} | {r['seconds']:.3f} | {xs:.2f} | {r['parity']:.1e} |")
+        found[model] = rows
+    return found
 
 
 def accuracy_run(args, work: Path, method: str, lr: float, seed: int) -> dict:
@@ -145,14 +155,16 @@ def accuracy_run(args, work: Path, method: str, lr: float, seed: int) -> dict:
     if done.returncode or not metrics.exists():
         return {"error": f"exit {done.returncode}, see {work / f'{name}.log'}"}
     lines = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    evals = [m["eval/accuracy"] for m in lines if "eval/accuracy" in m]
+    evals = [(m["step"], m["eval/accuracy"]) for m in lines if "eval/accuracy" in m]
     iters = [m for m in lines if "perf/step_seconds" in m][1:]  # the first iteration warms up
-    return {"start": evals[0], "end": evals[-1], "iter_s": statistics.median(m["perf/step_seconds"] for m in iters),
+    return {"seed": seed, "lr": lr, "start": evals[0][1], "end": evals[-1][1], "evaluations": evals,
+            "iter_s": statistics.median(m["perf/step_seconds"] for m in iters),
             "sync_s": statistics.median(m["sync/seconds"] for m in iters),
-            "bytes": statistics.median(m["sync/bytes"] for m in iters), "wall": time.time() - t0}
+            "bytes": statistics.median(m["sync/bytes"] for m in iters), "wall": time.time() - t0,
+            "step_seconds": [m["perf/step_seconds"] for m in iters]}
 
 
-def part_accuracy(args, work: Path) -> None:
+def part_accuracy(args, work: Path) -> dict:
     rates = {**LR, **{k: float(v) for k, v in (item.split("=") for item in args.lr)}}
     rows = {method: [accuracy_run(args, work, method, rates[method], seed) for seed in args.seeds]
             for method in args.methods}
@@ -174,6 +186,7 @@ def part_accuracy(args, work: Path) -> None:
         for r in runs:
             if "error" in r:
                 print(f"|  | | a seed failed: {r['error']} |")
+    return rows
 
 
 def main() -> None:
@@ -182,10 +195,19 @@ def main() -> None:
         return sync_worker(args)
     work = Path(tempfile.mkdtemp(prefix="rlft_bench_peft_"))
     print(f"load average before: {os.getloadavg()}; logs in {work}", flush=True)
+    settings = {"rank": args.rank, "methods": args.methods}
     if args.part in ("sync", "both"):
-        part_sync(args, work)
+        found = part_sync(args, work)
+        path = write_results(args.json.with_name(f"{args.json.stem}_sync.json"),
+                             {**settings, "models": args.models, "rounds": args.rounds, "payloads": PAYLOADS,
+                              "sync": found})
+        print(f"raw results: {path}")
     if args.part in ("accuracy", "both"):
-        part_accuracy(args, work)
+        found = part_accuracy(args, work)
+        path = write_results(args.json.with_name(f"{args.json.stem}_accuracy.json"),
+                             {**settings, "recipe": RECIPE, "steps": args.steps, "seeds": args.seeds,
+                              "accuracy": found})
+        print(f"raw results: {path}")
     print(f"\nload average after: {os.getloadavg()}")
 
 

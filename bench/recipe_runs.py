@@ -48,6 +48,13 @@ def finished(run_dir: Path) -> bool:
     return (run_dir / "checkpoints" / "final").exists()
 
 
+def run_summary(run_dir: Path) -> dict:
+    """A finished run's finished.json (final metrics, steps, `seconds` of its loop without role start-up);
+    {} if none."""
+    path = run_dir / "finished.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
 def train(recipe: str, name: str, seed: int, out: Path, overrides: list[str], label: str) -> float:
     """`rlft train recipe` as run `name` under `out` at `seed`; seconds taken (0 when reused).
     Exits naming the log when the run fails."""
