@@ -188,3 +188,19 @@ def assert_same_weights(a, b) -> None:
     assert wa.keys() == wb.keys() and wa
     for name in wa:
         assert torch.equal(wa[name], wb[name]), name
+
+
+def response_batch(model, gen: torch.Generator) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """4 random sequences of 7 tokens from `gen`: 2 prompt tokens, responses of lengths 5, 3, 4, 2
+    (the rest padding); with the model's per-token log-probs [4, 6] and label mask [4, 6]."""
+    from rlft.ops.logprobs import IGNORE_INDEX, token_logprobs
+
+    input_ids = torch.randint(0, 11, (4, 7), generator=gen)
+    labels = input_ids.clone()
+    labels[:, :2] = IGNORE_INDEX
+    for row, length in enumerate([5, 3, 4, 2]):
+        labels[row, 2 + length:] = IGNORE_INDEX
+    batch = {"input_ids": input_ids, "attention_mask": (labels != IGNORE_INDEX).long(), "labels": labels}
+    with torch.no_grad():
+        logprobs, mask = token_logprobs(model.logits(batch), labels)
+    return batch, logprobs, mask

@@ -27,6 +27,7 @@ from rlft.algorithms.gppo import (
 from rlft.ops.kl import kl_penalty
 from rlft.ops.logprobs import IGNORE_INDEX, token_logprobs
 from rlft.ops.reductions import token_mean
+from tests.helpers import response_batch
 
 EPS_L, EPS_H = 0.2, 0.28
 
@@ -216,14 +217,7 @@ class TinyPolicy(torch.nn.Module):
 def _rollout_batch(model: TinyPolicy, seed: int = 0, noise: float = 0.5) -> dict[str, torch.Tensor]:
     """4 sequences of 7 tokens: 2 prompt tokens, responses of lengths 5, 3, 4, 2 (rest padding)."""
     gen = torch.Generator().manual_seed(seed)
-    input_ids = torch.randint(0, 11, (4, 7), generator=gen)
-    labels = input_ids.clone()
-    labels[:, :2] = IGNORE_INDEX
-    for row, length in enumerate([5, 3, 4, 2]):
-        labels[row, 2 + length:] = IGNORE_INDEX
-    batch = {"input_ids": input_ids, "attention_mask": (labels != IGNORE_INDEX).long(), "labels": labels}
-    with torch.no_grad():
-        logprobs, mask = token_logprobs(model.logits(batch), labels)
+    batch, logprobs, mask = response_batch(model, gen)
     rewards = torch.tensor([1.0, 0.0, 0.0, 1.0])
     batch["old_logprobs"] = (logprobs + noise * torch.randn(logprobs.shape, generator=gen)) * mask
     batch["advantages"] = token_advantages(rewards, torch.zeros(4), mask, GPPOConfig(group_size=4))

@@ -22,7 +22,7 @@ from rlft.data.collate import encode_prompt
 from rlft.ops.logprobs import IGNORE_INDEX, token_logprobs
 from rlft.ops.mismatch import MISMATCH_KEYS, behaviour_weights, mismatch_metrics, mismatch_sums
 from rlft.types import Rollout, Score
-from tests.helpers import LEARNER_ONLY_GPPO, rl_config, tiny_config
+from tests.helpers import LEARNER_ONLY_GPPO, response_batch, rl_config, tiny_config
 
 LN = math.log
 
@@ -169,14 +169,7 @@ def _mismatched_batch(model: Bigram, per_token_advantages: bool) -> dict[str, to
     pi_theta moved by independent noise (the sampler also by a shift per sequence), so the ratio clips
     and the weights are truncated or masked at token and at sequence level."""
     gen = torch.Generator().manual_seed(1)
-    input_ids = torch.randint(0, 11, (4, 7), generator=gen)
-    labels = input_ids.clone()
-    labels[:, :2] = IGNORE_INDEX
-    for row, length in enumerate([5, 3, 4, 2]):
-        labels[row, 2 + length:] = IGNORE_INDEX
-    batch = {"input_ids": input_ids, "attention_mask": (labels != IGNORE_INDEX).long(), "labels": labels}
-    with torch.no_grad():
-        logprobs, mask = token_logprobs(model.logits(batch), labels)
+    batch, logprobs, mask = response_batch(model, gen)
     batch["prox_logprobs"] = (logprobs + 0.4 * torch.randn(logprobs.shape, generator=gen)) * mask
     shift = torch.tensor([[0.9], [-0.1], [0.0], [-0.9]])
     batch["old_logprobs"] = (logprobs + 0.8 * torch.randn(logprobs.shape, generator=gen) + shift) * mask
