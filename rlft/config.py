@@ -74,6 +74,15 @@ class RuntimeConfig(Section):
         "memory) is replaced before the run stops."
     )
     num_cpus: int | None = Field(None, description="CPUs the local Ray cluster may use (None: all).")
+    memory_check: Literal["refuse", "warn", "off"] = Field(
+        "refuse", description="Local and inline modes on CPU: estimate every role's memory before it starts "
+        "(rlft.footprint; written to <run>/memory_estimate.json) and refuse a run that needs more than "
+        "runtime.memory_gb, naming the role and the setting to lower (warn: log it and start anyway)."
+    )
+    memory_gb: float | None = Field(
+        None, gt=0, description="GiB of memory the run may use (None: what this machine has available now, less "
+        "the 5% of its total that Ray's memory monitor keeps free)."
+    )
     roles: RolesConfig = Field(default_factory=RolesConfig, description="Registered class of each role kind.")
 
 
@@ -157,6 +166,11 @@ class SyncConfig(Section):
         "kernels slow generation, ~4x for SmolLM2 in bf16 on CPU), LIFT's trained entries, HFT's trained tensors "
         "(written into the engine's weights: base-model speed). merged: every weight with the delta merged in, "
         "reloaded in place (payload = the whole model); full fine-tuning needs merged."
+    )
+    bucket_mb: int | None = Field(
+        128, ge=1, description="Dense and partial payloads travel in buckets of about this many MiB of whole decoder "
+        "layers: the learner frees merged weights bucket by bucket and each vLLM process holds one bucket at a time "
+        "(None: one bucket, the whole model)."
     )
     parity_every: int = Field(1, ge=0, description="Run the logprob parity probe every N syncs (0: never).")
     parity_statistic: Literal["auto", "max", "mean"] = Field(

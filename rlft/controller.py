@@ -120,6 +120,7 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
         check_run(cfg, self.spec, self.peft, data=(self.model_path, self.tokenizer, self.chat,
                                                    self.train_examples, self.eval_examples),
                   check_data=self.family.check_data)
+        memory = self.memory_check()
         # The source reads and checks its data now, before any role starts; it reaches the roles
         # through self.roles, filled below.
         self.source = SOURCES[self.spec.source](SourceContext(
@@ -129,6 +130,9 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
         else:
             self.run_dir = self.resumed.run_dir
         self._start_log_file()
+        if memory is not None:
+            (self.run_dir / "memory_estimate.json").write_text(json.dumps(
+                {role.kind: role.as_dict() for role in memory}, indent=1))
         state = self.resumed.state if self.resumed else {}
         self.tracker = Tracker(self.run_dir, cfg.run.name, cfg.model_dump(mode="json"), cfg.tracking.wandb,
                                cfg.tracking.project, resume_step=state.get("step"), wandb_id=state.get("wandb_id"))

@@ -12,6 +12,7 @@ from rlft import runtime
 from rlft.cluster import role_bundles
 from rlft.data.models import resolve_dtype
 from rlft.faults import arm_stack_dumps
+from rlft.footprint import GIB, ModelShape, RunDoesNotFit, check_fits, describe, estimate
 from rlft.roles import ROLES
 from rlft.roles.generator import engine_cpu_bind
 from rlft.roles.learner import detect_device
@@ -40,6 +41,27 @@ class RoleStartup:
         self.bundles = role_bundles(self.cfg, ("learner", *self.spec.roles), runtime.cluster_gpus(self.cfg.runtime.mode))
         runtime.check_fits(self.bundles, ray.cluster_resources())
         log.info("role resources per member: %s", {kind: b[0] for kind, b in self.bundles.items()})
+
+    def memory_check(self) -> list | None:
+        """Local and inline modes on CPU: every role's estimated memory (rlft.footprint), refused when it
+        exceeds what this machine offers (runtime.memory_check). None where it is not checked: in cluster
+        mode each node has its own memory, and on GPU the weights live on the devices."""
+        cfg = self.cfg
+        if cfg.runtime.memory_check == "off" or cfg.runtime.mode == "cluster" or self.learner_device() != "cpu":
+            return None
+        from rlft.validation import RunError
+
+        found = estimate(cfg, self.spec, ModelShape.from_folder(self.model_path), str(self.dtype()),
+                         self.peft.payload_kind)
+        available, where = memory_budget(cfg)
+        log.info("memory estimate (%.1f GiB offered): %s", available / GIB, describe(found))
+        try:
+            check_fits(found, available, where)
+        except RunDoesNotFit as err:
+            if cfg.runtime.memory_check == "refuse":
+                raise RunError(str(err)) from None
+            log.warning("%s", err)
+        return found
 
     def record_placement(self) -> None:
         """Where each role's members run and where the learners met: placement.json in the run folder."""
@@ -114,3 +136,15 @@ class RoleStartup:
         kwargs = [dict(cfg=self.cfg, index=i) for i in range(self.cfg.environment.count)]
         return self._create("environment", kwargs)[0]
 
+
+
+def memory_budget(cfg) -> tuple[float, str]:
+    """(bytes the run may use, where they come from): runtime.memory_gb, else this machine's available
+    memory less the 5% of its total that Ray's memory monitor keeps free (it kills a worker above 95%)."""
+    if cfg.runtime.memory_gb is not None:
+        return cfg.runtime.memory_gb * GIB, "runtime.memory_gb"
+    import psutil
+
+    memory = psutil.virtual_memory()
+    reserve = 0.05 * memory.total if cfg.runtime.mode != "inline" else 0.0
+    return max(0.0, memory.available - reserve), "this machine (available memory less Ray's 5% margin)"

@@ -11,7 +11,7 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Literal
 
 import pytest
@@ -77,7 +77,11 @@ class FakeLearner:
 
     def export_weights(self, version, everything=False):
         CALLS.append(("learner", "export_weights"))
-        return FakePayload(version, fingerprint=f"fp-{version}")
+        self.exported = FakePayload(version, fingerprint=f"fp-{version}")
+        return self.exported
+
+    def last_export(self):
+        return asdict(self.exported)
 
     def probe_logprobs(self, probe):
         CALLS.append(("learner", "probe_logprobs"))

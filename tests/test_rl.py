@@ -113,6 +113,11 @@ def test_rl_run_end_to_end(tmp_path, mode):
         assert trained[-1][f"perf/mem_{kind}_peak_rss_mb"] > 50
     if mode == "local":  # each role its own process; the generator's includes its vLLM engine core
         assert trained[-1]["perf/mem_generator_rss_mb"] > trained[-1]["perf/mem_reward_rss_mb"]
+        # the estimate made before the roles started bounds what each member used, within a factor of 2
+        estimate = json.loads((tmp_path / "runs" / mode / "memory_estimate.json").read_text())
+        for kind in ("learner", "generator", "reward"):
+            used = max(r[f"perf/mem_{kind}_{m}"] for r in trained for m in ("rss_mb", "peak_rss_mb"))
+            assert used <= estimate[kind]["per_member_mib"] <= 2 * used, (kind, used, estimate[kind])
     adapter = tmp_path / "runs" / mode / "checkpoints" / "final" / "adapter_config.json"
     assert json.loads(adapter.read_text())["r"] == 4
     samples = read_samples(tmp_path / "runs" / mode)  # train.log_samples (4) of each step's rollouts, to read
@@ -129,6 +134,9 @@ def test_rl_run_end_to_end(tmp_path, mode):
     ({"train": {"batch_size": 8, "micro_batch_size": 8}, "learner": {"count": 2}}, "smaller than learner.count x"),
     ({"rollout": {"max_new_tokens": 60}}, r"train example 0: prompt of \d+ tokens \+ 60 more does not fit train.max_length"),
     ({"train": {"max_length": 512}}, "longer than the model's context"),
+    ({"runtime": {"mode": "local", "memory_gb": 2.0}, "generator": {"count": 2}},
+     r"needs about \d+\.\d GiB of memory and runtime.memory_gb offers 2.0 GiB: the generator role takes the most "
+     r"\(2 x .*; lower .*generator.count"),
 ])
 def test_unsupported_rl_settings_fail_before_any_role_starts(tmp_path, over, message):
     ctl = Controller(rl_config(tmp_path, "bad", **over), show_progress=False)
@@ -227,8 +235,11 @@ def test_parity_check_defaults_by_dtype_and_statistic():
 def test_merged_weight_sync_reloads_the_whole_policy_into_vllm(tmp_path, method, monkeypatch):
     """sync.weights=merged: generators run no LoRA; after every update they reload every weight in
     place (adapter merged in; full fine-tuning ships its weights) and the probe agrees to float32
-    precision. A generator that reports the fingerprint without reloading fails the probe."""
-    cfg = rl_config(tmp_path, method, sync={"weights": "merged"}, peft={"method": method}, train={"lr": 1e-2})
+    precision. A generator that reports the fingerprint without reloading fails the probe. Full
+    fine-tuning ships in 1 MiB buckets: the 1.8 MB model in two, reloaded one after the other."""
+    buckets = {"lora": 128, "full": 1}[method]
+    cfg = rl_config(tmp_path, method, sync={"weights": "merged", "bucket_mb": buckets}, peft={"method": method},
+                    train={"lr": 1e-2})
     ctl = Controller(cfg, show_progress=False)
     ctl.setup()
     try:
@@ -247,6 +258,7 @@ def test_merged_weight_sync_reloads_the_whole_policy_into_vllm(tmp_path, method,
         assert moved > 1e-2  # a real update (full: the tied embedding / LM head too)...
         assert ctl.sync.publish()["sync/parity_max_abs_diff"] < 1e-3  # ...reaches every kernel (CPU's packed LM head)
         assert_probe_catches_a_skipped_load(ctl, rows, monkeypatch)
+        assert len(ctl.learners.call_one(0, "export_weights", ctl.policy_version).bucket_ends) == {128: 1, 1: 2}[buckets]
     finally:
         ctl.close()
 

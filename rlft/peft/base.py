@@ -48,11 +48,11 @@ class PeftMethod:
         """Every weight of the policy as the base model would hold it (checkpoint naming)."""
         return {name: p.detach() for name, p in model.named_parameters()}
 
-    def export_merged(self, model: torch.nn.Module, version: int):
-        """The whole policy as a dense payload (sync.weights: merged)."""
+    def export_merged(self, model: torch.nn.Module, version: int, bucket_bytes: int | None = None):
+        """The whole policy as a dense payload (sync.weights: merged), serialised in buckets of whole layers."""
         from rlft.sync.payload import DensePayload
 
-        return DensePayload.build(version, self.effective_weights(model))
+        return DensePayload.build(version, self.effective_weights(model), bucket_bytes)
 
     def save(self, model: torch.nn.Module, tokenizer, out_dir: Path) -> Path:
         raise NotImplementedError

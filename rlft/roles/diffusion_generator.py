@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from rlft.sync.payload import fingerprint, load_tensors
+from rlft.sync.payload import combine_fingerprints, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -52,21 +52,23 @@ class DiffusionGeneratorActor:
         if payload.kind not in ("dense", "partial"):
             raise ValueError(f"generator {self.index}: diffusion generators load dense or partial payloads, not "
                              f"{payload.kind!r} (set sync.weights=merged)")
-        tensors = load_tensors(payload.tensors)
         state = self.model.state_dict()
-        unknown = sorted(set(tensors) - set(state))
-        if unknown:
-            raise KeyError(f"generator {self.index}: payload version {payload.version} names tensors the model lacks, "
-                           f"e.g. {unknown[0]}")
-        with torch.no_grad():
-            for name, value in tensors.items():
-                if state[name].shape != value.shape:
-                    raise ValueError(f"generator {self.index}: {name} has shape {tuple(value.shape)} in the payload, "
-                                     f"{tuple(state[name].shape)} in the model")
-                state[name].copy_(value)
-        self.weights = payload
-        loaded = self.model.state_dict()
-        return fingerprint({name: loaded[name].to(value.dtype) for name, value in tensors.items()})
+        seen = []
+        for tensors in payload.bucket_tensors():
+            unknown = sorted(set(tensors) - set(state))
+            if unknown:
+                raise KeyError(f"generator {self.index}: payload version {payload.version} names tensors the model "
+                               f"lacks, e.g. {unknown[0]}")
+            with torch.no_grad():
+                for name, value in tensors.items():
+                    if state[name].shape != value.shape:
+                        raise ValueError(f"generator {self.index}: {name} has shape {tuple(value.shape)} in the "
+                                         f"payload, {tuple(state[name].shape)} in the model")
+                    state[name].copy_(value)
+            loaded = self.model.state_dict()
+            seen.append(fingerprint({name: loaded[name].to(value.dtype) for name, value in tensors.items()}))
+        self.weights = payload.emptied()
+        return combine_fingerprints(seen)
 
     # ----------------------------------------------------------------- sampling and scoring
     def _generator(self, seed: int) -> torch.Generator:

@@ -111,7 +111,7 @@ class GeneratorActor:
         if payload.kind == "lora" and not self.lora_rank:
             raise RuntimeError(f"generator {self.index} was started without LoRA support")
         seen = payload.apply(self.llm, self.weights)
-        self.weights = payload
+        self.weights = payload.emptied()  # its version and adapter name; a whole model's bytes are not kept
         return seen
 
     def _request(self):

@@ -300,8 +300,18 @@ class LearnerActor:
         if everything:
             self.peft.mark_all_changed(self.engine.module)
         if self.cfg.sync.weights == "merged":
-            return self.peft.export_merged(self.engine.module, version)
-        return self.peft.export(self.engine.module, version)
+            bucket_mb = self.cfg.sync.bucket_mb
+            payload = self.peft.export_merged(self.engine.module, version, bucket_mb << 20 if bucket_mb else None)
+        else:
+            payload = self.peft.export(self.engine.module, version)
+        self.exported = {"kind": payload.kind, "version": payload.version, "fingerprint": payload.fingerprint,
+                         "num_bytes": payload.num_bytes}
+        return payload
+
+    def last_export(self) -> dict:
+        """Rank 0: kind, version, fingerprint and size of the payload exported last (the controller checks
+        the generators against it without fetching the payload's bytes)."""
+        return self.exported
 
     def save(self, out_dir: str) -> str | None:
         """Rank 0 writes the checkpoint (params are replicated up to ZeRO-2)."""

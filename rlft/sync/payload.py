@@ -9,7 +9,10 @@ actually deserialised. Kinds:
   memory (rlft.sync.vllm_worker). PiSSA ships as a rank-2r LoRA on the original base.
 * `dense`: every weight of the model in Hugging Face checkpoint naming (adapters merged in:
   W + scale B A), reloaded in place into the engine (`sync.weights: merged`, and full
-  fine-tuning); the engine then generates at base-model speed, with no LoRA kernels.
+  fine-tuning); the engine then generates at base-model speed, with no LoRA kernels. The tensors
+  travel in buckets of whole decoder layers (`sync.bucket_mb`): the learner frees each merged
+  bucket once it is serialised, and vLLM's engine core and workers hold one bucket at a time, not
+  copies of the whole model. The fingerprint of a bucketed payload is a digest of its buckets'.
 
 * `partial`: whole tensors of some weights (HFT's trained half), in checkpoint naming.
 * `sparse`: (index, value) pairs of single entries of some weights (LIFT), the indices as int16
@@ -28,8 +31,10 @@ the generator, and `request()` for what a generate call must name (a LoRA reques
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -49,6 +54,34 @@ def fingerprint(tensors: dict[str, torch.Tensor]) -> str:
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:32]
+
+
+def combine_fingerprints(parts: list[str]) -> str:
+    """The fingerprint of a payload sent in buckets: one bucket's own, else a digest of them in order."""
+    if len(parts) == 1:
+        return parts[0]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:32]
+
+
+_LAYER = re.compile(r"^(.*?\.layers\.\d+)\.")
+
+
+def bucket_names(tensors: dict[str, torch.Tensor], bucket_bytes: int | None) -> list[list[str]]:
+    """Tensor names in buckets of about `bucket_bytes` (None: one bucket), never splitting a decoder
+    layer (vLLM fuses q/k/v and gate/up, so a layer reloads whole); the tensors outside the layers
+    (embedding, final norm, head) form one group."""
+    groups: dict[str, list[str]] = {}
+    for name in sorted(tensors):
+        found = _LAYER.match(name)
+        groups.setdefault(found.group(1) if found else "", []).append(name)
+    buckets, current, size = [], [], 0
+    for names in groups.values():
+        group_size = sum(tensors[n].numel() * tensors[n].element_size() for n in names)
+        if current and bucket_bytes and size + group_size > bucket_bytes:
+            buckets.append(current)
+            current, size = [], 0
+        current, size = current + names, size + group_size
+    return buckets + [current] if current else buckets
 
 
 def serialize(tensors: dict[str, torch.Tensor]) -> bytes:
@@ -82,12 +115,16 @@ class Payload:
 
     kind: ClassVar[str] = "base"
     version: int
-    tensors: bytes        # safetensors serialisation (bytes survive every transport)
+    tensors: bytes        # safetensors serialisation (bytes survive every transport; a bytearray for dense)
     fingerprint: str
 
     @property
     def num_bytes(self) -> int:
         return len(self.tensors)
+
+    def emptied(self) -> "Payload":
+        """This payload without its tensors: what a generator keeps of the payload it applied last."""
+        return dataclasses.replace(self, tensors=b"")
 
     def apply(self, engine, previous: "Payload | None") -> str:
         """Load into a vLLM engine (replacing `previous`); return the fingerprint the workers saw."""
@@ -131,7 +168,6 @@ class LoraPayload(Payload):
 def _rewrite_weights(engine, method: str, *args) -> str:
     """Have every worker rewrite engine weights; the one fingerprint they all report."""
     seen = engine.collective_rpc(method, args=args)
-    engine.reset_prefix_cache()  # cached KV blocks were computed with the old weights
     if len(set(seen)) != 1:
         raise RuntimeError(f"engine workers loaded different weights: {seen}")
     return seen[0]
@@ -140,13 +176,42 @@ def _rewrite_weights(engine, method: str, *args) -> str:
 @dataclass(frozen=True)
 class DensePayload(Payload):
     kind: ClassVar[str] = "dense"
+    bucket_ends: tuple[int, ...] = ()   # where each bucket's safetensors serialisation ends in `tensors`
 
     @classmethod
-    def build(cls, version: int, tensors: dict[str, torch.Tensor]) -> "DensePayload":
-        return cls(version=version, **encode(tensors))
+    def build(cls, version: int, tensors: dict[str, torch.Tensor], bucket_bytes: int | None = None) -> "DensePayload":
+        """Consumes `tensors`: each bucket's tensors are dropped once serialised, so merged copies are freed
+        as the payload grows."""
+        blob, ends, fingerprints = bytearray(), [], []
+        for names in bucket_names(tensors, bucket_bytes):
+            part = encode({name: tensors.pop(name) for name in names})
+            blob += part["tensors"]
+            ends.append(len(blob))
+            fingerprints.append(part["fingerprint"])
+        return cls(version=version, tensors=blob, fingerprint=combine_fingerprints(fingerprints), bucket_ends=tuple(ends))
+
+    def buckets(self):
+        """Each bucket's serialised tensors (a copy of one bucket at a time)."""
+        start, view = 0, memoryview(self.tensors)
+        for end in self.bucket_ends or (len(self.tensors),):
+            yield bytes(view[start:end])
+            start = end
+
+    def bucket_tensors(self):
+        """Each bucket's tensors, deserialised one bucket at a time."""
+        for bucket in self.buckets():
+            yield load_tensors(bucket)
+
+    def emptied(self) -> "DensePayload":
+        return dataclasses.replace(self, tensors=b"", bucket_ends=())
 
     def apply(self, engine, previous):
-        return _rewrite_weights(engine, "rlft_load_dense", self.tensors)
+        seen = [_rewrite_weights(engine, *self.worker_call(bucket)) for bucket in self.buckets()]
+        engine.reset_prefix_cache()  # cached KV blocks were computed with the old weights
+        return combine_fingerprints(seen)
+
+    def worker_call(self, bucket: bytes) -> tuple:
+        return "rlft_load_dense", bucket
 
 
 @dataclass(frozen=True)
@@ -155,8 +220,8 @@ class PartialPayload(DensePayload):
 
     kind: ClassVar[str] = "partial"
 
-    def apply(self, engine, previous):
-        return _rewrite_weights(engine, "rlft_update_weights", self.tensors, self.kind)
+    def worker_call(self, bucket: bytes) -> tuple:
+        return "rlft_update_weights", bucket, self.kind
 
 
 # Sparse entries of weight `name`: `name@gaps16` (int16: first position, then differences between
@@ -211,7 +276,9 @@ class SparsePayload(Payload):
         return cls(version=version, **encode(encode_sparse(updates)))
 
     def apply(self, engine, previous):
-        return _rewrite_weights(engine, "rlft_update_weights", self.tensors, self.kind)
+        seen = _rewrite_weights(engine, "rlft_update_weights", self.tensors, self.kind)
+        engine.reset_prefix_cache()
+        return seen
 
 
 PAYLOAD_KINDS: Registry = Registry("payload kind", {

@@ -66,15 +66,16 @@ class WeightSync:
         # the generators start loading as soon as the export is done, the payload never passing the driver first
         exported = self.learners.submit_one(0, "export_weights", version, everything)
         loaded = self.generators.call("load_weights", exported)
-        payload = self.learners.result(exported)
+        del exported  # nobody holds the payload any more: Ray frees it
+        payload = self.learners.call_one(0, "last_export")  # its record, not its bytes
         for index, seen in enumerate(loaded):
-            if seen != payload.fingerprint:
+            if seen != payload["fingerprint"]:
                 raise SyncError(
-                    f"generator {index} loaded {payload.kind} weights version {payload.version} with fingerprint "
-                    f"{seen}, but the learner published {payload.fingerprint}: the weights were corrupted in transit"
+                    f"generator {index} loaded {payload['kind']} weights version {payload['version']} with fingerprint "
+                    f"{seen}, but the learner published {payload['fingerprint']}: the weights were corrupted in transit"
                 )
-        self.version = payload.version
-        metrics = {"sync/version": float(self.version), "sync/bytes": float(payload.num_bytes),
+        self.version = payload["version"]
+        metrics = {"sync/version": float(self.version), "sync/bytes": float(payload["num_bytes"]),
                    "sync/seconds": time.time() - t0}
         if probe:
             t1 = time.time()
