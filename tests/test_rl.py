@@ -204,9 +204,11 @@ def test_rl_needs_sampled_rollouts(tmp_path):
         ctl.setup()
 
 
-def test_bf16_learner_and_generator_agree_within_the_16_bit_tolerance(tmp_path):
+def test_bf16_learner_and_generator_agree_within_the_16_bit_tolerance(tmp_path, monkeypatch):
     """model.dtype bfloat16 on CPU: DeepSpeed (bf16) and vLLM both run bf16; the parity probe compares
-    the mean difference with the 16-bit default tolerance and passes after each of 2 updates."""
+    the mean difference with the 16-bit default tolerance and passes after each of 2 updates. A
+    generator that then reports every load without making it falls behind the learner, and the
+    probe's mean tolerance (0.1) stops the run at the first update it skips."""
     from rlft.sync.protocol import PARITY_TOLERANCE
 
     ctl = Controller(rl_config(tmp_path, "bf16", model={"name": "tiny", "dtype": "bfloat16"}), show_progress=False)
@@ -216,6 +218,7 @@ def test_bf16_learner_and_generator_agree_within_the_16_bit_tolerance(tmp_path):
         assert ctl.roles["generator"].members[0].dtype == "bfloat16"
         assert (ctl.sync.statistic, ctl.sync.tolerance) == ("mean", PARITY_TOLERANCE[("mean", 16)]) == ("mean", 0.1)
         found = [ctl.iteration(it, last=it == 2) for it in (1, 2)]
+        assert_probe_catches_a_skipped_load(ctl, moving_rows(ctl), monkeypatch)  # one update, not loaded
     finally:
         ctl.close()
     for m in found:  # bf16 engines differ, but only by rounding
