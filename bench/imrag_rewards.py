@@ -28,7 +28,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from recipe_runs import ROOT, evaluations, finished, mean_std, plot_seed_curves, train, write_results
+from recipe_runs import ROOT, evaluations, finished, mean_std, plot_seed_curves, run_summary, train, write_results
 
 RECIPE = "configs/imrag_tiny.yaml"
 ARMS = {"progress": [], "outcome": ["algorithm.process_coef=0"]}
@@ -60,28 +60,30 @@ def run_name(arm: str, seed: int, steps: int | None) -> str:
 def main() -> int:
     args = parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    seconds: dict[tuple[str, int], float] = {}
     steps = [f"train.steps={args.steps}"] if args.steps else []
     if not args.report_only:
         for seed in args.seeds:
             for arm, overrides in ARMS.items():
                 print(f"running {arm} seed {seed} ...", flush=True)
-                seconds[arm, seed] = train(RECIPE, run_name(arm, seed, args.steps), seed, args.out,
-                                           [*overrides, *steps], f"{arm} seed {seed}")
+                train(RECIPE, run_name(arm, seed, args.steps), seed, args.out, [*overrides, *steps], f"{arm} seed {seed}")
+    # each run's loop (training and evaluations; role start-up excluded), from its finished.json
+    seconds = {(arm, s): run_summary(args.out / run_name(arm, s, args.steps)).get("seconds")
+               for arm in ARMS for s in args.seeds}
+    seconds = {key: value for key, value in seconds.items() if value is not None}
     runs = {arm: {s: evaluations(args.out / run_name(arm, s, args.steps), "eval/accuracy") for s in args.seeds
                   if finished(args.out / run_name(arm, s, args.steps))} for arm in ARMS}
     rows = {"start (warm start)": ("progress", 0), "outcome-only reward": ("outcome", -1),
             "progress turn rewards": ("progress", -1)}
     print(f"\nIM-RAG questioner, {RECIPE}, seeds {args.seeds}: held-out greedy episodes, mean (std) over seeds\n")
-    print("| | " + " | ".join(c[0] for c in COLUMNS) + " | seeds | min/run |")
+    print("| | " + " | ".join(c[0] for c in COLUMNS) + " | seeds | loop min/run |")
     print("|---|" + "---|" * (len(COLUMNS) + 2))
     for label, (arm, at) in rows.items():
         found = [evals[at] for evals in runs[arm].values()]
         if not found:
             print(f"| {label} | " + " | ".join("-" for _ in COLUMNS) + " | 0 | - |")
             continue
-        minutes = [seconds.get((arm, s), 0.0) / 60 for s in args.seeds]
-        timing = f"{statistics.median(minutes):.1f}" if at != 0 and any(minutes) else "-"
+        minutes = [seconds[arm, s] / 60 for s in args.seeds if (arm, s) in seconds]
+        timing = f"{statistics.median(minutes):.1f}" if at != 0 and minutes else "-"
         print(f"| {label} | " + " | ".join(mean_std([r[key] for r in found]) for _, key in COLUMNS)
               + f" | {len(found)} | {timing} |")
     print(f"\nRL questions (sampled episodes at the rollout temperature), mean of the first and the last "

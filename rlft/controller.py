@@ -81,6 +81,7 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
         self.tracker: Tracker | None = None
         self.run_dir: Path = cfg.run_dir
         self._log_handler = None
+        self._owns_ray = False  # whether setup connected to Ray (then close disconnects)
         self.optimizer_steps_taken = 0  # StepCounts.step of the next learner step
         self.samples_seen = 0  # training rows built so far
         self._prefetcher: ThreadPoolExecutor | None = None
@@ -138,7 +139,7 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
                                cfg.tracking.project, resume_step=state.get("step"), wandb_id=state.get("wandb_id"))
         self.samples = SampleLog(self.run_dir, cfg.train.log_samples, cfg.run.seed, self.tracker)
         num_cpus = cfg.runtime.num_cpus or max(os.cpu_count() or 1, math.ceil(self.required_cpus()))
-        runtime.start(cfg.runtime.mode, address=cfg.runtime.ray_address, num_cpus=num_cpus)
+        self._owns_ray = runtime.start(cfg.runtime.mode, address=cfg.runtime.ray_address, num_cpus=num_cpus)
         self.stop.install()  # ray.init replaced the SIGTERM handler
         self.placement_check()
         self.roles["learner"] = self._start_learners()
@@ -396,7 +397,9 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
             self.tracker = None
             if self.cfg.tracking.plots:
                 plot_run(self.run_dir)
-        runtime.stop(self.cfg.runtime.mode)
+        if self._owns_ray:
+            runtime.stop(self.cfg.runtime.mode)
+            self._owns_ray = False
         if self._log_handler is not None:
             logging.getLogger("rlft").removeHandler(self._log_handler)
             self._log_handler.close()

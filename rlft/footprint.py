@@ -31,12 +31,15 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rlft.roles.generator import engine_in_actor
+
 MIB = 2**20
 GIB = 2**30
 
 # Resident MiB of each process with a negligible model (tiny-model runs on CPU, rounded up).
 BASELINE_MIB = {"driver": 500, "ray": 800, "learner": 700, "generator": 700, "engine_core": 650,
-                "engine_worker": 1100, "diffusion_generator": 700, "reward": 350, "environment": 450}
+                "engine_worker": 1100, "generator_with_engine": 750, "diffusion_generator": 700, "reward": 350,
+                "environment": 450}
 # While a sync is applied, each process holds (whole payloads, buckets): the bucket copies are the
 # serialised bytes and deserialised tensors on each hop of vLLM's collective_rpc.
 PAYLOAD_COPIES = {"learner": (1, 1), "object_store": (1, 0), "generator": (1, 2), "engine_core": (0, 3),
@@ -216,24 +219,32 @@ def learner_process(cfg, shape: ModelShape, weight_bytes: int, payload: tuple[fl
 
 def generator_processes(cfg, shape: ModelShape, weight_bytes: int, payload: tuple[float, float], payload_kind: str | None,
                         shared_process: bool) -> list[Process]:
-    """A vLLM generator: the Ray actor, vLLM's engine core and its worker (a diffusion generator: one process)."""
+    """A vLLM generator: the Ray actor, and vLLM's engine core and worker in it (generator.engine_processes) or
+    in processes of their own; a diffusion generator: one process."""
     if cfg.runtime.roles.generator != "vllm":
         proc = Process("actor")
         proc.add("process", 0 if shared_process else BASELINE_MIB["diffusion_generator"] * MIB, "-")
         proc.add("weights", shape.params * weight_bytes, "model.dtype")
         proc.add("sync payload", payload[0] + payload[1], "sync.weights")
         return [proc]
-    actor, core, worker = Process("actor"), Process("engine core"), Process("engine worker")
-    actor.add("process", 0 if shared_process else BASELINE_MIB["generator"] * MIB, "-")
-    core.add("process", BASELINE_MIB["engine_core"] * MIB, "-")
-    worker.add("process", BASELINE_MIB["engine_worker"] * MIB, "-")
-    worker.add("weights", shape.params * weight_bytes, "model.dtype")
-    worker.add("KV cache", (cfg.generator.kv_cache_mb or 0) * MIB, "generator.kv_cache_mb")
+    actor = Process("actor")
+    if engine_in_actor(cfg.generator.engine_processes, cfg.runtime.mode, cpu=True):
+        actor.add("process", BASELINE_MIB["generator_with_engine"] * MIB, "-")   # vLLM's engine runs in it
+        processes, engine = [actor], actor
+    else:
+        actor.add("process", 0 if shared_process else BASELINE_MIB["generator"] * MIB, "-")
+        core, engine = Process("engine core"), Process("engine worker")
+        core.add("process", BASELINE_MIB["engine_core"] * MIB, "-")
+        engine.add("process", BASELINE_MIB["engine_worker"] * MIB, "-")
+        core.add("sync payload", copies("engine_core", payload), "sync.weights or sync.bucket_mb")
+        engine.add("sync payload", copies("engine_worker", payload), "sync.weights or sync.bucket_mb")
+        processes = [actor, core, engine]
+    engine.add("weights", shape.params * weight_bytes, "model.dtype")
+    engine.add("KV cache", (cfg.generator.kv_cache_mb or 0) * MIB, "generator.kv_cache_mb")
     if cfg.sync.weights == "adapter" and payload_kind in ("partial", "sparse"):
-        worker.add("checkpoint copy", shape.params * weight_bytes, "sync.weights")  # rlft.sync.shadow
-    for proc, name in ((actor, "generator"), (core, "engine_core"), (worker, "engine_worker")):
-        proc.add("sync payload", copies(name, payload), "sync.weights or sync.bucket_mb")
-    return [actor, core, worker]
+        engine.add("checkpoint copy", shape.params * weight_bytes, "sync.weights")  # rlft.sync.shadow
+    actor.add("sync payload", copies("generator", payload), "sync.weights or sync.bucket_mb")
+    return processes
 
 
 def estimate(cfg, spec, shape: ModelShape, dtype: str, payload_kind: str | None) -> list[RoleEstimate]:

@@ -19,24 +19,28 @@ log = logging.getLogger(__name__)
 REMOTE_MODES = ("local", "cluster")
 
 
-def start(mode: str, *, address: str | None = None, num_cpus: int | None = None) -> None:
-    """Connect to (or start) Ray for the remote modes; inline mode needs nothing."""
+def start(mode: str, *, address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Connect to (or start) Ray for the remote modes; inline mode needs nothing. True when this call
+    connected: the caller then owns the connection and `stop`s it; a Ray this process had already
+    connected to (a notebook's, a test module's shared one) is used as it is and left running."""
     if mode not in ("inline", *REMOTE_MODES):
         raise ValueError(f"unknown runtime mode {mode!r}; expected inline, local or cluster")
     if mode == "inline":
-        return
+        return False
     import ray
 
     if ray.is_initialized():
-        return
+        return False
     if mode == "cluster":
         # "auto": $RAY_ADDRESS (a `ray job submit` job has it), else the cluster started on this node.
         ray.init(address=address or "auto", log_to_driver=True)
+        return True
     else:
         # Ray's own services listen on every interface whatever node IP they get (README "Run on a
         # cluster"); token authentication, on by default for a Ray started here, guards them.
         # address="local": always a Ray of its own, even when a cluster already runs on this machine
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, log_to_driver=True)
+    return True
 
 
 def stop(mode: str) -> None:

@@ -26,7 +26,7 @@ def parts(found, kind):
 
 def small_run(tmp_path, **over):
     sections = {"peft": {"method": "lora", "r": 2, "target_modules": ["q_proj", "v_proj"]},
-                "learner": {"count": 2, "zero_stage": 2}, "generator": {"count": 1, "kv_cache_mb": 64},
+                "learner": {"count": 2, "zero_stage": 2}, "generator": {"count": 1, "kv_cache_mb": 64, "engine_processes": "separate"},
                 "train": {"micro_batch_size": 2, "max_length": 8}, "sync": {"weights": "merged", "bucket_mb": 1},
                 "runtime": {"mode": "local"}}
     for key, values in over.items():
@@ -61,6 +61,17 @@ def test_every_part_of_a_float32_lora_run_with_merged_sync(tmp_path):
     _, driver = parts(found, "controller")
     assert driver["driver"]["object store: sync payload"] == WEIGHTS
     assert [r.kind for r in found] == ["controller", "learner", "generator", "reward"]
+
+
+def test_an_engine_in_the_generator_actor_is_one_process_holding_the_payload_once(tmp_path):
+    found = estimate(small_run(tmp_path, generator={"engine_processes": "auto"}), ALGORITHMS["gppo"], SMALL,
+                     "float32", "lora")   # auto: in the actor, for CPU engines in local mode
+    _, processes = parts(found, "generator")
+    assert processes == {"actor": {"process": BASELINE_MIB["generator_with_engine"] * MIB, "weights": WEIGHTS,
+                                   "KV cache": 64 * MIB, "sync payload": WEIGHTS + 2 * MIB}}
+    inline = estimate(small_run(tmp_path, generator={"engine_processes": "auto"}, runtime={"mode": "inline"}),
+                      ALGORITHMS["gppo"], SMALL, "float32", "lora")
+    assert list(parts(inline, "generator")[1]) == ["actor", "engine core", "engine worker"]
 
 
 def test_sixteen_bits_full_fine_tuning_keeps_float32_master_weights_split_by_zero_1(tmp_path):
@@ -137,10 +148,10 @@ def test_shipped_smollm2_recipes_fit_a_24_gb_machine_with_margin(path, monkeypat
 
 def test_the_recipe_that_was_killed_for_memory_is_refused_before_it_starts(monkeypatch):
     """gppo_smollm2_gsm as it shipped before (2 generators, micro-batches of 4, float32, the merged
-    weights sent whole) was killed by Ray's memory monitor at 22.7 GB on a 24 GB machine; its estimate
+    weights sent whole, vLLM in processes of its own) was killed by Ray's memory monitor at 22.7 GB on a 24 GB machine; its estimate
     is above what such a machine offers, and above what it used when it was killed."""
     monkeypatch.chdir(ROOT)
-    before = recipe_estimate("configs/gppo_smollm2_gsm.yaml", SMOLLM2, generator={"count": 2},
+    before = recipe_estimate("configs/gppo_smollm2_gsm.yaml", SMOLLM2, generator={"count": 2, "engine_processes": "separate"},
                              train={"micro_batch_size": 4}, sync={"bucket_mb": None})
     assert before > 22.7e9 > 0.95 * 24e9 - 1e9
 

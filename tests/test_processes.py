@@ -217,7 +217,9 @@ class KilledForMemoryThenFailed(Controller):
 
 def test_no_vllm_process_outlives_a_generator_killed_for_memory_or_a_failed_run(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_process_group_cleanup_enabled", "0")  # Ray's own clean-up off: the guard's test
-    cfg = rl_config(tmp_path, "oom", runtime=LOCAL, train={"steps": 3}, learner={"zero_stage": 0})
+    # vLLM's engine core and worker in processes of their own (GPU engines' layout; CPU ones run in the actor)
+    cfg = rl_config(tmp_path, "oom", runtime=LOCAL, train={"steps": 3}, learner={"zero_stage": 0},
+                    generator={"engine_processes": "separate"})
     ctl = KilledForMemoryThenFailed(cfg, show_progress=False)
     with pytest.raises(RuntimeError, match="injected failure"):
         ctl.run()

@@ -276,6 +276,19 @@ def test_engine_on_cpu_prefills_whole_prompts_with_a_budget_for_the_longest():
     assert "enable_chunked_prefill" not in engine_kwargs(GeneratorConfig(), "m", "float32", None, 192, seed=0, cpu=False)
 
 
+def test_cpu_engines_run_in_the_generator_process_except_beside_the_driver():
+    from rlft.config import GeneratorConfig
+    from rlft.roles.generator import engine_in_actor, engine_kwargs
+
+    assert engine_in_actor("auto", "local", cpu=True) and engine_in_actor("auto", "cluster", cpu=True)
+    assert not engine_in_actor("auto", "inline", cpu=True)   # it would pin the driver's threads
+    assert not engine_in_actor("auto", "local", cpu=False)   # GPU engines keep vLLM's own processes
+    assert engine_in_actor("in_actor", "inline", cpu=False) and not engine_in_actor("separate", "local", cpu=True)
+    kwargs = engine_kwargs(GeneratorConfig(), "m", "float32", None, 192, seed=0, cpu=True, in_actor=True)
+    assert kwargs["distributed_executor_backend"] == "uni"
+    assert "distributed_executor_backend" not in engine_kwargs(GeneratorConfig(), "m", "float32", None, 192, seed=0, cpu=True)
+
+
 def test_seeded_sampling_of_more_prompt_tokens_than_one_engine_step_takes(tmp_path):
     """Regression: 256 seeded requests of 70-token prompts (> the 4096-token step budget) killed the
     CPU engine when a prefill was split ("CPU Generator does not use offset")."""

@@ -21,9 +21,18 @@ log = logging.getLogger(__name__)
 CPU_TOKEN_BUDGET = 4096
 
 
+def engine_in_actor(setting: str, mode: str, cpu: bool) -> bool:
+    """Whether vLLM's engine core and worker run inside the generator's own process (generator.engine_processes)."""
+    if setting != "auto":
+        return setting == "in_actor"
+    return cpu and mode != "inline"
+
+
 def engine_kwargs(gen_cfg, model_path: str, dtype: str, lora_rank: int | None, max_model_len: int | None,
-                  seed: int, cpu: bool | None = None) -> dict:
-    """vLLM engine arguments; `cpu` (None: detected from vLLM's platform) turns chunked prefill off."""
+                  seed: int, cpu: bool | None = None, in_actor: bool = False) -> dict:
+    """vLLM engine arguments; `cpu` (None: detected from vLLM's platform) turns chunked prefill off;
+    `in_actor` runs the worker in the engine's process (the engine core's place is set by
+    VLLM_ENABLE_V1_MULTIPROCESSING, which `GeneratorActor.setup` sets with it)."""
     if cpu is None:
         from vllm.platforms import current_platform
 
@@ -40,6 +49,8 @@ def engine_kwargs(gen_cfg, model_path: str, dtype: str, lora_rank: int | None, m
         kwargs["gpu_memory_utilization"] = gen_cfg.gpu_memory_utilization
     if lora_rank:
         kwargs.update(enable_lora=True, max_lora_rank=lora_rank, max_loras=1, max_cpu_loras=2)
+    if in_actor:
+        kwargs["distributed_executor_backend"] = "uni"
     if cpu:
         # A prefill cut in two makes vLLM rewind the request's seeded sampler, which CPU torch generators
         # cannot do ("CPU Generator does not use offset": the engine dies once a step's prompts exceed
@@ -78,6 +89,8 @@ class GeneratorActor:
     def __init__(self, cfg, index: int, model_path: str, dtype: str, lora_rank: int | None, seed: int,
                  cpu_bind: str | None = None):
         self.cfg = cfg.generator
+        self.mode = cfg.runtime.mode
+        self.in_actor = False  # set by setup: whether the engine runs in this process
         self.max_model_len = cfg.generator.max_model_len
         self.model_path = model_path
         self.index = index
@@ -97,10 +110,17 @@ class GeneratorActor:
             # vLLM's CPU worker pins its OpenMP threads; give each engine its own cores.
             os.environ["VLLM_CPU_OMP_THREADS_BIND"] = self.cpu_bind
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+        from vllm.platforms import current_platform
+
+        self.in_actor = engine_in_actor(self.cfg.engine_processes, self.mode, current_platform.is_cpu())
+        # vLLM reads this when the engine is built: 0 keeps its engine core in this process
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if self.in_actor else "1"
         from vllm import LLM
 
-        self.llm = LLM(**engine_kwargs(self.cfg, self.model_path, self.dtype, self.lora_rank, self.max_model_len, self.seed))
-        return {"index": self.index, "model": self.model_path, "lora": bool(self.lora_rank), "dtype": self.dtype}
+        self.llm = LLM(**engine_kwargs(self.cfg, self.model_path, self.dtype, self.lora_rank, self.max_model_len,
+                                       self.seed, in_actor=self.in_actor))
+        return {"index": self.index, "model": self.model_path, "lora": bool(self.lora_rank), "dtype": self.dtype,
+                "engine": "in_actor" if self.in_actor else "separate"}
 
     # ----------------------------------------------------------------- weights
     def load_weights(self, payload) -> str:
@@ -174,7 +194,8 @@ class GeneratorActor:
         return process_memory()
 
     def close(self) -> None:
-        """Stop the engine now: its engine-core and worker processes end here, not when the LLM is collected."""
+        """Stop the engine now: its engine-core and worker processes (if separate) end here, not when the LLM
+        is collected."""
         if self.llm is not None:
             self.llm.llm_engine.engine_core.shutdown()
         self.llm = None
