@@ -1,11 +1,12 @@
-"""Memory a merged weight sync costs each process, with the payload sent whole and in buckets.
+"""Memory a merged weight sync costs each process: the payload sent whole or in buckets, vLLM's engine
+in processes of its own or in the generator actor.
 
     .venv/bin/python bench/sync_memory.py                      # 92M-parameter model (368 MB in float32)
-    .venv/bin/python bench/sync_memory.py --buckets 0 16 128 --syncs 3
+    .venv/bin/python bench/sync_memory.py --setups separate:0 separate:64 in_actor:64 --syncs 3
 
 A local-mode run (Ray actors: one learner rank, one vLLM generator) on the embedded model family
 made wide (hidden 768, 12 layers: 92M parameters), LoRA with `sync.weights: merged`, so every sync
-ships the whole model. After the roles start, each process's peak resident size is reset
+ships the whole model. Each setup is `generator.engine_processes:sync.bucket_mb` (0: sent whole). After the roles start, each process's peak resident size is reset
 (/proc/PID/clear_refs), then --syncs syncs run (`WeightSync.publish`: export, load, fingerprint check,
 parity probe), and each process's new peak (VmHWM) less its size before the syncs is what the syncs
 cost it. Ray's object store lives in the raylet's shared memory. Beside each measurement: the part
@@ -54,18 +55,19 @@ def status_kb(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
-def measure(bucket_mb: int | None, syncs: int, out: Path) -> dict:
+def measure(engine: str, bucket_mb: int | None, syncs: int, out: Path) -> dict:
     sys.path.insert(0, str(ROOT))
     from rlft.config import config_from_dict
     from rlft.controller import Controller
 
-    name = f"buckets_{bucket_mb or 'none'}"
+    name = f"{engine}_buckets_{bucket_mb or 'none'}"
     cfg = config_from_dict({
         "run": {"name": name, "output_dir": str(out), "if_exists": "overwrite"},
         "model": {"name": "tiny", "tiny": WIDE},
         "task": {"name": "arith", "digits": 2, "train_size": 64, "eval_size": 8},
         "algorithm": {"name": "gppo", "group_size": 2}, "peft": {"method": "lora", "r": 8},
-        "learner": {"count": 1}, "generator": {"count": 1}, "sync": {"weights": "merged", "bucket_mb": bucket_mb},
+        "learner": {"count": 1}, "generator": {"count": 1, "engine_processes": engine},
+        "sync": {"weights": "merged", "bucket_mb": bucket_mb},
         "runtime": {"mode": "local", "memory_check": "warn"},
         "train": {"steps": 1, "batch_size": 4, "micro_batch_size": 4, "max_length": 64},
         "tracking": {"wandb": "disabled"},
@@ -93,27 +95,31 @@ def measure(bucket_mb: int | None, syncs: int, out: Path) -> dict:
         payload_part = next((v for k, v in parts.items() if "sync payload" in k), 0)
         rows[label] = {"before_mb": before[label] / 1024, "peak_mb": peak[label] / 1024,
                        "sync_cost_mb": (peak[label] - before[label]) / 1024, "estimated_sync_mb": payload_part}
-    return {"bucket_mb": bucket_mb, "payload_mb": metrics["sync/bytes"] / 2**20, "sync_seconds": seconds,
+    return {"engine_processes": engine, "bucket_mb": bucket_mb, "payload_mb": metrics["sync/bytes"] / 2**20, "sync_seconds": seconds,
             "parity_max_abs_diff": metrics["sync/parity_max_abs_diff"], "processes": rows}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--buckets", type=int, nargs="+", default=[0, 64], help="sync.bucket_mb values (0: whole)")
+    parser.add_argument("--setups", nargs="+", default=["separate:0", "separate:64", "in_actor:64"],
+                        help="generator.engine_processes:sync.bucket_mb (0: the payload sent whole)")
     parser.add_argument("--syncs", type=int, default=3)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_sync_memory")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "sync_memory.json")
     args = parser.parse_args()
-    results = [measure(b or None, args.syncs, args.out.resolve()) for b in args.buckets]
+    setups = [(engine, int(bucket)) for engine, bucket in (setup.split(":") for setup in args.setups)]
+    results = [measure(engine, bucket or None, args.syncs, args.out.resolve()) for engine, bucket in setups]
     print(f"\nmerged sync of a {results[0]['payload_mb']:.0f} MB payload, {args.syncs} syncs: peak resident MB "
           "each process added over its size before the syncs (rlft.footprint's estimate of it)\n")
-    labels = list(results[0]["processes"])
-    print("| sync.bucket_mb | " + " | ".join(labels) + " | seconds per sync (median) |")
-    print("|---|" + "---|" * (len(labels) + 1))
+    labels = list(PROCESSES)
+    print("| engine | sync.bucket_mb | " + " | ".join(labels) + " | seconds per sync (median) |")
+    print("|---|---|" + "---|" * (len(labels) + 1))
     for result in results:
-        cells = [f"{p['sync_cost_mb']:.0f} ({p['estimated_sync_mb']})" for p in result["processes"].values()]
+        found = result["processes"]
+        cells = [f"{found[k]['sync_cost_mb']:.0f} ({found[k]['estimated_sync_mb']})" if k in found else "-" for k in labels]
         median = sorted(result["sync_seconds"])[len(result["sync_seconds"]) // 2]
-        print(f"| {result['bucket_mb'] or 'whole'} | " + " | ".join(cells) + f" | {median:.2f} |")
+        print(f"| {result['engine_processes']} | {result['bucket_mb'] or 'whole'} | " + " | ".join(cells)
+              + f" | {median:.2f} |")
     write_results(args.json, {"results": results, "syncs": args.syncs, "model": WIDE})
     return 0
 
