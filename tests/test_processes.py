@@ -210,7 +210,10 @@ class KilledForMemoryThenFailed(Controller):
                 return real(*args)
             self.source.next_batch = killed_for_memory
         if iteration == 2:
-            self.live = vllm_tree(pid)
+            deadline = time.time() + 30
+            while not self.live and time.time() < deadline:  # a loaded machine may list them late
+                self.live = vllm_tree(pid)
+                time.sleep(0.2)
             raise RuntimeError("injected failure")
         return super().iteration(iteration, last)
 
