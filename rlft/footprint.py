@@ -13,11 +13,10 @@ that does not fit is refused with the role, the part and the setting to lower:
   the vocabulary in float32 (logits, log-softmax and their gradient);
 * the vLLM worker's KV cache (generator.kv_cache_mb) and the partial/sparse sync's copy of the
   checkpoint tensors it rewrites (rlft.sync.shadow);
-* copies of a weight payload while a sync is under way. Dense and partial payloads travel in
-  buckets (sync.bucket_mb, rlft.sync.payload): learner rank 0 holds the serialised payload and one
-  bucket of merged tensors, Ray's object store one payload, the generator actor the payload it
-  received and the bucket it is sending, vLLM's engine core and worker a few copies of one bucket.
-  Adapter payloads are small and sent whole.
+* copies of a weight payload while a sync is under way (PAYLOAD_COPIES, measured). Dense and
+  partial payloads travel in buckets (sync.bucket_mb, rlft.sync.payload): what vLLM's engine core
+  and worker hold scales with a bucket, what the learner and the generator actor hold mostly with
+  the payload. Adapter payloads are small and sent whole.
 
 The estimate is an upper bound meant to catch a run that cannot fit (two SmolLM2 generators and two
 learner ranks in float32 on a 24 GB machine), not an accounting: resident sizes count shared pages
@@ -40,10 +39,13 @@ GIB = 2**30
 BASELINE_MIB = {"driver": 500, "ray": 800, "learner": 700, "generator": 700, "engine_core": 650,
                 "engine_worker": 1100, "generator_with_engine": 750, "diffusion_generator": 700, "reward": 350,
                 "environment": 450}
-# While a sync is applied, each process holds (whole payloads, buckets): the bucket copies are the
-# serialised bytes and deserialised tensors on each hop of vLLM's collective_rpc.
-PAYLOAD_COPIES = {"learner": (1, 1), "object_store": (1, 0), "generator": (1, 2), "engine_core": (0, 3),
-                  "engine_worker": (0, 2)}
+# The peak each process adds while a sync is applied, as (whole payloads, buckets): merged tensors,
+# serialised bytes, Ray's pickling and unpickling, each hop of vLLM's collective_rpc, the deserialised
+# tensors and the reload's repacked weights. Fitted to bench/sync_memory.py (351 MB payload; whole /
+# 64 MiB buckets: learner +2184 / +1867 MB, actor +1412 / +826, engine core +1055 / +177, worker
+# +1114 / +329, the actor with the engine in it +1053) and rounded up.
+PAYLOAD_COPIES = {"learner": (5, 2), "object_store": (1, 0), "generator": (2, 3), "engine_core": (0, 3),
+                  "engine_worker": (0.5, 3)}
 # Values kept per token and layer for the backward pass, in hidden-size and intermediate-size units.
 HIDDEN_VALUES_PER_LAYER, INTERMEDIATE_VALUES_PER_LAYER = 10, 3
 LOGIT_COPIES = 3  # logits, log-softmax and the gradient, all float32
@@ -124,12 +126,14 @@ class Process:
 
 @dataclass
 class RoleEstimate:
-    """`count` members of a role, each made of the same processes (a generator: actor, engine core, worker)."""
+    """`count` members of a role, each made of these processes (a generator: actor, engine core, worker),
+    or of less where `member_totals` lists each member's own total (learner rank 0 builds the payloads)."""
 
     kind: str
     count: int
     count_setting: str
     processes: list[Process]
+    member_totals: list[float] | None = None
 
     @property
     def per_member(self) -> float:
@@ -137,7 +141,7 @@ class RoleEstimate:
 
     @property
     def total(self) -> float:
-        return self.count * self.per_member
+        return sum(self.member_totals) if self.member_totals else self.count * self.per_member
 
     def largest_part(self) -> tuple[str, str, float]:
         """(process: part, setting, bytes) of the biggest part of one member that a setting controls."""
@@ -199,12 +203,13 @@ def copies(process: str, payload: tuple[float, float]) -> float:
     return whole * payload[0] + buckets * payload[1]
 
 
-def learner_process(cfg, shape: ModelShape, weight_bytes: int, payload: tuple[float, float], shipped: bool) -> Process:
+def learner_process(cfg, shape: ModelShape, weight_bytes: int, payload: tuple[float, float], shipped: bool,
+                    ranks: int) -> Process:
     proc = Process("rank")
     proc.add("process", BASELINE_MIB["learner"] * MIB, "-")
     proc.add("weights", shape.params * weight_bytes, "model.dtype")
     trained = trainable_params(cfg, shape)
-    ranks, stage = cfg.learner.count, cfg.learner.zero_stage
+    stage = cfg.learner.zero_stage
     master = 4 if weight_bytes < 4 else 0
     proc.add("gradients", trained * 4 / (ranks if stage >= 2 else 1), "peft.method or learner.zero_stage")
     proc.add("optimizer state", trained * (8 + master) / (ranks if stage >= 1 else 1),
@@ -230,6 +235,7 @@ def generator_processes(cfg, shape: ModelShape, weight_bytes: int, payload: tupl
     actor = Process("actor")
     if engine_in_actor(cfg.generator.engine_processes, cfg.runtime.mode, cpu=True):
         actor.add("process", BASELINE_MIB["generator_with_engine"] * MIB, "-")   # vLLM's engine runs in it
+        actor.add("sync payload", copies("engine_worker", payload), "sync.weights or sync.bucket_mb")
         processes, engine = [actor], actor
     else:
         actor.add("process", 0 if shared_process else BASELINE_MIB["generator"] * MIB, "-")
@@ -260,8 +266,8 @@ def estimate(cfg, spec, shape: ModelShape, dtype: str, payload_kind: str | None)
         base.add("ray", BASELINE_MIB["ray"] * MIB, "runtime.mode")
         base.add("object store: sync payload", copies("object_store", payload), "sync.weights")
     found = [RoleEstimate("controller", 1, "-", [base])]
-    ranks = [learner_process(cfg, shape, weight_bytes, payload, generates and rank == 0)
-             for rank in range(cfg.learner.count)]
+    count = 1 if inline else cfg.learner.count   # inline mode runs one rank over every shard
+    ranks = [learner_process(cfg, shape, weight_bytes, payload, generates and rank == 0, count) for rank in range(count)]
     if inline:  # every role shares the driver's process
         for rank in ranks:
             rank.parts.pop("process")
@@ -278,12 +284,13 @@ def estimate(cfg, spec, shape: ModelShape, dtype: str, payload_kind: str | None)
 
 
 def merge_ranks(found: list[RoleEstimate]) -> list[RoleEstimate]:
-    """Learner ranks as one role entry whose member is the largest rank (rank 0 ships the payloads)."""
+    """Learner ranks as one role entry: shown by the largest rank (rank 0 ships the payloads), summed rank by rank."""
     ranks = [r for r in found if r.kind == "learner"]
     if not ranks:
         return found
     largest = max(ranks, key=lambda r: r.per_member)
-    merged = RoleEstimate("learner", len(ranks), "learner.count", largest.processes)
+    merged = RoleEstimate("learner", len(ranks), "learner.count", largest.processes,
+                          member_totals=[r.per_member for r in ranks])
     others = [r for r in found if r.kind != "learner"]
     return others[:1] + [merged] + others[1:]
 
@@ -299,7 +306,8 @@ def describe(found: list[RoleEstimate]) -> str:
         parts = sorted(((f"{p.name} {part}" if len(role.processes) > 1 else part, size)
                         for p in role.processes for part, size in p.parts.items()), key=lambda x: -x[1])
         shown = ", ".join(f"{name} {size / GIB:.2f}" for name, size in parts[:4])
-        lines.append(f"{role.kind}: {role.count} x {role.per_member / GIB:.2f} GiB ({shown})")
+        each = ("up to " if role.member_totals else "") + f"{role.per_member / GIB:.2f} GiB"
+        lines.append(f"{role.kind}: {role.count} x {each} ({shown})")
     return "; ".join(lines)
 
 

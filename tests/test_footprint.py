@@ -48,15 +48,16 @@ def test_every_part_of_a_float32_lora_run_with_merged_sync(tmp_path):
         "optimizer state": 112 * 8 / 2,           # Adam's two float32 moments, split
         "activations": 2 * 8 * 2 * (10 * 8 + 3 * 16) * 4,   # 16 tokens x 2 layers x 128 values
         "logits": 2 * 8 * 10 * 4 * 3,             # 16 tokens x vocab 10, three float32 copies
-        "sync payload": WEIGHTS + MIB,            # rank 0: the serialised merged weights and a 1 MiB bucket
+        "sync payload": 5 * WEIGHTS + 2 * MIB,    # rank 0: PAYLOAD_COPIES["learner"], buckets of 1 MiB
     }
+    assert learners.total == 2 * learners.per_member - (5 * WEIGHTS + 2 * MIB)   # rank 1 builds no payload
     generators, processes = parts(found, "generator")
     assert generators.count == 1
     assert processes == {
-        "actor": {"process": BASELINE_MIB["generator"] * MIB, "sync payload": WEIGHTS + 2 * MIB},
+        "actor": {"process": BASELINE_MIB["generator"] * MIB, "sync payload": 2 * WEIGHTS + 3 * MIB},
         "engine core": {"process": BASELINE_MIB["engine_core"] * MIB, "sync payload": 3 * MIB},
         "engine worker": {"process": BASELINE_MIB["engine_worker"] * MIB, "weights": WEIGHTS, "KV cache": 64 * MIB,
-                          "sync payload": 2 * MIB},
+                          "sync payload": 0.5 * WEIGHTS + 3 * MIB},
     }
     _, driver = parts(found, "controller")
     assert driver["driver"]["object store: sync payload"] == WEIGHTS
@@ -68,7 +69,8 @@ def test_an_engine_in_the_generator_actor_is_one_process_holding_the_payload_onc
                      "float32", "lora")   # auto: in the actor, for CPU engines in local mode
     _, processes = parts(found, "generator")
     assert processes == {"actor": {"process": BASELINE_MIB["generator_with_engine"] * MIB, "weights": WEIGHTS,
-                                   "KV cache": 64 * MIB, "sync payload": WEIGHTS + 2 * MIB}}
+                                   "KV cache": 64 * MIB,   # the actor's copies and the worker's, in one process
+                                   "sync payload": 2 * WEIGHTS + 3 * MIB + 0.5 * WEIGHTS + 3 * MIB}}
     inline = estimate(small_run(tmp_path, generator={"engine_processes": "auto"}, runtime={"mode": "inline"}),
                       ALGORITHMS["gppo"], SMALL, "float32", "lora")
     assert list(parts(inline, "generator")[1]) == ["actor", "engine core", "engine worker"]
@@ -81,24 +83,26 @@ def test_sixteen_bits_full_fine_tuning_keeps_float32_master_weights_split_by_zer
     assert rank0["weights"] == WEIGHTS / 2                  # 2 bytes per value
     assert rank0["gradients"] == 2**20 * 4                  # ZeRO-1 keeps whole gradients
     assert rank0["optimizer state"] == 2**20 * (8 + 4) / 2  # moments and float32 master, split
-    assert rank0["sync payload"] == WEIGHTS / 2 + MIB
+    assert rank0["sync payload"] == 5 * WEIGHTS / 2 + 2 * MIB
 
 
 def test_adapter_payloads_are_small_and_partial_sync_keeps_a_checkpoint_copy(tmp_path):
     lora = estimate(small_run(tmp_path, sync={"weights": "adapter"}), ALGORITHMS["gppo"], SMALL, "float32", "lora")
-    assert parts(lora, "generator")[1]["engine core"]["sync payload"] == 3 * 112 * 4   # small, sent whole
+    assert parts(lora, "generator")[1]["engine core"]["sync payload"] == 3 * 112 * 4   # small, one "bucket"
     hft = small_run(tmp_path, sync={"weights": "adapter"}, peft={"method": "hft"}, learner={"zero_stage": 0})
     _, processes = parts(estimate(hft, ALGORITHMS["gppo"], SMALL, "float32", "partial"), "generator")
     assert processes["engine worker"]["checkpoint copy"] == WEIGHTS   # rlft.sync.shadow's tensors
-    assert processes["actor"]["sync payload"] == WEIGHTS / 2 + 2 * MIB   # half of the weights, in buckets
+    assert processes["actor"]["sync payload"] == 2 * WEIGHTS / 2 + 3 * MIB   # half of the weights, in buckets
 
 
 def test_inline_mode_counts_one_process_for_every_role(tmp_path):
-    local = estimate(small_run(tmp_path), ALGORITHMS["gppo"], SMALL, "float32", "lora")
     inline = estimate(small_run(tmp_path, runtime={"mode": "inline"}), ALGORITHMS["gppo"], SMALL, "float32", "lora")
-    shared = (BASELINE_MIB["ray"] + 2 * BASELINE_MIB["learner"] + BASELINE_MIB["generator"] + BASELINE_MIB["reward"]) * MIB
-    shared += WEIGHTS   # no object store
-    assert total_bytes(local) - total_bytes(inline) == shared
+    learners, ranks = parts(inline, "learner")
+    assert learners.count == 1 and "process" not in ranks["rank"]   # one rank, in the driver's process
+    assert ranks["rank"]["gradients"] == 112 * 4                     # nothing to split it with
+    assert "process" not in parts(inline, "generator")[1]["actor"]   # the generator object lives there too
+    assert parts(inline, "controller")[1]["driver"] == {"process": BASELINE_MIB["driver"] * MIB}   # no Ray
+    assert [r.kind for r in inline] == ["controller", "learner", "generator"]   # no reward actor process
 
 
 def test_a_run_that_does_not_fit_names_the_role_the_part_and_the_settings(tmp_path):
