@@ -286,12 +286,19 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
         return step if due(self.cfg.train.log_every, step, per_iteration) or last else None
 
     def memory(self) -> dict[str, float]:
-        """perf/mem_<role>_<measure>: the largest value over each role's members (rlft.memory)."""
+        """perf/mem_<role>_<measure>: the largest value over each role's members (rlft.memory). A member
+        that died since the iteration's last call leaves its role out: the next call that needs it
+        meets the death and replaces it (rlft.recovery), the metrics being no reason to stop a run."""
         found: dict[str, float] = {}
         for kind, group in self.roles.items():
             try:
                 per_member = group.call("memory")
             except AttributeError:  # an injected role class without the probe
+                continue
+            except Exception as err:
+                if not is_actor_death(err):
+                    raise
+                log.warning("%s memory not logged: a member died (%s)", kind, type(err).__name__)
                 continue
             for key in per_member[0]:
                 found[f"perf/mem_{kind}_{key}"] = max(m[key] for m in per_member)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 from pathlib import Path
 
 import pytest
@@ -19,21 +18,27 @@ from tests.helpers import StuckLearner, assert_same_weights, deterministic_rows,
 LOCAL = {"mode": "local", "num_cpus": 4}
 
 
-def kill(group, index: int, delay_s: float = 0.0) -> None:
-    """SIGKILL the process of one member (after a delay, from another thread: mid-call)."""
+def kill(group, index: int) -> None:
+    """SIGKILL the process of one member."""
     _, pid = group.processes[index]
-    if delay_s:
-        threading.Timer(delay_s, os.kill, (pid, signal.SIGKILL)).start()
-    else:
-        os.kill(pid, signal.SIGKILL)
+    os.kill(pid, signal.SIGKILL)
 
 
 class Killer(Controller):
-    """Kills the generator during iteration 2 (while it samples) and the reward actor before 3."""
+    """Kills generator 0 during iteration 2, once its generate calls are in flight (a timer could fire
+    after a fast iteration), and the reward actor before iteration 3."""
 
     def iteration(self, iteration, last=False):
         if iteration == 2:
-            kill(self.roles["generator"], 0, delay_s=0.2)
+            group = self.roles["generator"]
+            gather = group._gather
+
+            def kill_while_sampling(pending, method=""):
+                if method == "generate" and group._gather is kill_while_sampling:
+                    del group._gather   # once
+                    kill(group, 0)
+                return gather(pending, method)
+            group._gather = kill_while_sampling
         if iteration == 3:
             kill(self.roles["reward"], 0)
         return super().iteration(iteration, last)
