@@ -137,7 +137,6 @@ class RoleStartup:
         return self._create("environment", kwargs)[0]
 
 
-
 def memory_budget(cfg) -> tuple[float, str]:
     """(bytes the run may use, where they come from): runtime.memory_gb, else this machine's available
     memory less the 5% of its total that Ray's memory monitor keeps free (it kills a worker above 95%)."""

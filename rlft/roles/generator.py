@@ -90,7 +90,6 @@ class GeneratorActor:
                  cpu_bind: str | None = None):
         self.cfg = cfg.generator
         self.mode = cfg.runtime.mode
-        self.in_actor = False  # set by setup: whether the engine runs in this process
         self.max_model_len = cfg.generator.max_model_len
         self.model_path = model_path
         self.index = index
@@ -112,15 +111,15 @@ class GeneratorActor:
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         from vllm.platforms import current_platform
 
-        self.in_actor = engine_in_actor(self.cfg.engine_processes, self.mode, current_platform.is_cpu())
+        in_actor = engine_in_actor(self.cfg.engine_processes, self.mode, current_platform.is_cpu())
         # vLLM reads this when the engine is built: 0 keeps its engine core in this process
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if self.in_actor else "1"
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_actor else "1"
         from vllm import LLM
 
         self.llm = LLM(**engine_kwargs(self.cfg, self.model_path, self.dtype, self.lora_rank, self.max_model_len,
-                                       self.seed, in_actor=self.in_actor))
+                                       self.seed, in_actor=in_actor))
         return {"index": self.index, "model": self.model_path, "lora": bool(self.lora_rank), "dtype": self.dtype,
-                "engine": "in_actor" if self.in_actor else "separate"}
+                "engine": "in_actor" if in_actor else "separate"}
 
     # ----------------------------------------------------------------- weights
     def load_weights(self, payload) -> str:
