@@ -307,9 +307,11 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
     # ----------------------------------------------------------------- eval and outputs
     def evaluate(self, step: int) -> dict[str, float]:
         """The model family's held-out evaluation (rlft.families), by the generators when there are any."""
+        started = time.perf_counter()
         metrics = self.family.evaluate(self, step)
         if not metrics:
             return {}
+        metrics["perf/time_eval"] = time.perf_counter() - started  # kept apart from the iterations' clocks
         if self.start_eval is None:
             self.start_eval = metrics
         act = act_against(metrics, self.start_eval)  # reasoning modes: ACT against the start's high mode

@@ -9,7 +9,7 @@ from fractions import Fraction
 import pydantic
 import pytest
 
-from rlft.data import arith, gsm, rgym
+from rlft.data import arith, gsm, rgym, sums
 from rlft.data.tasks import TASKS, JsonlTaskConfig, Task, build_task
 
 # ----------------------------------------------------------------------------- arith
@@ -240,11 +240,50 @@ def test_jsonl_task_split_and_exact_match(tmp_path):
     assert task.score(by_prompt["p9"], "long reasoning... 42") == 0.0
 
 
+# ----------------------------------------------------------------------------- sums (chat models)
+
+
+@pytest.mark.parametrize("reply, value", [
+    ("To add 47 and 38, add them together: 47 + 38 = 85.", 85),
+    ("47 + 38 is 1,085", 1085),          # thousands separators are dropped
+    ("20 - 14 is -6.", -6),
+    ("I cannot tell.", None),
+])
+def test_sums_last_integer(reply, value):
+    assert sums.last_integer(reply) == value
+
+
+def test_sums_questions_answers_and_holdout():
+    task = build_task(sums.SumsConfig(digits=2, train_size=3000, eval_size=200, seed=3))
+    train, held_out = task.split("train"), task.split("eval")
+    assert len(train) == 3000 and len(held_out) == 200
+    assert len({ex.prompt for ex in held_out}) == 200                    # distinct pairs
+    assert not {ex.prompt for ex in held_out} & {ex.prompt for ex in train}
+    for ex in train[:50] + held_out:
+        a, b = ex.meta["a"], ex.meta["b"]
+        assert 10 <= a <= 99 and 10 <= b <= 99
+        assert ex.prompt == f"What is {a} + {b}?" and ex.answer == str(a + b)
+    ex = held_out[0]
+    a, b = ex.meta["a"], ex.meta["b"]
+    assert task.score(ex, f"Adding {a} and {b} gives {a + b}.") == 1.0
+    assert task.score(ex, f"{a + b} is wrong, it is {a + b + 1}") == 0.0   # the last integer is the answer
+    assert task.step_scores(ex, str(a + b)) == [1.0]
+    assert task.split("eval") == build_task(sums.SumsConfig(digits=2, train_size=10, eval_size=200, seed=3)).split("eval")
+
+
+def test_sums_operators_and_one_digit_range():
+    task = build_task(sums.SumsConfig(digits=1, operator="*", train_size=20, eval_size=10))
+    for ex in task.split("train") + task.split("eval"):
+        assert 0 <= ex.meta["a"] <= 9 and ex.answer == str(ex.meta["a"] * ex.meta["b"])
+    with pytest.raises(ValueError, match="eval_size=100 must be smaller than the 100 possible"):
+        build_task(sums.SumsConfig(digits=1, eval_size=100)).split("eval")
+
+
 # ----------------------------------------------------------------------------- registry
 
 
 def test_registry_names_and_config_classes():
-    assert set(TASKS) == {"arith", "arith_think", "gsm8k", "reasoning_gym", "jsonl", "dna", "multihop"}
+    assert set(TASKS) == {"arith", "arith_think", "sums", "gsm8k", "reasoning_gym", "jsonl", "dna", "multihop"}
     for name, spec in TASKS.items():
         assert spec.name == name
         first_field, info = next(iter(spec.config_cls.model_fields.items()))

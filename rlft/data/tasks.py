@@ -17,7 +17,7 @@ from typing import Callable, Literal, Protocol
 
 from pydantic import Field
 
-from rlft.data import arith, arith_think, dna_task, gsm, multihop, rgym
+from rlft.data import arith, arith_think, dna_task, gsm, multihop, rgym, sums
 from rlft.data.jsonl import Example, read_sft_rows
 from rlft.schema import Section
 
@@ -84,6 +84,7 @@ TASKS: dict[str, TaskSpec] = {
     for spec in (
         TaskSpec("arith", arith.ArithConfig, arith.build),
         TaskSpec("arith_think", arith_think.ArithThinkConfig, arith_think.build),
+        TaskSpec("sums", sums.SumsConfig, sums.build),
         TaskSpec("gsm8k", gsm.Gsm8kConfig, gsm.build),
         TaskSpec("reasoning_gym", rgym.ReasoningGymConfig, rgym.build),
         TaskSpec("jsonl", JsonlTaskConfig, JsonlTask),
