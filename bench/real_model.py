@@ -111,10 +111,10 @@ def main() -> None:
     gains = [e - s for s, e in zip(starts, ends)]
     print(f"| mean (sd) | {mean_std(starts)} | {mean_std(ends)} | {mean_std(gains)} | "
           f"{statistics.mean(r['rl_minutes'] for r in runs.values()):.1f} | | |")
-    plot(runs, args.png, f"{Path(args.recipe).stem} {' '.join(args.override)}".strip())
+    plot(runs, args.png, f"SmolLM2-135M-Instruct, GPPO + LoRA: {Path(args.recipe).name} {' '.join(args.override)}".strip())
     write_results(args.json, {"recipe": args.recipe, "overrides": args.override, "runs": runs,
                               "start": starts, "end": ends, "gain": gains})
-    print(f"\nwrote {args.json.relative_to(ROOT)} and {args.png.relative_to(ROOT)}")
+    print(f"\nwrote {args.json} and {args.png}")
 
 
 if __name__ == "__main__":

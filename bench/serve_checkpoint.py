@@ -28,6 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from recipe_runs import write_results  # noqa: E402
+
 from rlft.config import load_config  # noqa: E402
 from rlft.data.tasks import build_task  # noqa: E402
 
@@ -100,7 +102,7 @@ def main() -> None:
                "--served-model-name", name, "--host", "127.0.0.1", "--port", str(args.port), "--dtype", "float32",
                "--enforce-eager", "--max-model-len", "512", "--seed", "0",
                "--kv-cache-memory-bytes", str(args.kv_cache_mb << 20)]
-    log = args.json.with_suffix(".server.log")
+    log = folder.parent / f"{folder.name}.vllm_server.log"  # beside what it served, not in bench/results
     print(f"serving {folder}: {' '.join(command[1:])}", flush=True)
     started = time.time()
     with log.open("w") as server_log:
@@ -118,12 +120,11 @@ def main() -> None:
     logged = run_final_accuracy(args.checkpoint)
     print(f"served accuracy {served:.3f} on {len(scores)} held-out questions (server ready in {ready:.0f} s); "
           f"the run's final eval/accuracy {logged}")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps({"recipe": args.recipe, "overrides": args.overrides, "checkpoint": str(args.checkpoint),
+    write_results(args.json, {"recipe": args.recipe, "overrides": args.overrides, "checkpoint": str(args.checkpoint),
                                      "served_folder": str(folder), "command": command, "served_accuracy": served,
                                      "run_final_accuracy": logged,
                                      "replies": [{"prompt": ex.prompt, "answer": ex.answer, "reply": reply, "score": s}
-                                                 for ex, reply, s in zip(examples, replies, scores)]}, indent=1) + "\n")
+                                                 for ex, reply, s in zip(examples, replies, scores)]})
     print(f"wrote {args.json}")
 
 
