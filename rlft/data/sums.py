@@ -4,7 +4,7 @@ The tiny model's `arith` task teaches a column-by-column trace and an "A: <n>" a
 pretrained chat model answers in its own words ("To add 47 and 38 ... = 85."), so this task
 asks the question as a person would and takes the last integer of the reply as its answer, the
 way GSM8K-style evaluations read free-form replies. SmolLM2-135M-Instruct answers 2-digit sums
-correctly about 1 time in 6 greedily (measured on the held-out split), which leaves room to learn.
+correctly 13.5% of the time greedily (the default held-out split, float32), which leaves room to learn.
 
 Eval draws distinct operand pairs first; train samples the remaining pairs with replacement,
 so no held-out question is ever trained on.
