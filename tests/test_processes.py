@@ -201,7 +201,10 @@ class KilledForMemoryThenFailed(Controller):
 
             def killed_for_memory(*args):
                 if self.seconds_to_end is None:  # once; the retry samples
-                    self.killed = vllm_tree(pid)
+                    deadline = time.time() + 30
+                    while not self.killed and time.time() < deadline:  # a loaded machine may list them late
+                        self.killed = vllm_tree(pid)
+                        time.sleep(0.2)
                     os.kill(pid, signal.SIGKILL)
                     start = time.time()
                     _, self.left_after_kill = psutil.wait_procs(self.killed, timeout=30)
