@@ -44,7 +44,7 @@ def parse_args() -> argparse.Namespace:
 def curve(run_dir: Path) -> dict:
     """Every evaluation of a run with the minutes of RL before it, and the minutes spent evaluating."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    rl_seconds, points, eval_seconds, last_time = 0.0, [], 0.0, None
+    rl_seconds, points, eval_seconds = 0.0, [], 0.0
     for row in rows:
         rl_seconds += row.get("perf/step_seconds", 0.0)
         if "eval/accuracy" in row:
@@ -52,7 +52,6 @@ def curve(run_dir: Path) -> dict:
                            "tokens": row.get("eval/tokens")})
         if "perf/time_eval" in row:
             eval_seconds += row["perf/time_eval"]
-        last_time = row.get("time", last_time)
     return {"evaluations": points, "rl_minutes": rl_seconds / 60, "eval_minutes": eval_seconds / 60,
             "loop_minutes": run_summary(run_dir).get("seconds", 0.0) / 60}
 

@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from recipe_runs import write_results  # noqa: E402
+from recipe_runs import evaluations, write_results  # noqa: E402
 
 from rlft.config import load_config  # noqa: E402
 from rlft.data.tasks import build_task  # noqa: E402
@@ -83,12 +83,11 @@ def ask(url: str, model: str, question: str, max_tokens: int) -> str:
 
 def run_final_accuracy(checkpoint: Path) -> float | None:
     """The last eval/accuracy the run that wrote this checkpoint logged."""
-    metrics = checkpoint.parent.parent / "metrics.jsonl"
-    if not metrics.is_file():
+    run_dir = checkpoint.parent.parent
+    if not (run_dir / "metrics.jsonl").is_file():
         return None
-    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
-    found = [row["eval/accuracy"] for row in rows if "eval/accuracy" in row]
-    return found[-1] if found else None
+    found = evaluations(run_dir, "eval/accuracy")
+    return found[-1]["eval/accuracy"] if found else None
 
 
 def main() -> None:
@@ -121,10 +120,10 @@ def main() -> None:
     print(f"served accuracy {served:.3f} on {len(scores)} held-out questions (server ready in {ready:.0f} s); "
           f"the run's final eval/accuracy {logged}")
     write_results(args.json, {"recipe": args.recipe, "overrides": args.overrides, "checkpoint": str(args.checkpoint),
-                                     "served_folder": str(folder), "command": command, "served_accuracy": served,
-                                     "run_final_accuracy": logged,
-                                     "replies": [{"prompt": ex.prompt, "answer": ex.answer, "reply": reply, "score": s}
-                                                 for ex, reply, s in zip(examples, replies, scores)]})
+                              "served_folder": str(folder), "command": command, "served_accuracy": served,
+                              "run_final_accuracy": logged,
+                              "replies": [{"prompt": ex.prompt, "answer": ex.answer, "reply": reply, "score": s}
+                                          for ex, reply, s in zip(examples, replies, scores)]})
     print(f"wrote {args.json}")
 
 

@@ -95,6 +95,21 @@ def step_is_correct(line: str, step: tuple[int, int, int, int]) -> bool:
     return carry_form_ok and stated == step
 
 
+def held_out_keys(num_keys: int, train_size: int, eval_size: int, seed: int) -> tuple[list[int], list[int]]:
+    """(train keys, eval keys) out of range(num_keys): eval is drawn first, without replacement; train
+    then samples with replacement from the keys eval did not take (train_size may exceed num_keys,
+    e.g. 20000 > 10**4 two-digit pairs)."""
+    rng = random.Random(seed)
+    eval_keys = rng.sample(range(num_keys), eval_size)
+    held_out = set(eval_keys)
+    train_keys = []
+    while len(train_keys) < train_size:
+        key = rng.randrange(num_keys)
+        if key not in held_out:
+            train_keys.append(key)
+    return train_keys, eval_keys
+
+
 class ArithTask:
     """Addition of two seeded random operands; eval pairs are held out of train."""
 
@@ -129,18 +144,9 @@ class ArithTask:
 
     @cached_property
     def _splits(self) -> dict[str, list[Example]]:
-        # Pair index k encodes (a, b) = divmod(k, 10**digits). Eval is drawn first, without
-        # replacement; train then samples with replacement from the pairs eval did not take
-        # (train_size may exceed the number of pairs, e.g. 20000 > 10**4 for two digits).
-        rng = random.Random(self.cfg.seed)
+        # Pair index k encodes (a, b) = divmod(k, 10**digits).
         base = 10**self.cfg.digits
-        eval_keys = rng.sample(range(self.num_pairs), self.cfg.eval_size)
-        held_out = set(eval_keys)
-        train_keys = []
-        while len(train_keys) < self.cfg.train_size:
-            key = rng.randrange(self.num_pairs)
-            if key not in held_out:
-                train_keys.append(key)
+        train_keys, eval_keys = held_out_keys(self.num_pairs, self.cfg.train_size, self.cfg.eval_size, self.cfg.seed)
         return {
             "train": [make_example(*divmod(k, base)) for k in train_keys],
             "eval": [make_example(*divmod(k, base)) for k in eval_keys],

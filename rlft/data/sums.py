@@ -12,13 +12,13 @@ so no held-out question is ever trained on.
 
 from __future__ import annotations
 
-import random
 import re
 from functools import cached_property
 from typing import Literal
 
 from pydantic import Field
 
+from rlft.data.arith import held_out_keys
 from rlft.data.jsonl import Example
 from rlft.schema import Section
 
@@ -77,14 +77,7 @@ class SumsTask:
 
     @cached_property
     def _splits(self) -> dict[str, list[Example]]:
-        rng = random.Random(self.cfg.seed)
-        eval_keys = rng.sample(range(self.width**2), self.cfg.eval_size)
-        held_out = set(eval_keys)
-        train_keys: list[int] = []
-        while len(train_keys) < self.cfg.train_size:
-            key = rng.randrange(self.width**2)
-            if key not in held_out:
-                train_keys.append(key)
+        train_keys, eval_keys = held_out_keys(self.width**2, self.cfg.train_size, self.cfg.eval_size, self.cfg.seed)
         return {"train": [self._example(k) for k in train_keys], "eval": [self._example(k) for k in eval_keys]}
 
 
