@@ -4,6 +4,8 @@
     .venv/bin/python bench/e2e_vs_trl.py --model smollm2          # SmolLM2-135M-Instruct, bfloat16 where native
     .venv/bin/python bench/e2e_vs_trl.py --model smollm2 --rlft-variants sync,one-engine --skip-trl
     .venv/bin/python bench/e2e_vs_trl.py --skip-trl               # rlft only
+    .venv/bin/python bench/e2e_vs_trl.py --time-to-accuracy [...]  # bench/time_to_accuracy.py: minutes to a
+                                                                  # held-out accuracy on the real-model recipe
 
 Both systems train the same model with LoRA on the same modules and rank, on the same train prompts,
 rewarded by rlft's task checker (`task.score`), with the same group size, completions per optimizer
@@ -25,7 +27,8 @@ Rows:
   wandb and plots off. Reported: completions
   over the loop's seconds (`summary['samples_per_s']`, roles already started) and the median of the
   per-iteration `perf/samples_per_s`, first iteration skipped as warm-up.
-* TRL: `GRPOTrainer` in one process (the only learner), HF `generate`, no vLLM, once per
+* TRL: `GRPOTrainer` in one process (the only learner), HF `generate`, no vLLM, gradient
+  checkpointing off (TRL's GRPOConfig turns it on by default; rlft does not use it), once per
   `--trl-threads` entry (torch intra-op threads; on a shared machine OpenMP threads stall whenever
   another process holds a core, so the tiny model also measures 1 thread). Reported: completions/s
   between the end of the first (warm-up) generation cycle and the end of the last.
@@ -213,6 +216,7 @@ def run_trl(args) -> dict:
         generation_batch_size=args.completions_per_step * cfg.rollout.mini_batches,  # as rlft: one batch, k steps
         num_generations=args.group_size, max_completion_length=args.max_tokens, temperature=1.0, top_p=1.0,
         learning_rate=cfg.train.lr, beta=0.0, use_vllm=False, use_cpu=True, bf16=bf16,
+        gradient_checkpointing=False,  # TRL's default is on; rlft does not recompute activations
         model_init_kwargs={"dtype": torch.bfloat16 if bf16 else torch.float32}, logging_steps=1, report_to="none", save_strategy="no",
         disable_tqdm=True, seed=cfg.run.seed, dataloader_num_workers=0,
     )
@@ -324,6 +328,10 @@ def print_table(results: dict, args) -> None:
 
 
 def main() -> None:
+    if "--time-to-accuracy" in sys.argv[1:]:  # the learning race lives in its own script
+        import time_to_accuracy
+
+        return time_to_accuracy.main([a for a in sys.argv[1:] if a != "--time-to-accuracy"])
     args = parse_args()
     if args.worker:
         return worker(args)
