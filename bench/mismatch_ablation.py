@@ -28,7 +28,7 @@ import statistics
 from pathlib import Path
 
 from real_model import RECIPE, curve
-from recipe_runs import ROOT, mean_std, train, write_results
+from recipe_runs import ROOT, mean_std, plot_minutes_curves, train, write_results
 
 BF16 = ["model.dtype=fast", "sync.parity_tolerance=0.3"]
 VARIANTS = {
@@ -36,7 +36,6 @@ VARIANTS = {
     "learner+tis": ["algorithm.old_logprobs=learner", "algorithm.correction=tis"],
     "learner+mis": ["algorithm.old_logprobs=learner", "algorithm.correction=mis"],
 }
-COLOURS = {"sampler": "tab:red", "learner+tis": "tab:blue", "learner+mis": "tab:green"}
 LOGGED = ["mismatch/k3", "mismatch/abs_logprob_diff_mean", "mismatch/abs_logprob_diff_max",
           "mismatch/weight_mean", "mismatch/corrected_token_frac", "sync/parity_mean_abs_diff", "perf/step_seconds"]
 
@@ -63,35 +62,6 @@ def step_means(run_dir: Path) -> dict:
         if values:
             means[key] = max(values) if key.endswith("_max") else statistics.mean(values)
     return means
-
-
-def plot(results: dict, path: Path, title: str) -> None:
-    """Each variant's mean accuracy over seeds at each evaluation (thick) and its seeds (thin)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for variant, runs in results.items():
-        colour = COLOURS[variant]
-        for run in runs.values():
-            points = run["evaluations"]
-            ax.plot([p["rl_minutes"] for p in points], [p["accuracy"] for p in points], color=colour, alpha=0.25,
-                    linewidth=1)
-        count = min(len(run["evaluations"]) for run in runs.values())
-        at = [[run["evaluations"][i] for run in runs.values()] for i in range(count)]
-        ax.plot([statistics.mean(p["rl_minutes"] for p in points) for points in at],
-                [statistics.mean(p["accuracy"] for p in points) for points in at], color=colour, linewidth=2.5,
-                marker="o", label=f"{variant} (mean of {len(runs)} seeds)")
-    ax.set_xlabel("minutes of RL on 2 CPU cores (evaluations excluded)")
-    ax.set_ylabel("held-out greedy accuracy (200 questions)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
 
 
 def main() -> None:
@@ -133,7 +103,7 @@ def main() -> None:
               f"{mean_of('mismatch/abs_logprob_diff_mean')} | {mean_of('mismatch/abs_logprob_diff_max')} | "
               f"{mean_of('mismatch/k3')} | {mean_of('mismatch/weight_mean')} | "
               f"{mean_of('mismatch/corrected_token_frac')} | {mean_of('sync/parity_mean_abs_diff')} |")
-    plot(results, args.png, f"SmolLM2-135M-Instruct in bf16, GPPO + LoRA: pi_old ({args.steps} steps)")
+    plot_minutes_curves(results, args.png, f"SmolLM2-135M-Instruct in bf16, GPPO + LoRA: pi_old ({args.steps} steps)")
     write_results(args.json, {"recipe": RECIPE, "overrides": common, "variants": VARIANTS, "table": table,
                               "runs": results})
     print(f"\nwrote {args.json} and {args.png}")

@@ -107,3 +107,35 @@ def plot_seed_curves(panels: list[tuple[str, str, dict[str, dict[int, list[tuple
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+
+
+def plot_minutes_curves(groups: dict[str, dict], path: Path, title: str, target: float | None = None) -> None:
+    """Held-out accuracy against minutes of RL: per group ({label: {seed: run}}, a run holding
+    `evaluations` of {rl_minutes, accuracy}) every seed thin and the mean over seeds at each
+    evaluation thick, one colour per group; `target` as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for (label, runs), colour in zip(groups.items(), ("tab:red", "tab:blue", "tab:green", "tab:orange")):
+        for run in runs.values():
+            points = run["evaluations"]
+            ax.plot([p["rl_minutes"] for p in points], [p["accuracy"] for p in points], color=colour, alpha=0.25,
+                    linewidth=1)
+        count = min(len(run["evaluations"]) for run in runs.values())
+        at = [[run["evaluations"][i] for run in runs.values()] for i in range(count)]
+        ax.plot([statistics.mean(p["rl_minutes"] for p in points) for points in at],
+                [statistics.mean(p["accuracy"] for p in points) for points in at], color=colour, linewidth=2.5,
+                marker="o", label=f"{label} (mean of {len(runs)} seeds)")
+    if target is not None:
+        ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.2f}")
+    ax.set_xlabel("minutes of RL on 2 CPU cores (evaluations excluded)")
+    ax.set_ylabel("held-out greedy accuracy (200 questions)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)

@@ -30,8 +30,8 @@ are outside both clocks and reported beside: rlft evaluates through its vLLM gen
 HF `generate` on the model it trains. Role start-up / model loading are outside both clocks.
 
 Reported per system and seed: accuracy at each evaluation, minutes to the first evaluation at or
-above --target, accuracy within a fixed budget (the last evaluation reached within rlft's mean
-minutes of RL), mean completion length while training. rlft's runs are `rlft train` of the recipe
+above --target, accuracy within a fixed budget (the last evaluation reached within the shorter
+system's mean minutes of RL), mean completion length while training. rlft's runs are `rlft train` of the recipe
 (reused from bench/real_model.py's folder when finished there, never overwritten); TRL runs in a
 child process per seed whose result is kept as JSON under --out. Raw results: --json; curves: --png.
 """
@@ -48,7 +48,7 @@ import time
 from pathlib import Path
 
 from real_model import RECIPE, curve
-from recipe_runs import ROOT, mean_std, train, write_results
+from recipe_runs import ROOT, mean_std, plot_minutes_curves, train, write_results
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -181,6 +181,7 @@ def run_trl(seed: int, steps: int, eval_every: int, eval_examples: int | None = 
 def rlft_seed(args, seed: int) -> dict | None:
     name = f"sums_seed{seed}"
     if not args.report_only and not args.skip_rlft:
+        args.rlft_out.mkdir(parents=True, exist_ok=True)
         overrides = [f"train.steps={args.steps}", f"train.eval_every={args.eval_every}"]
         took = train(RECIPE, name, seed, args.rlft_out, overrides, f"rlft seed {seed}")
         print(f"rlft seed {seed}: {took / 60:.1f} min{' (reused)' if not took else ''}", flush=True)
@@ -219,35 +220,9 @@ def within(run: dict, minutes: float) -> float:
     return [p["accuracy"] for p in run["evaluations"] if p["rl_minutes"] <= minutes + 1e-9][-1]
 
 
-def plot(results: dict, path: Path, target: float) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for (system, runs), colour in zip(results.items(), ("tab:blue", "tab:orange")):
-        for run in runs.values():
-            ax.plot([p["rl_minutes"] for p in run["evaluations"]], [p["accuracy"] for p in run["evaluations"]],
-                    color=colour, alpha=0.3, linewidth=1)
-        count = min(len(r["evaluations"]) for r in runs.values())
-        at = [[r["evaluations"][i] for r in runs.values()] for i in range(count)]
-        ax.plot([statistics.mean(p["rl_minutes"] for p in ps) for ps in at],
-                [statistics.mean(p["accuracy"] for p in ps) for ps in at], color=colour, marker="o", linewidth=2.5,
-                label=f"{system} (mean of {len(runs)} seeds)")
-    ax.axhline(target, color="grey", linestyle="--", linewidth=1, label=f"target {target:.2f}")
-    ax.set_xlabel("minutes of RL on 2 CPU cores (evaluations excluded)")
-    ax.set_ylabel("held-out greedy accuracy (200 questions)")
-    ax.set_title("SmolLM2-135M-Instruct, 2-digit sums, LoRA, float32: rlft vs TRL")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-
-
 def report(results: dict, args) -> dict:
-    budget = statistics.mean(r["rl_minutes"] for r in results["rlft"].values()) if results.get("rlft") else None
+    # The fixed budget is the shorter system's mean minutes of RL: both have evaluations up to it.
+    budget = min(statistics.mean(r["rl_minutes"] for r in runs.values()) for runs in results.values())
     summary = {}
     print(f"\n{RECIPE}: {args.steps} steps, eval every {args.eval_every}, target {args.target}")
     print("| system | seed | evaluations (step: accuracy) | min to target | acc within budget | RL min | "
@@ -268,7 +243,7 @@ def report(results: dict, args) -> dict:
             "rl_minutes": [r["rl_minutes"] for r in runs.values()],
             "median_step_seconds": [statistics.median(r["step_seconds"]) for r in runs.values()],
             "train_length": [r["train_length"] for r in runs.values()]}
-    print(f"\nfixed budget: {budget:.1f} min of RL (rlft's mean)")
+    print(f"\nfixed budget: {budget:.1f} min of RL (the shorter system's mean)")
     print("| system | seeds | reached target | min to target | acc within budget | final acc | RL min | s/step |")
     print("|---|---|---|---|---|---|---|---|")
     for system, s in summary.items():
@@ -299,7 +274,8 @@ def main(argv: list[str] | None = None) -> None:
     if not results:
         raise SystemExit("no finished runs")
     found = report(results, args)
-    plot(results, args.png, args.target)
+    plot_minutes_curves(results, args.png, "SmolLM2-135M-Instruct, 2-digit sums, LoRA, float32: rlft vs TRL",
+                        args.target)
     write_results(args.json, {"recipe": RECIPE, "target": args.target, "steps": args.steps,
                               "eval_every": args.eval_every, **found,
                               "runs": {k: {s: {key: v for key, v in r.items() if key != "prompts"} for s, r in runs.items()}
