@@ -27,8 +27,8 @@ import json
 import statistics
 from pathlib import Path
 
-from real_model import RECIPE, curve
-from recipe_runs import ROOT, mean_std, plot_minutes_curves, train, write_results
+from real_model import RECIPE
+from recipe_runs import ROOT, curve, mean_std, plot_minutes_curves, train, write_results
 
 BF16 = ["model.dtype=fast", "sync.parity_tolerance=0.3"]
 VARIANTS = {
@@ -84,9 +84,10 @@ def main() -> None:
         raise SystemExit(f"no finished runs under {args.out}")
 
     print(f"\n{RECIPE} {' '.join(common)}")
-    print("| variant | seeds | " + " | ".join(f"step {p['step']}" for p in next(iter(next(iter(results.values())).values()))["evaluations"])
+    steps = [p["step"] for p in next(iter(next(iter(results.values())).values()))["evaluations"]]
+    print("| variant | seeds | " + " | ".join(f"step {step}" for step in steps)
           + " | gain | RL min | s/step | mean abs dlogp | max abs dlogp | k3 | mean w | corrected | parity |")
-    print("|---" * (len(next(iter(next(iter(results.values())).values()))["evaluations"]) + 12) + "|")
+    print("|---" * (len(steps) + 12) + "|")
     table = {}
     for variant, runs in results.items():
         count = min(len(r["evaluations"]) for r in runs.values())

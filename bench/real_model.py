@@ -19,11 +19,10 @@ is the last evaluation minus the first; mean and standard deviation over seeds. 
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 from pathlib import Path
 
-from recipe_runs import ROOT, mean_std, run_summary, train, write_results
+from recipe_runs import ROOT, curve, mean_std, plot_minutes_curves, train, write_results
 
 RECIPE = "configs/gppo_smollm2_sums.yaml"
 
@@ -39,48 +38,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "real_model.json")
     parser.add_argument("--report-only", action="store_true", help="only read finished runs")
     return parser.parse_args()
-
-
-def curve(run_dir: Path) -> dict:
-    """Every evaluation of a run with the minutes of RL before it, and the minutes spent evaluating."""
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    rl_seconds, points, eval_seconds = 0.0, [], 0.0
-    for row in rows:
-        rl_seconds += row.get("perf/step_seconds", 0.0)
-        if "eval/accuracy" in row:
-            points.append({"step": row["step"], "rl_minutes": rl_seconds / 60, "accuracy": row["eval/accuracy"],
-                           "tokens": row.get("eval/tokens")})
-        if "perf/time_eval" in row:
-            eval_seconds += row["perf/time_eval"]
-    return {"evaluations": points, "rl_minutes": rl_seconds / 60, "eval_minutes": eval_seconds / 60,
-            "loop_minutes": run_summary(run_dir).get("seconds", 0.0) / 60}
-
-
-def plot(runs: dict, path: Path, title: str) -> None:
-    """Each seed's accuracy against its minutes of RL (thin), the mean over seeds at each evaluation (thick)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for seed, run in runs.items():
-        points = run["evaluations"]
-        ax.plot([p["rl_minutes"] for p in points], [p["accuracy"] for p in points], marker="o", alpha=0.4,
-                linewidth=1, label=f"seed {seed}")
-    count = min(len(run["evaluations"]) for run in runs.values())
-    mean_at = [[run["evaluations"][i] for run in runs.values()] for i in range(count)]
-    ax.plot([statistics.mean(p["rl_minutes"] for p in points) for points in mean_at],
-            [statistics.mean(p["accuracy"] for p in points) for points in mean_at], color="black", linewidth=2.5,
-            marker="o", label=f"mean of {len(runs)} seeds")
-    ax.set_xlabel("minutes of RL on 2 CPU cores (evaluations excluded)")
-    ax.set_ylabel("held-out greedy accuracy (200 questions)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
 
 
 def main() -> None:
@@ -110,7 +67,8 @@ def main() -> None:
     gains = [e - s for s, e in zip(starts, ends)]
     print(f"| mean (sd) | {mean_std(starts)} | {mean_std(ends)} | {mean_std(gains)} | "
           f"{statistics.mean(r['rl_minutes'] for r in runs.values()):.1f} | | |")
-    plot(runs, args.png, f"SmolLM2-135M-Instruct, GPPO + LoRA: {Path(args.recipe).name} {' '.join(args.override)}".strip())
+    plot_minutes_curves({"GPPO + LoRA": runs}, args.png,
+                        f"SmolLM2-135M-Instruct, GPPO + LoRA: {Path(args.recipe).name} {' '.join(args.override)}".strip())
     write_results(args.json, {"recipe": args.recipe, "overrides": args.override, "runs": runs,
                               "start": starts, "end": ends, "gain": gains})
     print(f"\nwrote {args.json} and {args.png}")

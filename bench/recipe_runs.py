@@ -71,6 +71,28 @@ def train(recipe: str, name: str, seed: int, out: Path, overrides: list[str], la
     return time.time() - started
 
 
+def curve(run_dir: Path) -> dict:
+    """Every evaluation of a run with the minutes of RL before it (the sum of the iterations'
+    `perf/step_seconds`), the minutes spent evaluating, each iteration's seconds and the mean length
+    of the sampled responses."""
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    rl_seconds, points, eval_seconds, step_seconds, lengths = 0.0, [], 0.0, [], []
+    for row in rows:
+        if "perf/step_seconds" in row:
+            rl_seconds += row["perf/step_seconds"]
+            step_seconds.append(round(row["perf/step_seconds"], 2))
+        if "rollout/response_length" in row:
+            lengths.append(row["rollout/response_length"])
+        if "eval/accuracy" in row:
+            points.append({"step": row["step"], "rl_minutes": rl_seconds / 60, "accuracy": row["eval/accuracy"],
+                           "tokens": row.get("eval/tokens")})
+        if "perf/time_eval" in row:
+            eval_seconds += row["perf/time_eval"]
+    return {"evaluations": points, "rl_minutes": rl_seconds / 60, "eval_minutes": eval_seconds / 60,
+            "loop_minutes": run_summary(run_dir).get("seconds", 0.0) / 60, "step_seconds": step_seconds,
+            "train_length": statistics.mean(lengths) if lengths else None}
+
+
 def evaluations(run_dir: Path, key: str) -> list[dict]:
     """The rows of a run's metrics.jsonl that hold evaluation metric `key`, in step order."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

@@ -47,8 +47,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from real_model import RECIPE, curve
-from recipe_runs import ROOT, mean_std, plot_minutes_curves, train, write_results
+from real_model import RECIPE
+from recipe_runs import ROOT, curve, mean_std, plot_minutes_curves, train, write_results
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -186,12 +186,7 @@ def rlft_seed(args, seed: int) -> dict | None:
         took = train(RECIPE, name, seed, args.rlft_out, overrides, f"rlft seed {seed}")
         print(f"rlft seed {seed}: {took / 60:.1f} min{' (reused)' if not took else ''}", flush=True)
     run_dir = args.rlft_out / name
-    if not (run_dir / "finished.json").is_file():
-        return None
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    lengths = [r["rollout/response_length"] for r in rows if "rollout/response_length" in r]
-    return {**curve(run_dir), "train_length": statistics.mean(lengths),
-            "step_seconds": [round(r["perf/step_seconds"], 2) for r in rows if "perf/step_seconds" in r]}
+    return curve(run_dir) if (run_dir / "finished.json").is_file() else None
 
 
 def trl_seed(args, seed: int) -> dict | None:
