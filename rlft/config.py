@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import Field, ValidationError
@@ -102,7 +102,12 @@ class LearnerConfig(Section):
         {}, description="Extra Ray resources per rank, e.g. {node_a: 1}: custom resources pin ranks to the nodes "
         "that offer them."
     )
-    threads_per_rank: int | None = Field(None, description="torch threads per rank (None: cpus_per_rank).")
+    threads_per_rank: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
+        None, description="torch threads per rank. None: cpus_per_rank. auto: in local mode with a synchronous loop "
+        "(rollout.max_staleness 0) the machine's cores shared among the ranks, since generation and training take "
+        "turns on the same cores (on 2 cores one SmolLM2 rank trains ~1.5x faster with 2 threads than with 1); "
+        "otherwise cpus_per_rank."
+    )
 
 
 class GeneratorConfig(Section):

@@ -20,6 +20,19 @@ from rlft.roles.learner import detect_device
 log = logging.getLogger("rlft.controller")
 
 
+def learner_threads(learner, mode: str, *, synchronous: bool, cores: int, ranks: int) -> int | None:
+    """torch threads of each learner rank (None: leave torch's default, inline mode shares the driver's).
+    `auto` hands a local synchronous run's idle cores to the learners: the engine is bound to all of them
+    while it generates, and nothing else runs while the ranks train."""
+    if mode == "inline":
+        return None
+    if isinstance(learner.threads_per_rank, int):
+        return learner.threads_per_rank
+    if learner.threads_per_rank == "auto" and mode == "local" and synchronous:
+        return max(1, cores // ranks)
+    return max(1, int(learner.cpus_per_rank))
+
+
 class RoleStartup:
     """Mixed into the Controller: `self.cfg`, `self.spec`, `self.peft`, `self.model_path`,
     `self.run_dir` and `self.roles` are the controller's."""
@@ -90,7 +103,8 @@ class RoleStartup:
             self.bundles["learner"], cfg.learner.placement, cfg.runtime.placement_timeout_s)
         try:
             self.rendezvous = runtime.rendezvous(mode, placement)
-            threads = None if mode == "inline" else (cfg.learner.threads_per_rank or max(1, int(cfg.learner.cpus_per_rank)))
+            threads = learner_threads(cfg.learner, mode, synchronous=cfg.rollout.max_staleness == 0,
+                                      cores=os.cpu_count() or 1, ranks=ranks)
             kwargs = [dict(cfg=cfg, spec=self.spec, rank=rank, world_size=ranks, model_path=str(self.model_path),
                            master_addr=self.rendezvous["addr"], master_port=self.rendezvous["port"],
                            grad_accum=cfg.train.batch_size // (ranks * cfg.train.micro_batch_size),

@@ -276,6 +276,23 @@ def test_import_config_loads_no_heavy_dependency():
     assert out.strip() == "[]"
 
 
+def test_learner_threads_auto_takes_the_idle_cores_only_in_a_local_synchronous_loop():
+    from rlft.config import LearnerConfig
+    from rlft.startup import learner_threads
+
+    auto, default = LearnerConfig(threads_per_rank="auto", cpus_per_rank=1), LearnerConfig(cpus_per_rank=1)
+    assert learner_threads(auto, "local", synchronous=True, cores=2, ranks=1) == 2
+    assert learner_threads(auto, "local", synchronous=True, cores=8, ranks=2) == 4
+    assert learner_threads(auto, "local", synchronous=True, cores=2, ranks=4) == 1
+    assert learner_threads(auto, "local", synchronous=False, cores=8, ranks=1) == 1   # the engine generates meanwhile
+    assert learner_threads(auto, "cluster", synchronous=True, cores=8, ranks=1) == 1  # the node is not ours alone
+    assert learner_threads(default, "local", synchronous=True, cores=8, ranks=1) == 1
+    assert learner_threads(LearnerConfig(threads_per_rank=3), "local", synchronous=True, cores=8, ranks=1) == 3
+    assert learner_threads(auto, "inline", synchronous=True, cores=8, ranks=1) is None
+    with pytest.raises(ValueError):
+        LearnerConfig(threads_per_rank=0)
+
+
 def test_cpu_engines_get_even_shares_of_the_cores():
     from rlft.roles.generator import engine_cpu_bind
 
