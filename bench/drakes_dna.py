@@ -1,4 +1,5 @@
-"""DRAKES on DNA over seeds: the pretrained model vs DRAKES vs DRAKES without KL (spec 5.8's table).
+"""DRAKES on DNA over seeds: the pretrained model vs DRAKES vs DRAKES without KL (the paper's DNA
+table; docs/algorithms.md#dna-evaluation-metrics).
 
     .venv/bin/python bench/drakes_dna.py                         # 3 seeds, the recipe's budget
     .venv/bin/python bench/drakes_dna.py --seeds 0 1 2 --steps 200

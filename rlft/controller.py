@@ -1,4 +1,4 @@
-"""The controller: the only code that knows the order of calls (DESIGN section 1).
+"""The controller: the only code that knows the order of calls (docs/design.md#the-loop).
 
 One loop runs every algorithm; the algorithm's spec (rlft.algorithms.base) says what it needs:
 

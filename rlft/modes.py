@@ -1,5 +1,5 @@
-"""Evaluation by reasoning mode (ThinkDial, spec 6.5): accuracy and mean response tokens per mode,
-the ACT score against a base, the comparison table and its bar chart.
+"""Evaluation by reasoning mode (ThinkDial, docs/algorithms.md#act-score): accuracy and mean
+response tokens per mode, the ACT score against a base, the comparison table and its bar chart.
 
 Examples carry their mode in `meta["mode"]` (the `arith_think` task); tasks without modes add no
 metrics here. Cost = mean completion tokens (thinking + answer) of the greedy eval responses.

@@ -1,4 +1,4 @@
-"""Role creation for the run modes (DESIGN section 2).
+"""Role creation for the run modes (docs/design.md#run-modes).
 
 Roles are plain classes. `RoleGroup.create` instantiates N of them either directly (inline
 mode: one process, breakpoints work) or as Ray actors (local / cluster mode), and gives one

@@ -1,4 +1,5 @@
-"""KL estimators (spec 4.3) and group-relative advantages (spec 4.2): golden values and properties."""
+"""KL estimators and group-relative advantages: golden values and properties
+(docs/algorithms.md#kl-estimators, docs/algorithms.md#group-relative-advantages)."""
 
 from __future__ import annotations
 
@@ -72,7 +73,7 @@ def test_k3_nonnegative_and_zero_with_zero_gradient_at_reference():
 def test_k1_k3_unbiased_and_gradient_expectations():
     """Exact expectations over a categorical pi_theta = softmax(theta), pi_ref = q:
     E_pi[k1] = E_pi[k3] = KL(pi || q)   (k3: E_pi[q/pi - 1] = 0);
-    E_pi[grad k1] = E_pi[grad log pi] = 0;   E_pi[grad k3] = grad KL(q || pi)   (spec 4.3).
+    E_pi[grad k1] = E_pi[grad log pi] = 0;   E_pi[grad k3] = grad KL(q || pi).
     Gradients are pathwise in theta with the sampled token held fixed.
     """
     gen = torch.Generator().manual_seed(1)
@@ -149,7 +150,7 @@ def test_group_ids_equal_group_size_layout():
 
 
 def test_singleton_group_mean_zero_std_one():
-    """veRL convention (spec 4.2): a size-1 group uses mean 0, std 1 -> A = r / (1 + eps) (Dr.GRPO: r)."""
+    """veRL convention: a size-1 group uses mean 0, std 1 -> A = r / (1 + eps) (Dr.GRPO: r)."""
     rewards = torch.tensor([2.0, 1.0, 0.0])
     ids = torch.tensor([0, 1, 1])
     adv = group_relative_advantages(rewards, group_ids=ids)

@@ -1,4 +1,4 @@
-"""ThinkDial budget shaping (spec 6.4-6.6) and group-level reward components."""
+"""ThinkDial budget shaping (docs/algorithms.md#budget-reward) and group-level reward components."""
 
 from __future__ import annotations
 
@@ -41,12 +41,12 @@ def _scores(rollouts, **budget):
     return score_rollouts(rollouts, components, [TASK.score(r.example, r.text) >= 1 for r in rollouts])
 
 
-def test_high_mode_reward_is_task_plus_leak():  # spec 6.6 (1)
+def test_high_mode_reward_is_task_plus_leak():
     rollouts = [_rollout("high", n, answer) for n, answer in ((2, CLEAN), (9, LEAKY), (5, "\nA: 84"))]
     assert [s.reward for s in _scores(rollouts)] == pytest.approx([1 + 0.5, 1 - 0.5, 0 + 0.5])
 
 
-def test_shortest_correct_gets_half_alpha_longest_minus_half_and_wrong_never_positive():  # spec 6.6 (2)
+def test_shortest_correct_gets_half_alpha_longest_minus_half_and_wrong_never_positive():
     for mode, alpha in (("medium", 0.5), ("low", 1.0)):
         rollouts = [_rollout(mode, n, answer) for n, answer in ((2, CLEAN), (6, CLEAN), (10, CLEAN), (1, "\nA: 84"))]
         scores = _scores(rollouts, leak=False)
@@ -59,7 +59,7 @@ def test_shortest_correct_gets_half_alpha_longest_minus_half_and_wrong_never_pos
     assert length_rewards([3, 5, 9], [False, False, False]) == pytest.approx([0.0, 0.0, -0.5])
 
 
-def test_length_reward_is_invariant_to_shifting_and_scaling_lengths():  # spec 6.6 (3)
+def test_length_reward_is_invariant_to_shifting_and_scaling_lengths():
     lengths, correct = [12, 40, 7, 25], [True, False, True, True]
     base = length_rewards(lengths, correct)
     assert length_rewards([n + 100 for n in lengths], correct) == pytest.approx(base)
@@ -67,7 +67,7 @@ def test_length_reward_is_invariant_to_shifting_and_scaling_lengths():  # spec 6
     assert length_rewards([9, 9, 9], [True, True, False]) == [0.0, 0.0, 0.0]  # degenerate group
 
 
-def test_leak_detector_reads_only_after_the_first_close_tag():  # spec 6.6 (4)
+def test_leak_detector_reads_only_after_the_first_close_tag():
     keywords = ["wait", "let me think"]
     assert leak_reward("<think>wait, let me think</think>A: 3", keywords) == 0.5
     assert leak_reward("<think>ok</think>Wait. A: 3", keywords) == -0.5

@@ -1,4 +1,5 @@
-"""Masked diffusion (MDLM) over DNA: schedule, corruption, NELBO, reverse step, sampler, checkpoints (spec 5.1)."""
+"""Masked diffusion (MDLM) over DNA: schedule, corruption, NELBO, reverse step, sampler, checkpoints
+(docs/algorithms.md#mdlm)."""
 
 import json
 import math

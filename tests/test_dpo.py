@@ -1,4 +1,4 @@
-"""DPO (spec 4.1): golden values and gradients of the loss, pair layout and step-global
+"""DPO (docs/algorithms.md#dpo): golden values and gradients of the loss, pair layout and step-global
 normalisation, pairing of online groups, the full-fine-tuning reference, and runs offline
 (pairs file, DeepSpeed learners) and online (vLLM generator, reward role) through the controller.
 
@@ -51,7 +51,7 @@ def _pair_loss(policy_w, policy_l, ref_w, ref_l, beta, eps=0.0):
     return sigmoid_loss(preference_logits(policy_w, policy_l, ref_w, ref_l), beta, eps)
 
 
-# ---------------------------------------------------------------- spec 4.1 properties
+# ---------------------------------------------------------------- properties of the loss (docs/algorithms.md#dpo)
 
 
 @pytest.mark.parametrize("beta, eps", [(0.1, 0.0), (0.5, 0.0), (2.0, 0.2)])

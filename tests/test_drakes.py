@@ -80,7 +80,7 @@ def test_micro_batch_loss_reaches_theta_through_the_relaxed_steps_and_not_withou
     assert metrics_no_kl["kl_sum"] == 0.0
     model.zero_grad()
     frozen, _ = micro_batch_loss(policy, batch, DrakesConfig(steps=6, truncate_steps=0, alpha=0.0), counts)
-    assert not frozen.requires_grad  # spec 5.9.5: K = 0 and alpha = 0 -> nothing reaches theta
+    assert not frozen.requires_grad  # K = 0 and alpha = 0 -> nothing reaches theta
 
 
 def test_sampling_source_seeds_depend_on_the_iteration_only():

@@ -1,4 +1,4 @@
-"""DRAKES differentiable sampling and KL (spec 5.3-5.4); every property of spec 5.9 is tested here."""
+"""DRAKES differentiable sampling and KL (docs/algorithms.md#drakes); every property listed there is tested here."""
 
 import math
 
@@ -56,7 +56,7 @@ def as_soft(state: torch.Tensor) -> torch.Tensor:
     return state if state.dtype.is_floating_point else F.one_hot(state, 5).float()
 
 
-# ------------------------------------------------------------------------ 5.9.1 relaxed states
+# ------------------------------------------------------------------------ relaxed states
 def test_gumbel_softmax_rows_sum_to_one_and_tends_to_gumbel_max():
     logits = torch.randn(1000, 5, generator=gen(1))
     soft = gumbel_softmax(logits, 1.0, gen(5))
@@ -83,7 +83,7 @@ def test_relaxed_states_rows_sum_to_one(copy_flag_temp):
         assert (state >= 0).all()
 
 
-# --------------------------------------------------------------------- 5.9.2 straight-through
+# --------------------------------------------------------------------- straight-through
 def test_straight_through_is_exactly_one_hot_with_identity_jacobian():
     soft = torch.softmax(torch.randn(2, 3, 4, generator=gen(2)), -1).requires_grad_()
     out = straight_through(soft)
@@ -99,7 +99,7 @@ def test_relaxed_sample_output_is_straight_through_one_hot():
     assert sample.hard.dtype == torch.long and sample.kl.shape == (3,)
 
 
-# -------------------------------------------------------------------------- 5.9.3 carry-over
+# -------------------------------------------------------------------------- carry-over
 def assert_carry_over(states: list[torch.Tensor], final_ids: torch.Tensor) -> int:
     """Rows that are one-hot on a token stay bit-identical in every later state and in the output."""
     states = [as_soft(s) for s in states]
@@ -133,7 +133,7 @@ def test_carry_over_relaxed_sampler(kl_mode):
     assert assert_carry_over(policy.states, sample.hard) > 0
 
 
-# --------------------------------------------------------------------------------- 5.9.4 KL
+# --------------------------------------------------------------------------------- KL
 def test_kl_step_golden_one_position():
     """p = (.5, .5, 0, 0), pre = uniform, alpha_t = .2, alpha_s = .6:
     masked_kl = (.6 - .2)/(1 - .2) * KL = .5 * log 2;
@@ -181,7 +181,7 @@ def test_kl_mode_none_never_calls_reference():
     assert torch.equal(sample.kl, torch.zeros(3))
 
 
-# --------------------------------------------------------------------- 5.9.5 no gradient at K = 0
+# --------------------------------------------------------------------- no gradient at K = 0
 def reward(onehot: torch.Tensor) -> torch.Tensor:
     weights = torch.linspace(-1.0, 1.0, L * 4).reshape(L, 4)
     return (onehot * weights).sum((-1, -2))

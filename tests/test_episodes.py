@@ -1,5 +1,6 @@
-"""Multi-turn retrieval episodes (spec 7): the episode runner with fake roles, observation tokens
-carrying no gradient through GPPO (autograd), and the progress-tracker and answer rewards."""
+"""Multi-turn retrieval episodes (docs/algorithms.md#im-rag-episodes): the episode runner with fake
+roles, observation tokens carrying no gradient through GPPO (autograd), and the progress-tracker
+and answer rewards."""
 
 from __future__ import annotations
 

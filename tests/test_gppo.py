@@ -1,4 +1,4 @@
-"""GPPO / PPO / GRPO surrogate (spec 3.1, 3.6, 4.2): golden values, gradients, invariances.
+"""GPPO / PPO / GRPO surrogate (docs/algorithms.md#gppo): golden values, gradients, invariances.
 
 Gradients are taken with autograd w.r.t. the per-token log-probs and the loss is the token-mean
 over N_tok tokens, so a token's gradient is (its case-table gradient) / N_tok.
@@ -57,12 +57,12 @@ def _random_case(n=4000, seed=0):
     return logprobs, old, adv
 
 
-# ---------------------------------------------------------------- spec 3.6
+# ---------------------------------------------------------------- the case table (docs/algorithms.md#gppo)
 
 
 @pytest.mark.parametrize("c", [None, 3.0])
 def test_gppo_forward_equals_clip_higher_ppo(c):
-    """3.6.1: GPPO(b1 = b2 = 1) forward == DAPO clip-higher (PPO with eps_l != eps_h) forward."""
+    """GPPO(b1 = b2 = 1) forward == DAPO clip-higher (PPO with eps_l != eps_h) forward."""
     logprobs, old, adv = _random_case()
     gppo, _ = gppo_token_loss(logprobs, old, adv, EPS_L, EPS_H, 1.0, 1.0, c)
     ppo, _ = ppo_token_loss(logprobs, old, adv, EPS_L, EPS_H, c)
@@ -101,7 +101,7 @@ def test_case_table_golden_values_gradients_and_regions():
 
 @pytest.mark.parametrize("b1,b2", [(1.0, 1.0), (0.25, 1.0), (0.5, 0.75)])
 def test_clipped_region_gradients(b1, b2):
-    """3.6.2 on random tokens: high region grad = -b2 (1 + eps_h) A / N, low = -b1 (1 - eps_l) A / N;
+    """On random tokens: high region grad = -b2 (1 + eps_h) A / N, low = -b1 (1 - eps_l) A / N;
     the PPO surrogate gives exactly 0 there."""
     logprobs, old, adv = _random_case(seed=1)
     delta = (logprobs - old).exp()
@@ -117,7 +117,7 @@ def test_clipped_region_gradients(b1, b2):
 
 
 def test_unclipped_tokens_identical_to_ppo():
-    """3.6.3: every token outside the two clipped regions (inside the bounds, or A > 0 with a low
+    """Every token outside the two clipped regions (inside the bounds, or A > 0 with a low
     ratio, or A < 0 with a high ratio below c) has gradient -delta A / N in both surrogates."""
     logprobs, old, adv = _random_case(seed=2)
     delta = (logprobs - old).exp()
@@ -131,7 +131,7 @@ def test_unclipped_tokens_identical_to_ppo():
 
 @pytest.mark.parametrize("mode", ["gppo", "ppo"])
 def test_dual_clip_zero_gradient(mode):
-    """3.6.4: A < 0 and delta > c -> value -c A and zero gradient; c = None disables the cap."""
+    """A < 0 and delta > c -> value -c A and zero gradient; c = None disables the cap."""
     adv = torch.tensor([-2.0, -0.5], dtype=torch.float64)
     logprobs = torch.tensor([-1.0, -2.0], dtype=torch.float64)
     old = logprobs - math.log(12.0)  # delta = 12 > c = 10
@@ -156,7 +156,7 @@ def _klear_clamp_gppo(logprobs, old, adv, eps_l, eps_h, c):
 
 
 def test_general_beta_one_equals_clamp_form():
-    """3.6.5: general-beta GPPO with b1 = b2 = 1 == the clamp-with-tensor-bounds GPPO, values and grads."""
+    """General-beta GPPO with b1 = b2 = 1 == the clamp-with-tensor-bounds GPPO, values and grads."""
     logprobs, old, adv = _random_case(seed=4)
     v, g = _grad(_gppo(1.0, 1.0, 10.0)(old, adv), logprobs)
     v_ref, g_ref = _grad(lambda lp: _klear_clamp_gppo(lp, old, adv, EPS_L, EPS_H, 10.0), logprobs)

@@ -1,4 +1,4 @@
-"""IFT (spec 1.7): SFT at lambda = gamma = 0, weights, pass-2 inputs, no gradient through pass 1,
+"""IFT (docs/algorithms.md#ift): SFT at lambda = gamma = 0, weights, pass-2 inputs, no gradient through pass 1,
 discounted sums vs a loop, golden weights, micro-batch and 1-vs-2-rank invariance."""
 
 import itertools

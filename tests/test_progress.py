@@ -1,4 +1,4 @@
-"""Progress tracker (mid-step rewards) and process advantages for GPPO (spec 4.2, 7.2)."""
+"""Progress tracker (mid-step rewards) and process advantages for GPPO (docs/algorithms.md#process-advantages)."""
 
 from __future__ import annotations
 

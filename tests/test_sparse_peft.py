@@ -1,4 +1,4 @@
-"""PaCA, LIFT and HFT: the properties of spec 8.3-8.5, on single layers and on the tiny model."""
+"""PaCA, LIFT and HFT: the properties in docs/algorithms.md#peft-methods, on single layers and on the tiny model."""
 
 import random
 
@@ -35,7 +35,7 @@ def train_steps(model, peft, steps: int, lr: float = 1e-2, weight_decay: float =
     return optimizer
 
 
-# ------------------------------------------------------------------ PaCA (spec 8.5)
+# ------------------------------------------------------------------ PaCA (docs/algorithms.md#paca)
 def test_paca_gradient_is_scaled_output_gradient_times_selected_inputs():
     torch.manual_seed(0)
     layer = PacaLinear(torch.nn.Linear(12, 5, bias=True), rank=3, alpha=6.0, generator=torch.Generator().manual_seed(1))
@@ -75,7 +75,7 @@ def test_paca_changes_only_its_columns_and_equals_its_lora_form():
             torch.testing.assert_close(model(IDS).logits, base_logits)
 
 
-# ------------------------------------------------------------------ LIFT (spec 8.3)
+# ------------------------------------------------------------------ LIFT (docs/algorithms.md#lift)
 def test_lift_budget_is_the_lora_parameter_count():
     assert lift_budget(4096, 4096, 128) == 1_048_576  # 6.25%, the paper's "top 5%" setting
     assert lift_budget(10, 6, 8) == 60  # capped at every entry
@@ -200,7 +200,7 @@ def test_unpacked_engines_take_updates_as_vllm_checkpoint_patches():
     assert weights_repacked(model)
 
 
-# ------------------------------------------------------------------ HFT (spec 8.4)
+# ------------------------------------------------------------------ HFT (docs/algorithms.md#hft)
 @pytest.mark.parametrize("layers", [24, 7, 2])
 def test_hft_draws_half_of_each_category(layers):
     chosen = draw_half(layers, random.Random(layers))

@@ -1,4 +1,4 @@
-"""ThinkDial modes (spec 6.1-6.2, 6.5): the arith_think task, budget-mode SFT rows, per-mode eval."""
+"""ThinkDial modes (docs/algorithms.md#thinkdial): the arith_think task, budget-mode SFT rows, per-mode eval."""
 
 from __future__ import annotations
 

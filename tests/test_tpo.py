@@ -1,4 +1,5 @@
-"""Tree preference optimization (spec 2): golden values, the properties of 2.8, the bugs of 2.6, data.
+"""Tree preference optimization (docs/algorithms.md#tpo): golden values, invariances, ties, step weights, the
+released code's bugs, data.
 
 The loss is tested as a pure function of rewards and scores, and through `micro_batch_loss` with a
 bigram policy (a [V, V] logit table, so autograd reaches real parameters) on rows built by the
@@ -143,8 +144,8 @@ def test_label_modes_and_gains():
 
 
 def test_list_of_two_with_unit_weights_equals_dpo(tokenizer):
-    """2.8.1: N = 2, Delta = 1, ASR off: L = -log sigmoid(beta [(l_w - lref_w) - (l_l - lref_l)]), the
-    DPO loss with summed response log-probs (spec 4.1), computed here from its formula; same gradient."""
+    """N = 2, Delta = 1, ASR off: L = -log sigmoid(beta [(l_w - lref_w) - (l_l - lref_l)]), the
+    DPO loss with summed response log-probs, computed here from its formula; same gradient."""
     cfg = _cfg(list_size=2, beta=0.3, lambda_weight="none", step_weight="none")
     lists = [RankedList(x.prompt, x.responses[:2], x.scores[:2]) for x in _lists(3)]
     batch, _ = _batch(lists, tokenizer, cfg)
@@ -163,7 +164,7 @@ def test_list_of_two_with_unit_weights_equals_dpo(tokenizer):
 
 
 def test_list_of_two_equals_rlft_dpo(tokenizer):
-    """The same property against rlft's own DPO functions (rlft/algorithms/dpo.py, spec 4.1)."""
+    """The same property against rlft's own DPO functions (rlft/algorithms/dpo.py)."""
     dpo = pytest.importorskip("rlft.algorithms.dpo")
     cfg = _cfg(list_size=2, beta=0.3, lambda_weight="none", step_weight="none")
     lists = [RankedList(x.prompt, x.responses[:2], x.scores[:2]) for x in _lists(3)]
@@ -178,12 +179,12 @@ def test_list_of_two_equals_rlft_dpo(tokenizer):
         torch.testing.assert_close(loss, dpo.sigmoid_loss(h, cfg.beta).mean(), rtol=1e-6, atol=1e-7)
 
 
-# ---------------------------------------------------------------- invariances (2.8.2, micro-batches)
+# ---------------------------------------------------------------- invariances (permutations, micro-batches)
 
 
 @pytest.mark.parametrize("tied_rewards", [False, True])
 def test_permuting_a_list_permutes_nothing_but_the_gradient_rows(tied_rewards):
-    """2.8.2 on the pure loss, with tied scores, and with every reward tied (pi_theta = pi_ref)."""
+    """Permutation invariance of the pure loss, with tied scores, and with every reward tied (pi_theta = pi_ref)."""
     gen = torch.Generator().manual_seed(3)
     scores = torch.tensor([[3.0, 1.0, 1.0, 0.0, 2.0], [1.0, 1.0, 4.0, 4.0, 0.0]])
     rewards = torch.zeros(2, 5) if tied_rewards else torch.randn(2, 5, generator=gen)
@@ -203,7 +204,7 @@ def test_permuting_a_list_permutes_nothing_but_the_gradient_rows(tied_rewards):
 
 @pytest.mark.parametrize("step_weight", ["none", "1-cos"])
 def test_permuting_rows_of_each_list_leaves_loss_and_update_unchanged(tokenizer, step_weight):
-    """2.8.2 through the model: the rows of every list shuffled (scores with them), ASR on and off."""
+    """Permutation invariance through the model: the rows of every list shuffled (scores with them), ASR on and off."""
     cfg = _cfg(step_weight=step_weight)
     lists = _lists(4)
     shuffled = [RankedList(x.prompt, [x.responses[i] for i in (2, 0, 1)], [x.scores[i] for i in (2, 0, 1)])
@@ -259,7 +260,7 @@ def test_nll_coef_adds_the_token_mean_nll_of_each_lists_best_responses(tokenizer
     assert metrics["best_nll_sum"] / metrics["lists"] == pytest.approx(expected_nll.item(), rel=1e-6)
 
 
-# ---------------------------------------------------------------- ties (2.8.3)
+# ---------------------------------------------------------------- ties
 
 
 def test_tied_scores_give_zero_loss_and_zero_gradient(tokenizer):
@@ -280,7 +281,7 @@ def test_a_tied_pair_contributes_nothing_beside_the_others():
     assert stats["pairs"].item() == 2
 
 
-# ---------------------------------------------------------------- adaptive step reward (2.3, 2.8.4)
+# ---------------------------------------------------------------- adaptive step reward
 
 
 def _states(*vectors):
@@ -321,7 +322,7 @@ def test_step_weights_clamp_to_the_anchors_last_step_and_average_tied_anchors():
 
 
 def test_equal_step_weights_give_sequence_and_mean_of_step_means():
-    """2.8.4: steps of 2 and 3 tokens with log-ratios S = [1, 3], n = [2, 3], w = 1, beta = 0.5:
+    """Equal step weights: steps of 2 and 3 tokens with log-ratios S = [1, 3], n = [2, 3], w = 1, beta = 0.5:
     sum -> beta (1 + 3) = 2 (the sequence log-ratio); mean -> beta (1/2 + 3/3) / 2 = 0.375."""
     S, n, w = torch.tensor([1.0, 3.0]), torch.tensor([2.0, 3.0]), torch.ones(2)
     assert implicit_rewards(S, n, w, 0.5, "sum").item() == pytest.approx(2.0)
@@ -370,11 +371,11 @@ def test_asr_gradient_does_not_flow_through_hidden_states(tokenizer):
     torch.testing.assert_close(grad2, grad)
 
 
-# ---------------------------------------------------------------- the bugs of spec 2.6, absent
+# ------------------------------------------- the released code's bugs, absent (docs/algorithms.md#tpo)
 
 
 def test_bug1_logprobs_score_each_token_with_the_previous_position(tokenizer):
-    """2.6.1: position t must score token t+1. A policy that gives the true next token logit 4 (0 for
+    """Bug 1: position t must score token t+1. A policy that gives the true next token logit 4 (0 for
     the rest) and a uniform reference: every response token's log-ratio is 4 - log(e^4 + V - 1) + log V,
     so the margin of two responses is beta * (n_0 - n_1) * that. The unshifted gather scores each token
     with its own position and gives another value."""
@@ -398,7 +399,7 @@ def test_bug1_logprobs_score_each_token_with_the_previous_position(tokenizer):
 
 
 def test_bug2_each_row_is_prompt_plus_its_own_response(tokenizer):
-    """2.6.2: no aliasing of the prompt token list: row i is prompt + response i + EOS, nothing else,
+    """Bug 2: no aliasing of the prompt token list: row i is prompt + response i + EOS, nothing else,
     and changing one row's tokens leaves the others alone."""
     cfg = _cfg()
     item = _lists(1)[0]
@@ -412,7 +413,7 @@ def test_bug2_each_row_is_prompt_plus_its_own_response(tokenizer):
 
 
 def test_bug3_loss_falls_as_the_ranking_gets_right():
-    """2.6.3: no -log sigmoid(beta * rank_loss) wrapper: the loss decreases monotonically to 0 as the
+    """Bug 3: no -log sigmoid(beta * rank_loss) wrapper: the loss decreases monotonically to 0 as the
     better response's reward rises, and gradient descent raises it."""
     scores, valid = torch.tensor([[1.0, 0.0]]), torch.ones(1, 2, dtype=torch.bool)
     values = []
@@ -426,7 +427,7 @@ def test_bug3_loss_falls_as_the_ranking_gets_right():
 
 
 def test_bug4_padding_changes_nothing(tokenizer):
-    """2.6.4: the mask is used: another pad token id, or extra padding, leaves loss and gradient unchanged."""
+    """Bug 4: the mask is used: another pad token id, or extra padding, leaves loss and gradient unchanged."""
     cfg = _cfg()
     _, rows = _batch(_lists(2), tokenizer, cfg)
     model = BigramPolicy()

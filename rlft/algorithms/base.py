@@ -1,4 +1,4 @@
-"""What an algorithm declares, and what the learner gives it (DESIGN section 4).
+"""What an algorithm declares, and what the learner gives it (docs/design.md#adding-an-algorithm).
 
 An algorithm is one file under rlft/algorithms/ with a config section, pure tensor functions for
 its loss (torch only), and `SPEC = AlgorithmSpec(...)` registered in rlft/algorithms/__init__.py.

@@ -1,4 +1,4 @@
-"""DPO (spec 4.1): preference optimisation on (prompt, chosen, rejected) pairs, offline and online.
+"""DPO (docs/algorithms.md#dpo): preference optimisation on (prompt, chosen, rejected) pairs, offline and online.
 
 Sequence log-probs are sums over the response tokens (not means). For chosen y_w and rejected y_l,
 

@@ -1,4 +1,5 @@
-"""DRAKES: reward fine-tuning of a masked diffusion model by backpropagation through sampling (spec 5).
+"""DRAKES: reward fine-tuning of a masked diffusion model by backpropagation through sampling
+(docs/algorithms.md#drakes).
 
     max_theta  E_{x_{0:T} ~ P^theta}[ r(x_0) ] - alpha * KL(P^theta(x_{0:T}) || P^pre(x_{0:T}))
 
@@ -10,7 +11,7 @@ where x_0^b is drawn inside the loss by `rlft.diffusion.relaxed.relaxed_sample`:
 steps without gradient, the last K relaxed with Gumbel-softmax (temperature tau), and a
 straight-through one-hot into the fine-tuning oracle r (loaded in each learner, frozen). The KL
 to the pretrained model (the PEFT method's reference: a frozen copy under full fine-tuning) is
-`masked_kl` (spec 5.4, principled) or `repo` (the reference code's form). alpha_k ramps linearly
+`masked_kl` (the principled form) or `repo` (the reference code's form). alpha_k ramps linearly
 from 0 over `alpha_warmup_steps` optimizer steps. A batch is only the seeds of the draws (the
 "sampling" source): each micro-batch seeds its sampler with its first row's seed.
 

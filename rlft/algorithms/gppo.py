@@ -1,4 +1,4 @@
-"""Clipped policy-gradient family: GPPO (Klear-Reasoner), PPO/GRPO, DAPO clip-higher (spec 3, 4.2).
+"""Clipped policy-gradient family: GPPO (Klear-Reasoner), PPO/GRPO, DAPO clip-higher (docs/algorithms.md#gppo).
 
 Importance ratio delta = pi_theta / pi_old, advantage A, sg = stop-gradient. GPPO keeps the PPO
 clip *values* but lets the clipped tokens carry a bounded gradient:
@@ -6,7 +6,7 @@ clip *values* but lets the clipped tokens carry a bounded gradient:
     J_GPPO = 1/sum_j T_j sum_{j,t} min(delta A, clip(delta, b1 (1-eps_l) delta/sg(delta),
                                                            b2 (1+eps_h) delta/sg(delta)) A)
 
-Per-token loss L = -(.) (spec 3.1 case table; gradients w.r.t. log pi_theta):
+Per-token loss L = -(.) (gradients w.r.t. log pi_theta):
 
     region                       value                    gradient             (PPO gradient)
     A > 0, delta > 1 + eps_h     -b2 (1 + eps_h) A         -b2 (1 + eps_h) A    (0)
@@ -93,7 +93,8 @@ class GPPOConfig(Section):
     outcome_coef: float = Field(1.0, ge=0.0, description="Weight of the outcome advantage (group-normalised sequence reward).")
     process_coef: float = Field(
         0.0, ge=0.0, description="Weight of the process advantage (group-normalised step rewards summed from each "
-        "token's step on, spec 4.2); needs rollout.step_delimiter and a reward component that scores steps (progress)."
+        "token's step on, docs/algorithms.md#process-advantages); needs rollout.step_delimiter and a reward "
+        "component that scores steps (progress)."
     )
     scale_by_std: bool = Field(True, description="Divide group advantages by their std (False: Dr.GRPO).")
     dynamic_sampling: bool = Field(False, description="Drop groups whose rewards are all equal (DAPO).")

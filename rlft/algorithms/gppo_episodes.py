@@ -1,8 +1,8 @@
-"""GPPO on multi-turn retrieval episodes: IM-RAG's questioner and answerer (spec 7).
+"""GPPO on multi-turn retrieval episodes: IM-RAG's questioner and answerer (docs/algorithms.md#im-rag-episodes).
 
 The policy writes the turns; the environment role inserts the documents as observation tokens,
 which carry no loss (rlft.rollouts.rollout_row). With process_coef the retrieval_progress turn
-rewards P_t - P_{t-1} give each search turn its own advantage (spec 7.2).
+rewards P_t - P_{t-1} give each search turn its own advantage (docs/algorithms.md#coverage-reward).
 
 The answer turn is trained one of two ways (`answerer`):
 

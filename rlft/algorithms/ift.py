@@ -1,4 +1,4 @@
-"""IFT, intuitive fine-tuning (Hua et al., https://arxiv.org/abs/2405.11870; spec section 1).
+"""IFT, intuitive fine-tuning (Hua et al., https://arxiv.org/abs/2405.11870; docs/algorithms.md#ift).
 
 SFT scores token t after the ground-truth prefix, but at inference the model reads its own
 predictions. IFT feeds it, at every response position, a mix of the ground truth and its own
@@ -7,14 +7,14 @@ one-step prediction from the ground-truth prefix (a "temporal residual connectio
     pass 1 (no grad):   y^_t  = argmax_v pi_theta(v | E(y*_<t))                 greedy, one step ahead
     mixed inputs:       E'_t  = (1 - lambda) E(y*_t) + lambda E(y^_t)           response positions only
     pass 2 (grad):      l_t   = log pi_theta(y*_t | E'_<t)                       ground-truth labels
-    loss:               L     = (1/B) sum_b (1/n_b) sum_{t in resp} w_bt (-l_bt)   (spec 1.2 step 5)
+    loss:               L     = (1/B) sum_b (1/n_b) sum_{t in resp} w_bt (-l_bt)
 
 E is the input-embedding table taken as a constant (the reference code keeps a gradient-free copy
 of it, re-synced from the policy); a tied table still gets its gradient through the LM head.
 Prompt and pad inputs are E(y*) unchanged. lambda = 0 and gamma = 0 is SFT with the
 seq-mean-token-mean reduction. B is the step-global number of sequences (StepCounts).
 
-Relation propagation (the reference code's weights, spec 1.3), with m the response mask and
+Relation propagation (the reference code's weights), with m the response mask and
 n_b = sum_t m_bt:
 
     c_t = -l_t / n_b (type loss), -l_t (logps) or m_t (mask); 0 off the response
@@ -27,7 +27,7 @@ quadratic in l, as in the reference code); `detach_weights` makes them constants
 smallest positive W_t of sequence b (the reference code takes it over the whole batch, which
 would tie a sequence's weights to its micro-batch). The discounted sums are plain torch
 (`discounted_suffix_sum`): the CPU kernel of the package the reference code uses is wrong for
-every row after the first (spec 11).
+every row after the first (docs/algorithms.md#ift).
 """
 
 from __future__ import annotations
@@ -141,11 +141,11 @@ def _masked_exp(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def relation_weights(logprobs: torch.Tensor, mask: torch.Tensor, cfg: IFTConfig) -> torch.Tensor:
-    """w [B, T-1]: sum_t w_t = n_b per sequence, 0 on prompt and pad (spec 1.3; see the module doc)."""
+    """w [B, T-1]: sum_t w_t = n_b per sequence, 0 on prompt and pad (see the module doc)."""
     if cfg.weighting == "paper_cumsum":
         return _renormalise(torch.cumsum(mask, -1), mask)  # 1-based response position
     if cfg.gamma == 0:
-        return mask.clone()  # the reference code returns ones everywhere; mask explicitly (spec 11)
+        return mask.clone()  # the reference code returns ones everywhere; mask explicitly (docs/algorithms.md#ift)
     n = mask.sum(-1, keepdim=True).clamp(min=1.0)  # [B, 1]
     items = {"loss": -logprobs / n, "logps": -logprobs, "mask": mask}[cfg.propagation_type] * mask  # [B, T-1]
     if cfg.propagation_side == "left":

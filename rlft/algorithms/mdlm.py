@@ -1,4 +1,4 @@
-"""MDLM pretraining of a masked discrete diffusion model: the continuous-time NELBO (spec 5.1).
+"""MDLM pretraining of a masked discrete diffusion model: the continuous-time NELBO (docs/algorithms.md#mdlm).
 
     L = (1 / (B L)) * sum_b E_t E_{x_t ~ q(.|x0_b)} [ 1/t * sum_{l: x_t^l = MASK} -log p_theta(x0_b^l | x_t) ]
 

@@ -1,4 +1,5 @@
-"""Tree preference optimization (TPO; Liao et al., arXiv 2410.12854), spec 2: two registered algorithms.
+"""Tree preference optimization (TPO; Liao et al., arXiv 2410.12854): two registered algorithms
+(docs/algorithms.md#tpo).
 
   tpo          online: the "trees" source (rlft.sources.trees) has the generators grow a tree per
                prompt (a root trace, continuations of its step prefixes), the reward roles score
@@ -9,7 +10,7 @@ Not TRL's `TPOTrainer`, which is *triple* preference optimization, a different m
 
 A prompt x comes with a list of N responses y_1..y_N and scores v_1..v_N (higher is better). The
 implicit reward of a response is beta times its log-ratio to the reference policy, and the
-loss ranks the list by it, pairwise-decomposed and lambda-weighted (LiPO-lambda form, spec 2.2):
+loss ranks the list by it, pairwise-decomposed and lambda-weighted (LiPO-lambda form):
 
     L = (1 / #lists) sum_lists sum_{i,j: v_i > v_j} Delta_ij * -log sigmoid(r_i - r_j)
 
@@ -28,7 +29,7 @@ order. Ties in the current rewards count as mis-ordered (the worse label is plac
 that training starts at pi_theta = pi_ref, where every reward is 0 (a tie-averaged rank would make
 every Delta 0 there); responses tied in both reward and label share their mean discount.
 
-Adaptive step reward (spec 2.3, `step_weight`): w_ik from the cosine similarity between the mean
+Adaptive step reward (`step_weight`): w_ik from the cosine similarity between the mean
 last-layer hidden state (detached) of step k of y_i and of the same step of the anchor, the
 list's best-scored response (several tied best: their mean); past the anchor's last step its last
 step is used. `1-cos` (default) up-weights steps that differ from the anchor, the paper's stated

@@ -6,7 +6,7 @@ writes one row {"prompt", "responses", "scores"} per train problem [start, start
 arith task (default config: 2 digits, seed 0, so never a held-out pair). A list holds the worked
 trace first and size - 1 more responses, made one of two ways:
 
-* branches (`--policy MODEL_DIR`, the TPO paper's construction, spec 2.4): cut the worked trace
+* branches (`--policy MODEL_DIR`, the TPO paper's construction, docs/algorithms.md#tpo): cut the worked trace
   after a random number of its lines (never all of them) and let the model continue from there,
   sampled at `--temperature`; the lists are trees of depth one rooted at the worked trace's
   prefixes, and the branches carry the model's own errors;

@@ -1,4 +1,4 @@
-"""Addition with a thinking section, in ThinkDial's reasoning-effort modes (spec 6).
+"""Addition with a thinking section, in ThinkDial's reasoning-effort modes (docs/algorithms.md#thinkdial).
 
 The full (high-mode) trace works the columns, then checks the sum by adding again in the other
 order, as a careful solver reflects:

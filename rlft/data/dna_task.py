@@ -4,7 +4,7 @@ The sequences are the 47,872 200-bp DHS sequences shipped in `dnadiffusion` (rlf
 An `Example` holds one sequence as its response (no prompt: a diffusion model generates
 unconditionally) and its cell type as the answer. A designed sequence is "correct" when the
 checking oracle (reward_models, the held-out evaluation oracle by default) classifies it as the
-target cell type: the spec's fraction classified as HepG2.
+target cell type: eval/accuracy is the fraction classified as HepG2 (docs/algorithms.md#dna-evaluation-metrics).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Multi-hop questions over a document collection, answered by searching it (IM-RAG, spec 7).
+"""Multi-hop questions over a document collection, answered by searching it (IM-RAG,
+docs/algorithms.md#im-rag-episodes).
 
 The task owns the collection and the retrieval settings, so the environment role
 (rlft.roles.environment) and the worked episodes of the SFT warm start see the same documents

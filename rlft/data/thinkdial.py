@@ -1,4 +1,4 @@
-"""ThinkDial reasoning-effort modes (spec 6.1-6.2): mode prompts and budget-mode SFT data.
+"""ThinkDial reasoning-effort modes (docs/algorithms.md#thinkdial): mode prompts and budget-mode SFT data.
 
 A mode is signalled only by the text put before the question (`MODE_PROMPTS`, ours, with the
 paper's intent: high = take all the time needed and check; medium = reasoning has a cost; low =

@@ -1,4 +1,5 @@
-"""Masked discrete diffusion (MDLM style) over DNA and the DRAKES differentiable sampler, spec section 5.
+"""Masked discrete diffusion (MDLM style) over DNA and the DRAKES differentiable sampler
+(docs/algorithms.md#mdlm, docs/algorithms.md#drakes).
 
 Modules (pure torch; nothing here imports DeepSpeed, Ray or vLLM):
 

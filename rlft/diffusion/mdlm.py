@@ -1,4 +1,5 @@
-"""Masked diffusion (MDLM) math as pure functions: corruption, NELBO, reverse step, sampling (spec 5.1).
+"""Masked diffusion (MDLM) math as pure functions: corruption, NELBO, reverse step, sampling
+(docs/algorithms.md#mdlm).
 
 Notation: x0 clean ids [B, L] in 0..3, xt the state at time t (MASK = 4 marks a masked position),
 alpha_t = 1 - move_chance(t) the probability a position is still clean, s < t the next time.
@@ -184,7 +185,8 @@ def _sample_chunk(model, batch, length, steps, schedule, generator, eps_t, greed
 def approx_log_likelihood(model, x0: torch.Tensor, steps: int = 128, schedule: LogLinearSchedule | None = None,
                           generator: torch.Generator | None = None, eps_t: float = 1e-5,
                           batch_size: int | None = None) -> torch.Tensor:
-    """"App-Log-Lik" of spec 5.7 [B]: minus the discrete-time NELBO, one Monte Carlo sample (nats).
+    """"App-Log-Lik" [B]: minus the discrete-time NELBO, one Monte Carlo sample (nats)
+    (docs/algorithms.md#dna-evaluation-metrics).
 
     On the sampler's grid t_0 = 1 > ... > t_T = eps_t (T = `steps`), for every step i
     independently draw x_{t_i} ~ q(. | x0) and add

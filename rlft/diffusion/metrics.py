@@ -1,4 +1,5 @@
-"""Evaluation metrics for generated DNA (spec 5.7, adapted to the dnadiffusion data).
+"""Evaluation metrics for generated DNA, adapted to the dnadiffusion data
+(docs/algorithms.md#dna-evaluation-metrics).
 
 * 3-mer Corr: Pearson correlation of k-mer counts, generated vs. a reference set.
 * JASPAR Corr: Spearman correlation of per-motif hit counts, generated vs. reference. Motifs are

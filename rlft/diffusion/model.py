@@ -1,4 +1,4 @@
-"""MDLM denoiser over DNA: a dilated 1-D residual CNN without time conditioning (spec 5.1).
+"""MDLM denoiser over DNA: a dilated 1-D residual CNN without time conditioning (docs/algorithms.md#mdlm).
 
 The network maps a (partially masked) sequence to logits over the 5 classes A, C, G, T, MASK.
 Inputs are either token ids [B, L] or (soft) one-hot vectors [B, L, 5]; soft inputs are embedded
@@ -159,7 +159,7 @@ def subs_log_probs(logits: torch.Tensor, x: torch.Tensor, mask_index: int = 4) -
     * Hard state (ids [B, L]): unmasked positions get the one-hot log-prob of their own token
       (0 there, NEG_INF elsewhere) -- carry-over unmasking.
     * Soft state (float [B, L, V+1]): only the masked-logit log_softmax; the relaxed sampler
-      carries unmasked mass over through its copy flag (spec 5.3).
+      carries unmasked mass over through its copy flag (docs/algorithms.md#drakes).
     """
     is_mask_class = torch.arange(logits.shape[-1], device=logits.device) == mask_index
     log_p = torch.log_softmax(logits.float().masked_fill(is_mask_class, NEG_INF), dim=-1)

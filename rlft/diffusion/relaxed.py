@@ -1,4 +1,4 @@
-"""DRAKES: differentiable sampling of a masked diffusion model and its KL term (spec 5.3-5.4).
+"""DRAKES: differentiable sampling of a masked diffusion model and its KL term (docs/algorithms.md#drakes).
 
 The sampler runs T = `steps` reverse steps from all-MASK. The first T - K steps are ordinary hard
 (Gumbel-max) steps whose states are ids and carry no gradient; the last K = `truncate_steps` steps
@@ -94,7 +94,7 @@ def relaxed_reverse_step(log_p_x0: torch.Tensor, state: torch.Tensor, alpha_t, a
 
 # ----------------------------------------------------------------------------------- KL per step
 def masked_kl_step(log_p: torch.Tensor, log_pre: torch.Tensor, state: torch.Tensor, alpha_t, alpha_s) -> torch.Tensor:
-    """sum_l x_t^l[MASK] (alpha_s - alpha_t)/(1 - alpha_t) KL(p^l || pre^l) -> [B] (spec 5.4, principled)."""
+    """sum_l x_t^l[MASK] (alpha_s - alpha_t)/(1 - alpha_t) KL(p^l || pre^l) -> [B] (the principled form)."""
     lp, lq = log_p[..., :MASK], log_pre[..., :MASK]
     kl_per_position = (lp.exp() * (lp - lq)).sum(-1)                      # [B, L]
     unmask_prob = (alpha_s - alpha_t) / (1.0 - alpha_t)
@@ -122,7 +122,7 @@ def relaxed_sample(policy: LogProbFn, reference: LogProbFn | None, batch: int, s
                    kl_mode: str = "masked_kl", copy_flag_temp: float | None = None, length: int = 200,
                    truncate_kl: bool = False, eps_t: float = 1e-5, device=None,
                    checkpoint_hard_kl: bool = True) -> RelaxedSample:
-    """DRAKES differentiable sample of `batch` sequences (spec 5.3) with its KL term (spec 5.4).
+    """DRAKES differentiable sample of `batch` sequences with its KL term (docs/algorithms.md#drakes).
 
     `policy(x)` / `reference(x)` map a state (ids [B, L] on hard steps, soft [B, L, 5] on relaxed
     ones) to SUBS log-probs [B, L, 5]; the reference is called under no_grad. With

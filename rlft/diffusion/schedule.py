@@ -1,4 +1,4 @@
-"""Log-linear noise schedule of MDLM (spec 5.1).
+"""Log-linear noise schedule of MDLM (docs/algorithms.md#mdlm).
 
 A token is masked at time t in [0, 1] with probability ``move_chance(t) = (1 - eps) t``, so
 ``alpha(t) = 1 - (1 - eps) t`` (probability it is still clean) and the total noise is

@@ -1,4 +1,4 @@
-"""Model families: what depends on the kind of model a run trains (DESIGN section 4).
+"""Model families: what depends on the kind of model a run trains (docs/design.md#model-families).
 
 The loop, the roles and the sync protocol are the same for every model; what differs is how a
 model folder is loaded, what the parity probe scores, and what "evaluate" means. A family is

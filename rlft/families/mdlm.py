@@ -1,6 +1,6 @@
 """Masked discrete diffusion models over DNA (rlft.diffusion): loading, the parity probe, evaluation.
 
-Evaluation (spec 5.7, adapted). With generators (DRAKES) they sample `eval.num_examples`
+Evaluation (docs/algorithms.md#dna-evaluation-metrics). With generators (DRAKES) they sample `eval.num_examples`
 sequences with the latest published weights and fixed seeds; the reward roles score them with
 their components (the held-out evaluation oracle) and the task's checker:
 

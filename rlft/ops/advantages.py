@@ -1,16 +1,18 @@
 """Group-relative advantages (GRPO / Dr.GRPO), dynamic sampling, KL-in-reward shaping.
 
-GRPO (DeepSeekMath, spec 4.2), for the G responses of one prompt with rewards r_1..r_G:
+GRPO (DeepSeekMath; docs/algorithms.md#group-relative-advantages), for the G responses of one
+prompt with rewards r_1..r_G:
 
     A_i = (r_i - mean(r)) / (std(r) + eps)        std unbiased (G - 1), eps = 1e-6
     A_i =  r_i - mean(r)                          Dr.GRPO (scale_by_std=False)
 
-A group of size 1 has no baseline: following veRL (spec 4.2) it gets mean 0 and std 1, so its
+A group of size 1 has no baseline: following veRL it gets mean 0 and std 1, so its
 advantage is r / (1 + eps) (GRPO) or r (Dr.GRPO), not 0.
 Outcome supervision gives every response token its sequence's advantage (`broadcast_to_tokens`).
 
-Process supervision (spec 4.2) normalises every step reward r_i^(j) over all step rewards of the
-group and gives each token the sum of the normalised rewards of its step and every later step:
+Process supervision (docs/algorithms.md#process-advantages) normalises every step reward r_i^(j)
+over all step rewards of the group and gives each token the sum of the normalised rewards of its
+step and every later step:
 
     A_{i,t} = sum_{j >= step(t)} (r_i^(j) - mean(R)) / (std(R) + eps),   R = the group's step rewards
 """

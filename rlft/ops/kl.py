@@ -1,4 +1,4 @@
-"""Per-token KL estimators (Schulman, "Approximating KL Divergence"), spec section 4.3.
+"""Per-token KL estimators (Schulman, "Approximating KL Divergence"), docs/algorithms.md#kl-estimators.
 
 With a ~ pi_theta and r = pi_ref(a) / pi_theta(a), i.e. log r = ref_logprobs - logprobs:
 
@@ -7,7 +7,7 @@ With a ~ pi_theta and r = pi_ref(a) / pi_theta(a), i.e. log r = ref_logprobs - l
     k3 = (r - 1) - log r             unbiased, >= 0, low variance
 
 As a *loss*, the gradient of k3 in expectation is the gradient of the forward KL(pi_ref || pi_theta),
-and E[grad k1] = 0 (no regularising gradient in expectation); see the spec table.
+and E[grad k1] = 0 (no regularising gradient in expectation).
 
 veRL's `low_var_kl` is k3 clamped to [-10, 10]; `k3(..., clamp=10.0)` reproduces it. Because
 k3 >= 0 only the upper bound ever acts, and a clamped token gets zero gradient.

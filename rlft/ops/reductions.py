@@ -1,4 +1,4 @@
-"""Loss reductions over masked per-token values (names follow spec section 0).
+"""Loss reductions over masked per-token values (docs/algorithms.md#conventions).
 
 Every reduction takes an explicit normaliser computed for the *whole* optimisation step
 (all micro-batches, all data-parallel ranks), so that splitting a step into micro-batches or

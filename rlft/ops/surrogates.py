@@ -2,7 +2,7 @@
 
 delta = pi_theta / pi_old, A the advantage; each function returns the per-token loss L = -(.) and
 the tokens in each clipped region (the case table, with gradients, is in rlft.algorithms.gppo and
-spec 3.1). Shapes: every tensor [B, T] (or any shape, elementwise).
+docs/algorithms.md#gppo). Shapes: every tensor [B, T] (or any shape, elementwise).
 """
 
 from __future__ import annotations

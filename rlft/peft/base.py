@@ -1,4 +1,4 @@
-"""What a PEFT method provides to the learner (DESIGN section 4).
+"""What a PEFT method provides to the learner (docs/design.md#adding-a-peft-method).
 
 A method wraps the freshly loaded model, says what the reference policy is (`reference`: a
 context inside which a forward pass is the reference model), exports the payload that

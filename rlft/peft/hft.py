@@ -1,4 +1,4 @@
-"""HFT, half fine-tuning (spec 8.4): a random half of the matrices of every layer trains, the rest stay.
+"""HFT, half fine-tuning (docs/algorithms.md#hft): a random half of the matrices of every layer trains, the rest stay.
 
 Category level within each decoder layer: 2 of the 4 attention projections; 2 of the 3 MLP
 projections in a random half of the layers and 1 of 3 in the others; 1 of the layer's norms.

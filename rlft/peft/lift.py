@@ -1,4 +1,4 @@
-"""LIFT, low-rank informed sparse fine-tuning (spec 8.3): only the principal weights train.
+"""LIFT, low-rank informed sparse fine-tuning (docs/algorithms.md#lift): only the principal weights train.
 
 For each target matrix W (m x n), the k = min((m + n) r, m n) entries of largest magnitude in
 its rank-r_f approximation form the mask; only those entries train. They live in a trainable
@@ -6,7 +6,7 @@ vector of k values (so AdamW keeps moments for k entries only, and weight decay 
 them) that the forward writes into a copy of the frozen base. Every `update_interval` optimizer
 steps the mask is re-selected on the current weights: the values are folded into the base, the
 new entries read out, and the Adam moments of entries kept by both masks carried over (new
-entries start at zero, spec Algorithm 1).
+entries start at zero, the LIFT paper's Algorithm 1).
 
 Generators get only what changed since the last sync: the entries of every mask active since
 then, as (index, value) pairs (rlft.sync.payload.SparsePayload).

@@ -1,4 +1,4 @@
-"""LoRA: W' = W + (alpha/r) B A with B = 0 at init (spec 8.1).
+"""LoRA: W' = W + (alpha/r) B A with B = 0 at init (docs/algorithms.md#lora).
 
 The reference policy is the same model with the adapter disabled (no second copy). Generators
 get the A/B tensors in PEFT naming; checkpoints are the same tensors as a PEFT adapter folder,

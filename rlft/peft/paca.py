@@ -1,4 +1,4 @@
-"""PaCA, partial connection adaptation (spec 8.5): r random input columns of each target linear train.
+"""PaCA, partial connection adaptation (docs/algorithms.md#paca): r random input columns of each target linear train.
 
 The trainable tensor holds the chosen columns divided by the scaling s = alpha/r, so the
 effective weight is the base with columns I replaced by s * w_paca: one GEMM per forward.

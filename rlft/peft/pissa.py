@@ -1,4 +1,4 @@
-"""PiSSA (spec 8.2): A, B from the top-r singular triplets of W; the frozen base holds W - s B0 A0.
+"""PiSSA (docs/algorithms.md#pissa): A, B from the top-r singular triplets of W; the frozen base holds W - s B0 A0.
 
 "Adapter disabled" is the residual, not the original model, so the reference policy keeps the
 initial adapter (B0, A0) as a second, frozen adapter named `reference` and switches to it:

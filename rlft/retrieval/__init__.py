@@ -1,4 +1,4 @@
-"""Offline pieces of multi-turn retrieval rollouts (IM-RAG, ALGORITHMS section 7).
+"""Offline pieces of multi-turn retrieval rollouts (IM-RAG, docs/algorithms.md#im-rag-episodes).
 
   corpus:  a procedurally generated multi-hop fact corpus (Document, MultiHopQuestion, Corpus)
   hotpot:  reader for HotpotQA-format JSONL into the same Corpus type

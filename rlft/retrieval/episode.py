@@ -9,7 +9,7 @@ its observation, the refined documents between `<docs>` and `</docs>`, one per l
     <answer>Orvan</answer>
 
 Observation tokens are the environment's, not the policy's: they carry no policy gradient and
-no KL (DESIGN, EnvironmentActor). Rewards follow ALGORITHMS section 7.2: coverage P_t is the
+no KL (docs/design.md#roles). Rewards (docs/algorithms.md#coverage-reward): coverage P_t is the
 fraction of gold supporting documents retrieved by turn t, and turn t earns P_t - P_{t-1} - c.
 """
 

@@ -1,5 +1,5 @@
-"""ThinkDial budget shaping (spec 6.4): a group-relative length reward scaled by the prompt's mode, and
-a leak penalty against reasoning moved out of the thinking section.
+"""ThinkDial budget shaping (docs/algorithms.md#budget-reward): a group-relative length reward
+scaled by the prompt's mode, and a leak penalty against reasoning moved out of the thinking section.
 
 For the G responses of one prompt in mode m (`example.meta["mode"]`, "high" when absent), with
 len = all response tokens (thinking + answer):
@@ -56,7 +56,7 @@ def leak_reward(text: str, keywords, bonus: float = 0.5, close_tag: str = "</thi
 
 
 def act_score(accuracy: dict[str, float], cost: dict[str, float], base_accuracy: float, base_cost: float) -> float:
-    """ACT (spec 6.5): mean over modes of beta A_m + (1 - beta) C_m, A_m = acc_m / acc_base,
+    """ACT (docs/algorithms.md#act-score): mean over modes of beta A_m + (1 - beta) C_m, A_m = acc_m / acc_base,
     C_m = 1 - cost_m / cost_base, beta = 1 for high and 0.5 otherwise."""
     terms = []
     for mode, acc in accuracy.items():

@@ -1,4 +1,4 @@
-"""Progress tracker for retrieval episodes (spec 7.2): per-turn evidence coverage gains.
+"""Progress tracker for retrieval episodes (docs/algorithms.md#coverage-reward): per-turn evidence coverage gains.
 
 P_t is the fraction of the question's gold supporting documents (`example.meta["supporting"]`)
 retrieved by the first t searches (`rollout.info["retrieved"]`, rlft.retrieval.episodes). A

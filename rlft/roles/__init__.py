@@ -1,6 +1,6 @@
 """Role classes by kind and name (`runtime.roles` in the config picks one name per kind).
 
-Roles are plain classes (DESIGN section 2); rlft.runtime wraps them in Ray actors or builds
+Roles are plain classes (docs/design.md#roles); rlft.runtime wraps them in Ray actors or builds
 them in-process. A test registers fakes here (`ROLES["generator"].register("fake", Fake)`)
 and runs the real controller with them.
 

@@ -86,7 +86,8 @@ class DiffusionGeneratorActor:
         return {"sequences": decode(ids.cpu()), "version": self.version}
 
     def log_likelihood(self, sequences: list[str], steps: int, seed: int) -> list[float]:
-        """Approximate log-likelihood (nats) of each sequence under the base model (spec 5.7 App-Log-Lik)."""
+        """Approximate log-likelihood (nats) of each sequence under the base model (App-Log-Lik,
+        docs/algorithms.md#dna-evaluation-metrics)."""
         from rlft.data.dna import encode
         from rlft.diffusion.mdlm import approx_log_likelihood
         from rlft.diffusion.schedule import LogLinearSchedule

@@ -72,7 +72,7 @@ def engine_cpu_bind(index: int, count: int, cores: int) -> str:
     return f"{first}-{first + share - 1}"
 
 
-# vLLM accepts only these max_lora_rank values (vllm 0.32, spec 8.0).
+# vLLM accepts only these max_lora_rank values (vllm 0.32; docs/algorithms.md#peft-methods).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 

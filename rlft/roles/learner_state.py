@@ -1,4 +1,4 @@
-"""A learner rank's whole training state, as safetensors + JSON (exact resume, DESIGN section 5).
+"""A learner rank's whole training state, as safetensors + JSON (docs/design.md#exact-resume).
 
 What a rank needs to continue as if it had never stopped:
 

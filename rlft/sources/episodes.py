@@ -1,6 +1,6 @@
-"""Multi-turn retrieval episodes as rollouts (IM-RAG, spec 7): prompts from the train split, turns
-sampled by the generator roles, searches answered by the environment role, rollouts scored by the
-reward roles (rlft.retrieval.episodes runs the turns)."""
+"""Multi-turn retrieval episodes as rollouts (IM-RAG, docs/algorithms.md#im-rag-episodes): prompts
+from the train split, turns sampled by the generator roles, searches answered by the environment
+role, rollouts scored by the reward roles (rlft.retrieval.episodes runs the turns)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The weight-sync protocol (DESIGN section 3): publish a version, verify it, probe it.
+"""The weight-sync protocol (docs/design.md#weight-sync): publish a version, verify it, probe it.
 
     learner rank 0 --export_weights(v)--> payload (kind, version, fingerprint)
         --handed over by reference (Ray object store; inline: the object itself)--> every generator
