@@ -11,7 +11,8 @@ norms; the GPU run (model.dtype auto = bfloat16, NCCL) recomputes them and print
 their relative differences. Passes when every value is finite and within 5% of the CPU value
 (bf16 keeps ~3 significant digits). Where no CUDA GPU is present it says so and checks nothing
 (and writes nothing). On a GPU the comparison (every value, its relative difference, the verdict,
-the GPU and the machine) goes to --json. `bench/gpu_learner_check.sh` wraps it.
+the GPU and the machine) goes to --json. `bench/gpu_learner_check.sh` wraps it; tests/test_gpu.py runs
+the same check (`check`) under pytest's `gpu` marker.
 """
 
 from __future__ import annotations
@@ -91,6 +92,15 @@ def compare(reference: dict, found: dict) -> list[dict]:
     return rows
 
 
+def check(reference: dict, out: Path) -> tuple[list[dict], dict, bool]:
+    """The steps on this machine against the CPU reference: (compare's rows, the learner info, passed).
+    Passed: the learner ran on cuda with nccl and every value is finite and within TOLERANCE."""
+    found, info = run_all(out)
+    rows = compare(reference, found)
+    ok = info["device"].startswith("cuda") and info["backend"] == "nccl" and all(r["ok"] for r in rows)
+    return rows, info, ok
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reference", type=Path, help="write the CPU reference here (run on a CPU machine)")
@@ -110,16 +120,14 @@ def main() -> int:
         print("no CUDA GPU on this machine: the GPU learner check did not run (nothing was checked)")
         return 0
     reference = json.loads(args.against.read_text())
-    found, info = run_all(out)
+    rows, info, ok = check(reference, out)
     print(f"GPU: {torch.cuda.get_device_name(0)}; learner on {info['device']}, {info['dtype']}, {info['backend']}")
     print(f"CPU reference: {reference['info']['device']}, {reference['info']['dtype']}, {reference['info']['backend']}\n")
     print("| algorithm | step | value | CPU float32 | GPU | rel. diff |")
     print("|---|---|---|---|---|---|")
-    rows = compare(reference, found)
     for r in rows:
         print(f"| {r['algorithm']} | {r['step']} | {r['value']} | {r['cpu']:.5f} | {r['gpu']:.5f} | "
               f"{r['rel_diff']:.2%} |")
-    ok = info["device"].startswith("cuda") and info["backend"] == "nccl" and all(r["ok"] for r in rows)
     print(f"\n{'PASS' if ok else 'FAIL'}: finite and within {TOLERANCE:.0%} of the CPU reference, on cuda with nccl")
     # Imported here: bench/ is on the path when this runs as a script, not when a test imports the file.
     from recipe_runs import write_results

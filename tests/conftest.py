@@ -1,4 +1,4 @@
-"""Shared fixtures."""
+"""Shared fixtures, and the `gpu` marker's skip."""
 
 import pytest
 
@@ -23,3 +23,18 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The `gpu` marker (pyproject.toml): such tests are collected everywhere and skipped, with the reason
+    shown, where torch sees no CUDA GPU."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="gpu test: torch.cuda.is_available() is False on this machine")
+    for item in gpu_items:
+        item.add_marker(skip)

@@ -24,7 +24,6 @@ from rlft.algorithms.gppo import (
     ppo_token_loss,
     token_advantages,
 )
-from rlft.ops.kl import kl_penalty
 from rlft.ops.logprobs import IGNORE_INDEX, token_logprobs
 from rlft.ops.reductions import token_mean
 from tests.helpers import response_batch
@@ -279,26 +278,80 @@ def test_micro_batch_split_equals_full_batch(cfg):
     assert m_full["clip_low_tokens"] + m_full["clip_high_tokens"] > 0  # the noise did push ratios out
 
 
-def test_all_equal_rewards_only_kl_gradient():
-    """Spec 4.2 test 2: zero advantages -> the gradient is kl_coef * grad of the token-mean k3;
-    with kl_coef = 0 the gradient is exactly zero."""
-    model = TinyPolicy()
-    batch = _rollout_batch(model)
-    batch["advantages"] = token_advantages(torch.ones(4), torch.zeros(4), (batch["labels"][:, 1:] != IGNORE_INDEX).float(),
-                                           GPPOConfig(group_size=4))
+class LogitTable(torch.nn.Module):
+    """Policy logits are a trainable [B, T, V] table (zeros: uniform over V = 4, so every label has
+    log-prob ln(1/4)); the reference logits a fixed table."""
+
+    def __init__(self, ref_logits: torch.Tensor):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.zeros_like(ref_logits))
+        self.ref = ref_logits
+        self.reference_calls = 0
+
+    def logits(self, batch):
+        return self.table
+
+    def reference_logits(self, batch):
+        self.reference_calls += 1
+        return self.ref
+
+
+def _kl_batch() -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """2 equal rows: 1 prompt token, response tokens 1, 2, 3, then a pad. Reference probabilities of the
+    three labels: 1/2 (label logit ln 3, the others 0: 3 / (3 + 3)), 1/4 (all 0) and 1/8 (label logit
+    ln(3/7): (3/7) / (3/7 + 3)); against pi = 1/4: log r = ref - logp = ln 2, 0, -ln 2."""
+    ref = torch.zeros(1, 5, 4)
+    ref[0, 0, 1], ref[0, 2, 3] = math.log(3.0), math.log(3.0 / 7.0)
+    ref[0, 3] = torch.tensor([9.0, -9.0, 5.0, 0.0])  # predicts the pad: masked, must not count
+    labels = torch.tensor([[IGNORE_INDEX, 1, 2, 3, IGNORE_INDEX]] * 2)
+    mask = (labels[:, 1:] != IGNORE_INDEX).float()
+    batch = {"input_ids": torch.tensor([[0, 1, 2, 3, 0]] * 2), "labels": labels,
+             "attention_mask": torch.tensor([[1, 1, 1, 1, 0]] * 2),
+             "old_logprobs": math.log(0.25) * mask,  # on-policy
+             "advantages": token_advantages(torch.ones(2), torch.zeros(2), mask, GPPOConfig(group_size=2)),
+             "positive": torch.zeros(2)}
+    return batch, ref.expand(2, 5, 4).clone()
+
+
+# Per token (log r = ln 2, 0, -ln 2): the KL value and d KL / d logp, by hand.
+#   k1 = logp - ref = -log r:        -ln 2, 0, ln 2            (sum 0);          d/dlogp = 1, 1, 1
+#   k2 = (log r)^2 / 2:               ln2^2/2, 0, ln2^2/2      (sum ln2^2);      d/dlogp = -log r = -ln 2, 0, ln 2
+#   k3 = r - 1 - log r:               1 - ln 2, 0, ln 2 - 1/2  (sum 1/2);        d/dlogp = 1 - r = -1, 0, 1/2
+LN2 = math.log(2.0)
+KL_BY_HAND = {
+    "k1": ([-LN2, 0.0, LN2], [1.0, 1.0, 1.0]),
+    "k2": ([LN2**2 / 2, 0.0, LN2**2 / 2], [-LN2, 0.0, LN2]),
+    "k3": ([1 - LN2, 0.0, LN2 - 0.5], [-1.0, 0.0, 0.5]),
+}
+
+
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
+def test_all_equal_rewards_only_kl_gradient(estimator):
+    """Equal rewards -> zero advantages: the loss is kl_coef * token-mean KL and the only gradient is
+    the KL's, both checked against the per-token values above; with kl_coef = 0 the gradient is exactly zero."""
+    batch, ref = _kl_batch()
     assert torch.equal(batch["advantages"], torch.zeros_like(batch["advantages"]))
+    model = LogitTable(ref)
     counts = _counts(batch)
-    loss, metrics = micro_batch_loss(model, batch, GPPOConfig(kl_coef=0.1), counts)
-    logprobs, mask = token_logprobs(model.logits(batch), batch["labels"])
-    ref_logprobs, _ = token_logprobs(model.reference_logits(batch), batch["labels"])
-    kl = kl_penalty(logprobs, ref_logprobs, "k3", 10.0)
-    expected = 0.1 * token_mean(kl, mask, counts.num_tokens)
-    torch.testing.assert_close(loss, expected)
-    for got, want in zip(_param_grads(model, loss), _param_grads(model, expected)):
-        torch.testing.assert_close(got, want)
-    assert metrics["kl_sum"] == pytest.approx((kl * mask).sum().item(), rel=1e-6)
+    assert counts.num_tokens == 6.0
+    loss, metrics = micro_batch_loss(model, batch, GPPOConfig(kl_coef=0.1, kl_estimator=estimator), counts)
+    values, slopes = KL_BY_HAND[estimator]
+    # 2 equal rows of 3 tokens: 0.1 * token-mean = 0.1 * sum(values) / 3; k1: 0, k2: 0.1 ln2^2 / 3 ~ 0.0160151,
+    # k3: 0.1 * (1/2) / 3 = 1/60
+    assert loss.item() == pytest.approx({"k1": 0.0, "k2": 0.0160151, "k3": 1 / 60}[estimator], abs=1e-7)
+    assert metrics["kl_sum"] == pytest.approx(2 * sum(values), abs=1e-6)
+    assert model.reference_calls == 1
+    (grad,) = torch.autograd.grad(loss, model.table)
+    # d logp / d logit_j = [j = label] - 1/4 (uniform policy over 4 tokens); dL/dlogp = 0.1 / 6 * slope
+    expected = torch.zeros(2, 5, 4)
+    for t, (label, slope) in enumerate(zip([1, 2, 3], slopes)):
+        expected[:, t] = 0.1 / 6 * slope * (torch.nn.functional.one_hot(torch.tensor(label), 4) - 0.25)
+    torch.testing.assert_close(grad, expected, rtol=1e-5, atol=1e-7)
+    if estimator == "k3":  # the label's logit at the first token: 0.1/6 * (-1) * 3/4 = -1/80
+        assert grad[0, 0, 1].item() == pytest.approx(-1 / 80)
     no_kl, _ = micro_batch_loss(model, batch, GPPOConfig(), counts)
-    assert all(g is None or torch.count_nonzero(g) == 0 for g in _param_grads(model, no_kl))
+    (grad,) = torch.autograd.grad(no_kl, model.table)
+    assert torch.count_nonzero(grad) == 0
 
 
 def test_aux_nll_on_positive_sequences():

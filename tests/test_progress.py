@@ -97,19 +97,28 @@ def test_process_advantages_match_a_hand_computed_two_step_example():
 
 
 def test_gppo_rows_mix_outcome_and_process_advantages_per_token(tokenizer):
-    texts = [GOOD, "7+8=15\n4+3=7\nA: 75"]  # step rewards [1/3]*3 and [1/3, 0, 0]
+    texts = [GOOD, "7+8=15\n4+3=7\nA: 75"]  # step rewards [1/3, 1/3, 1/3] and [1/3, 0, 0]
     rollouts = [_rollout(tokenizer, t) for t in texts]
     task = build_task(ArithConfig())
     for r in rollouts:
         r.score = combine(r, [(ProgressConfig(), ProgressReward(ProgressConfig(), task))], correct=True)
-    process = process_step_advantages([[1 / 3] * 3, [1 / 3, 0, 0]], [0, 0])
-    outcome = [1 / 2 ** 0.5, -1 / 2 ** 0.5]  # rewards 1 and 1/3 in a group of two: (r - mean) / std
+    # Outcome: rewards 1 and 1/3, mean 2/3, unbiased std sqrt(2 * (1/3)^2 / 1) = sqrt(2)/3 -> +-1/sqrt(2).
+    # Process: the group's six step rewards R = {1/3 x4, 0 x2}: mean 2/9, deviations +1/9 (x4) and -2/9 (x2),
+    #   unbiased var (4/81 + 8/81) / 5 = 4/135, std 2 / (3 sqrt(15)); normalised a = sqrt(15)/6 ~ 0.645497
+    #   for a 1/3 and -2a for a 0. Summed from each step to the last:
+    #   good  [a, a, a]   -> [3a, 2a, a]    = [1.936492, 1.290994, 0.645497]
+    #   other [a, -2a, -2a] -> [-3a, -4a, -2a] = [-1.936492, -2.581989, -1.290994]
+    # Mixed, 0.5 * outcome + 2 * process (0.5 / sqrt(2) = 0.353553):
+    per_step = [[4.226537, 2.935542, 1.644548], [-4.226537, -5.517531, -2.935542]]
     ctx = RowContext(tokenizer, False, 64, GPPOConfig(group_size=2, outcome_coef=0.5, process_coef=2.0))
     rows, _ = build_rows(rollouts, ctx)
-    for row, rollout, adv_steps, adv_outcome in zip(rows, rollouts, process, outcome):
-        expected = [0.5 * adv_outcome + 2.0 * adv_steps[k] for k, s in enumerate(rollout.segments) for _ in range(s.start, s.end)]
+    for row, rollout, steps in zip(rows, rollouts, per_step):
+        assert len(rollout.segments) == 3
+        expected = [steps[k] for k, s in enumerate(rollout.segments) for _ in range(s.start, s.end)]
         placed = row["advantages"][len(rollout.prompt_ids) - 1:]  # position t predicts completion token t + 1
-        assert placed == pytest.approx(expected, abs=1e-5)
+        assert row["advantages"][:len(rollout.prompt_ids) - 1] == [0.0] * (len(rollout.prompt_ids) - 1)
+        # rel 2e-5: the eps = 1e-6 added to each std moves these by ~6e-6 relative
+        assert placed == pytest.approx(expected, rel=2e-5)
 
 
 def test_observation_and_prompt_tokens_carry_no_gradient(tokenizer):
@@ -151,6 +160,39 @@ def test_process_advantages_need_steps_and_step_rewards(tmp_path, over, message)
     assert not (tmp_path / "runs" / "bad").exists()
 
 
+def _advantages_by_definition(rollouts, outcome_coef: float, process_coef: float) -> list[list[float]]:
+    """Per completion token, outcome_coef * A_outcome + process_coef * A_process, from the definitions
+    (docs/algorithms.md#process-advantages) in plain Python: A_outcome = (r - mean) / (std + 1e-6) over the
+    group's rewards (unbiased std); the group's step rewards are normalised the same way over all of its
+    steps, a step gets the sum of its own and every later normalised reward, a token its step's value."""
+    from statistics import mean, stdev
+
+    out = []
+    for r in rollouts:
+        group = [o for o in rollouts if o.group == r.group]
+        assert len(group) > 1  # a lone rollout has another baseline (mean 0, std 1)
+        rewards = [o.reward for o in group]
+        outcome = (r.reward - mean(rewards)) / (stdev(rewards) + 1e-6)
+        steps = [v for o in group for v in o.scored.segment_rewards]
+        normalised = [(v - mean(steps)) / (stdev(steps) + 1e-6) for v in r.scored.segment_rewards]
+        tokens = [0.0] * len(r.completion_ids)
+        for k, segment in enumerate(r.segments):
+            tokens[segment.start:segment.end] = [sum(normalised[k:])] * (segment.end - segment.start)
+        out.append([outcome_coef * outcome + process_coef * p for p in tokens])
+    return out
+
+
+def _assert_rows_follow_the_definitions(rows, rollouts, max_length: int) -> None:
+    """Prompt positions carry 0; completion token k (at position len(prompt) - 1 + k) carries its
+    advantage from _advantages_by_definition (outcome and process weights 1)."""
+    for row, rollout, expected in zip(rows, rollouts, _advantages_by_definition(rollouts, 1.0, 1.0), strict=True):
+        start = len(rollout.prompt_ids) - 1  # position t predicts completion token t + 1
+        assert row["advantages"][:start] == [0.0] * start
+        placed = row["advantages"][start:]
+        assert len(placed) == min(len(rollout.completion_ids), max_length - len(rollout.prompt_ids))
+        assert placed == pytest.approx(expected[:len(placed)], rel=1e-5, abs=1e-5)
+
+
 def test_gppo_with_process_rewards_runs_with_a_real_generator(tmp_path):
     cfg = rl_config(tmp_path, "process", algorithm={"outcome_coef": 1.0, "process_coef": 1.0},
                     rollout={"step_delimiter": "\n"}, train={"steps": 2},
@@ -174,7 +216,17 @@ def test_gppo_with_process_rewards_runs_with_a_real_generator(tmp_path):
         assert r.reward == r.scored.components["answer"]
         assert sum(r.scored.segment_rewards) == pytest.approx(r.scored.components["progress"])
         assert r.scored.components["progress"] == pytest.approx(sum(task.step_scores(r.example, r.text)) / 3)
-    expected = build_rows(rollouts, ctl.row_ctx)[0]
-    assert [row["advantages"] for row in rows] == [row["advantages"] for row in expected]
+    # The rows the learner got hold the advantages that the definitions give for these scores (the
+    # untrained tiny model rarely writes a right step: these scores, and so the advantages, are mostly 0).
+    assert len(rows) == len(rollouts) and all(s.kind == "step" for r in rollouts for s in r.segments)
+    _assert_rows_follow_the_definitions(rows, rollouts, cfg.train.max_length)
+    # The same check with scores that vary: the run's rollouts (real step segments) with chosen rewards
+    # through the loop's own build_rows and row context (outcome_coef = process_coef = 1 from the config).
+    rescored = [dataclasses.replace(r, score=Score(float(i % 2), bool(i % 2), {},
+                                                   [((i + k) % 3) / 3 for k in range(len(r.segments))]))
+                for i, r in enumerate(rollouts)]
+    rescored_rows, _ = build(rescored, ctl.row_ctx)
+    _assert_rows_follow_the_definitions(rescored_rows, rescored, cfg.train.max_length)
+    assert any(a != 0.0 for row in rescored_rows for a in row["advantages"])
     rows = [json.loads(line) for line in (tmp_path / "runs" / "process" / "metrics.jsonl").read_text().splitlines()]
     assert any("reward/progress" in r for r in rows)

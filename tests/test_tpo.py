@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoTokenizer
 
+from rlft.algorithms import dpo as rlft_dpo
 from rlft.algorithms.base import RowContext, StepCounts
 from rlft.algorithms.tpo import (
     TPOOfflineConfig,
@@ -165,7 +166,6 @@ def test_list_of_two_with_unit_weights_equals_dpo(tokenizer):
 
 def test_list_of_two_equals_rlft_dpo(tokenizer):
     """The same property against rlft's own DPO functions (rlft/algorithms/dpo.py)."""
-    dpo = pytest.importorskip("rlft.algorithms.dpo")
     cfg = _cfg(list_size=2, beta=0.3, lambda_weight="none", step_weight="none")
     lists = [RankedList(x.prompt, x.responses[:2], x.scores[:2]) for x in _lists(3)]
     batch, _ = _batch(lists, tokenizer, cfg)
@@ -174,9 +174,9 @@ def test_list_of_two_equals_rlft_dpo(tokenizer):
     with torch.no_grad():
         logp, mask = token_logprobs(model.logits(batch), batch["labels"])
         ref, _ = token_logprobs(model.reference_logits(batch), batch["labels"])
-        seq, seq_ref = dpo.sequence_logprobs(logp, mask), dpo.sequence_logprobs(ref, mask)
-        h = dpo.preference_logits(seq[0::2], seq[1::2], seq_ref[0::2], seq_ref[1::2])
-        torch.testing.assert_close(loss, dpo.sigmoid_loss(h, cfg.beta).mean(), rtol=1e-6, atol=1e-7)
+        seq, seq_ref = rlft_dpo.sequence_logprobs(logp, mask), rlft_dpo.sequence_logprobs(ref, mask)
+        h = rlft_dpo.preference_logits(seq[0::2], seq[1::2], seq_ref[0::2], seq_ref[1::2])
+        torch.testing.assert_close(loss, rlft_dpo.sigmoid_loss(h, cfg.beta).mean(), rtol=1e-6, atol=1e-7)
 
 
 # ---------------------------------------------------------------- invariances (permutations, micro-batches)
