@@ -133,7 +133,7 @@ def rlft_config(args):
 
 # ----------------------------------------------------------------- rlft
 def run_rlft(args) -> dict:
-    from rlft.controller import train
+    from rlft.control import train
 
     cfg = rlft_config(args)
     t0 = time.time()
@@ -195,7 +195,7 @@ def run_trl(args) -> dict:
     from rlft.data.collate import uses_chat_template
     from rlft.data.tasks import build_task
     from rlft.data.models import resolve_dtype
-    from rlft.runs import base_model_path
+    from rlft.control.run_dirs import base_model_path
 
     if args.threads:
         torch.set_num_threads(args.threads)

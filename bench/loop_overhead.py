@@ -65,7 +65,7 @@ def recipe_config(args, *extra: str):
 
 
 def base_model(cfg) -> str:
-    from rlft.runs import base_model_path
+    from rlft.control.run_dirs import base_model_path
 
     return str(base_model_path(cfg, run_warm_start=True, show_progress=False))
 
@@ -175,7 +175,7 @@ def bare_learner(args) -> dict:
 
 # ----------------------------------------------------------------- rlft
 def rlft_loop(args) -> dict:
-    from rlft.controller import train
+    from rlft.control import train
 
     probe = recipe_config(args)
     steps = args.iterations * probe.rollout.mini_batches

@@ -75,7 +75,7 @@ def peft_overrides(method: str, rank: int) -> dict:
 def sync_worker(args) -> None:
     """One method on one model: warm-up, then timed optimizer step + publish rounds."""
     sys.path.insert(0, str(ROOT))
-    from rlft.controller import Controller
+    from rlft.control import Controller
     from tests.helpers import rl_config, synthetic_rollout_rows
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,7 +13,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from rlft.config import load_config
-    from rlft.controller import train
+    from rlft.control import train
 
     cfg = load_config(args.config, args.overrides)
     train(cfg, show_progress=not args.quiet)
@@ -22,7 +22,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from rlft.config import load_config
-    from rlft.evaluate import evaluate_checkpoint
+    from rlft.control.evaluate import evaluate_checkpoint
     from rlft.progress import print_summary
 
     cfg = load_config(args.config, args.overrides)
@@ -113,13 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    from rlft.checkpoints import ResumeError
+    from rlft.control.checkpoints import ResumeError
     from rlft.config import ConfigError
     from rlft.data.jsonl import DataError
     from rlft.faults import LearnerFailed, RoleTimeout
-    from rlft.resume import RunStopped
+    from rlft.control.resume import RunStopped
     from rlft.sync.protocol import SyncError
-    from rlft.validation import RunError
+    from rlft.control.validation import RunError
 
     try:
         return args.func(args)

@@ -24,7 +24,7 @@ def resolve_storage(cfg):
     if cfg.runtime.mode != "cluster":
         output_dir = Path(cfg.run.output_dir).expanduser().absolute()
         return cfg.model_copy(update={"run": cfg.run.model_copy(update={"output_dir": str(output_dir)})})
-    from rlft.validation import RunError
+    from rlft.control.validation import RunError
 
     storage = cfg.runtime.storage
     if storage is not None and not Path(storage).expanduser().is_absolute():

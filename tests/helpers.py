@@ -130,7 +130,7 @@ def assert_probe_catches_a_skipped_load(ctl, rows, monkeypatch) -> None:
 def two_source_steps(cfg):
     """Set up a run and take two optimizer steps on its source's first two batches, without evaluation or
     logging: (the learner's step outputs, rank 0's trainable state after them)."""
-    from rlft.controller import Controller
+    from rlft.control import Controller
 
     ctl = Controller(cfg, show_progress=False)
     ctl.setup()

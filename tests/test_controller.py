@@ -19,7 +19,7 @@ import torch
 
 from rlft.algorithms import ALGORITHMS
 from rlft.algorithms.base import AlgorithmSpec, RowContext
-from rlft.controller import Controller, train
+from rlft.control import Controller, train
 from rlft.ops.logprobs import token_logprobs
 from rlft.roles import ROLES
 from rlft.rollouts import pad_rollout_rows, rollout_row
@@ -278,7 +278,7 @@ def test_import_config_loads_no_heavy_dependency():
 
 def test_learner_threads_auto_takes_the_idle_cores_only_in_a_local_synchronous_loop():
     from rlft.config import LearnerConfig
-    from rlft.startup import learner_threads
+    from rlft.control.startup import learner_threads
 
     auto, default = LearnerConfig(threads_per_rank="auto", cpus_per_rank=1), LearnerConfig(cpus_per_rank=1)
     assert learner_threads(auto, "local", synchronous=True, cores=2, ranks=1) == 2

@@ -35,7 +35,7 @@ from rlft.algorithms.dpo import (
     sequence_row,
     sigmoid_loss,
 )
-from rlft.controller import Controller, train
+from rlft.control import Controller, train
 from rlft.data.arith import ArithConfig, ArithTask
 from rlft.data.jsonl import Example
 from rlft.ops.logprobs import IGNORE_INDEX

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from rlft.controller import Controller, train
+from rlft.control import Controller, train
 from rlft.data.collate import encode_sft, pad_rows
 from rlft.data.models import resolve_model
 from rlft.ops.logprobs import token_logprobs

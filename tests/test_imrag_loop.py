@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from rlft.controller import train
+from rlft.control import train
 from rlft.roles import ROLES
 from tests.helpers import tiny_config
 
@@ -107,7 +107,7 @@ def test_rlft_eval_plays_greedy_episodes_with_the_tasks_retriever(tmp_path, monk
     worked episode's next turn and then text past the closing tag: the turn is cut after the tag
     (as vLLM's stop strings do), the worked episodes answer every question with every supporting
     document covered, and a model that never closes a tag is malformed on every question."""
-    import rlft.evaluate as evaluate
+    import rlft.control.evaluate as evaluate
     from rlft.data.tasks import build_task
 
     cfg = _config(tmp_path, "eval")

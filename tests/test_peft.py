@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rlft.controller import Controller
+from rlft.control import Controller
 from tests.helpers import (
     LEARNER_ONLY_GPPO,
     held_out_probe,

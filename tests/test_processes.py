@@ -26,10 +26,10 @@ import psutil
 import pytest
 import ray
 
-from rlft.controller import Controller
+from rlft.control import Controller
 from rlft.faults import RoleOutOfMemory, is_actor_death, memory_kill
 from rlft.processes import REFRESH_S, alive
-from rlft.recovery import FaultRecovery
+from rlft.control.recovery import FaultRecovery
 from tests.helpers import rl_config
 
 LOCAL = {"mode": "local", "num_cpus": 4}

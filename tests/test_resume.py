@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlft.controller import Controller, train
-from rlft.resume import RunStopped
+from rlft.control import Controller, train
+from rlft.control.resume import RunStopped
 from tests.helpers import assert_same_weights, deterministic_rows, rl_config, tiny_config
 
 class StopAfter(Controller):

@@ -15,7 +15,7 @@ from transformers import AutoTokenizer
 from rlft.algorithms import ALGORITHMS
 from rlft.algorithms.base import RowContext
 from rlft.algorithms.tpo import TPOConfig, tree_rows
-from rlft.controller import Controller, train
+from rlft.control import Controller, train
 from rlft.data.jsonl import Example
 from rlft.data.model_config import ModelConfig
 from rlft.data.models import resolve_model

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     from rlft.config import load_config
     from rlft.data.collate import encode_prompt, uses_chat_template
     from rlft.data.tasks import build_task
-    from rlft.runs import base_model_path
+    from rlft.control.run_dirs import base_model_path
 
     cfg = load_config(args.config, args.overrides)
     model_path = base_model_path(cfg, run_warm_start=True)

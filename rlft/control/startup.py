@@ -62,7 +62,7 @@ class RoleStartup:
         cfg = self.cfg
         if cfg.runtime.memory_check == "off" or cfg.runtime.mode == "cluster" or self.learner_device() != "cpu":
             return None
-        from rlft.validation import RunError
+        from rlft.control.validation import RunError
 
         found = estimate(cfg, self.spec, ModelShape.from_folder(self.model_path), str(self.dtype()),
                          self.peft.payload_kind)

@@ -25,7 +25,7 @@ from typing import Any
 from rlft.data.jsonl import Example
 from rlft.types import Rollout, Score, Segment
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("rlft.checkpoints")  # the name its lines have always carried in train.log
 
 COMPLETE = "COMPLETE"
 RESUME_DIR = "resume"
@@ -126,7 +126,7 @@ def rollout_from_json(raw: dict) -> Rollout:
 # ----------------------------------------------------------------- finding what to resume
 def newest_run_folder(run_dir: Path) -> Path | None:
     """The folder the newest run of this name wrote to: <name>, or the highest <name>-N."""
-    from rlft.runs import candidate_dirs
+    from rlft.control.run_dirs import candidate_dirs
 
     newest = None
     for folder in candidate_dirs(Path(run_dir)):

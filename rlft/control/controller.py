@@ -40,9 +40,14 @@ from typing import Any
 from rlft import runtime
 from rlft.algorithms import ALGORITHMS
 from rlft.algorithms.base import RowContext, StepCounts, combine_metric_sums
-from rlft.checkpoints import FINISHED
 from rlft.cluster import resolve_storage
 from rlft.config import RLFTConfig, dump_config
+from rlft.control.checkpoints import FINISHED
+from rlft.control.recovery import FaultRecovery
+from rlft.control.resume import ResumableRun, ResumePoint, RunFinished, RunStopped, StopOnSignal, resume_point
+from rlft.control.run_dirs import base_model_path, prepare_run_dir
+from rlft.control.startup import RoleStartup
+from rlft.control.validation import check_run
 from rlft.data.collate import shard_micro_batches
 from rlft.data.tasks import build_task
 from rlft.faults import is_actor_death
@@ -50,19 +55,14 @@ from rlft.families import family_for
 from rlft.modes import act_against, write_mode_report
 from rlft.peft import PEFT_METHODS
 from rlft.progress import print_summary, progress_bar
-from rlft.recovery import FaultRecovery
-from rlft.resume import ResumableRun, ResumePoint, RunFinished, RunStopped, StopOnSignal, resume_point
 from rlft.rollouts import with_logprobs
-from rlft.runs import base_model_path, prepare_run_dir
 from rlft.samples import SampleLog
-from rlft.startup import RoleStartup
 from rlft.sources import SOURCES, SourceContext
 from rlft.sources.rollouts import split_evenly
 from rlft.sync.protocol import WeightSync
 from rlft.tracking import Tracker, plot_run
-from rlft.validation import check_run
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("rlft.controller")  # the name its lines have always carried in train.log
 
 
 def due(every: int, step: int, steps_per_iteration: int) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from rlft.checkpoints import complete_checkpoints
+from rlft.control.checkpoints import complete_checkpoints
 from rlft.faults import (LearnerFailed, RoleOutOfMemory, is_actor_death, killed_member, memory_kill,
                          memory_kill_message, memory_kill_summary, restart_dead)
 

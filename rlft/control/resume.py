@@ -25,10 +25,10 @@ from typing import Any
 
 import yaml
 
-from rlft.checkpoints import (COMPLETE, FINISHED, RESUME_DIR, STATE_FILE, ResumeError, commit, find_resume_point,
-                              partial_dir, prune, read_state, write_state)
+from rlft.control.checkpoints import (COMPLETE, FINISHED, RESUME_DIR, STATE_FILE, ResumeError, commit,
+                                      find_resume_point, partial_dir, prune, read_state, write_state)
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("rlft.resume")  # the name its lines have always carried in train.log
 
 # Config keys (and sections) a resumed run may change: where and how it runs, not what it trains.
 MAY_DIFFER = ("runtime.", "tracking.", "resume", "run.name", "run.output_dir", "run.if_exists")

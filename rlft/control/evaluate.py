@@ -14,7 +14,7 @@ from rlft.data.tasks import build_task
 from rlft.generation import greedy_generate
 from rlft.modes import act_against, mode_metrics
 from rlft.progress import progress_bar
-from rlft.runs import base_model_path
+from rlft.control.run_dirs import base_model_path
 
 
 def load_for_eval(cfg: RLFTConfig, checkpoint: str | None):

@@ -15,10 +15,10 @@ import json
 import logging
 from pathlib import Path
 
-from rlft.checkpoints import FINISHED
+from rlft.control.checkpoints import FINISHED
 from rlft.samples import SAMPLES_FILE
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("rlft.runs")  # the name its lines have always carried in train.log
 
 WARM_START_STAMP = "warm_start.json"
 
@@ -100,7 +100,7 @@ def base_model_path(cfg, run_warm_start: bool = True, show_progress: bool = True
             f"no finished warm start of {cfg.warm_start.recipe} under {cfg.run.output_dir}: run the recipe "
             "first (rlft train) so the base model exists"
         )
-    from rlft.controller import train
+    from rlft.control.controller import train
 
     sub, stamp = warm_start_config(cfg)
     log.info("warm start: running %s", cfg.warm_start.recipe)
