@@ -195,13 +195,13 @@ def run_trl(args) -> dict:
     from rlft.data.collate import uses_chat_template
     from rlft.data.tasks import build_task
     from rlft.data.models import resolve_dtype
-    from rlft.control.run_dirs import base_model_path
+    from rlft.control.warm_start import base_model_path
 
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     cfg = rlft_config(args)
-    model_path = base_model_path(cfg, run_warm_start=False)  # the rlft side creates a missing warm start
+    model_path = base_model_path(cfg)  # the rlft side creates a missing warm start
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     chat = uses_chat_template(tokenizer, cfg.data.chat_template)  # as rlft encodes prompts
     bf16 = MODELS[args.model]["bf16"] and resolve_dtype("fast", "cpu") == torch.bfloat16

@@ -65,9 +65,10 @@ def recipe_config(args, *extra: str):
 
 
 def base_model(cfg) -> str:
-    from rlft.control.run_dirs import base_model_path
+    from rlft.control import train
+    from rlft.control.warm_start import base_model_path
 
-    return str(base_model_path(cfg, run_warm_start=True, show_progress=False))
+    return str(base_model_path(cfg, train=train, show_progress=False))
 
 
 def prompts_of(cfg, tokenizer) -> list[list[int]]:

@@ -113,13 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    from rlft.control.checkpoints import ResumeError
     from rlft.config import ConfigError
-    from rlft.data.jsonl import DataError
-    from rlft.faults import LearnerFailed, RoleTimeout
     from rlft.control.resume import RunStopped
+    from rlft.data.jsonl import DataError
+    from rlft.errors import ResumeError, RunError
+    from rlft.faults import LearnerFailed, RoleTimeout
     from rlft.sync.protocol import SyncError
-    from rlft.control.validation import RunError
 
     try:
         return args.func(args)

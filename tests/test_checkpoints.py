@@ -11,13 +11,14 @@ import pytest
 import torch
 import yaml
 
-from rlft.control.checkpoints import (COMPLETE, FINISHED, RESUME_DIR, ResumeError, commit, complete_checkpoints,
-                                      find_resume_point, partial_dir, prune, read_state, rollout_from_json,
-                                      rollout_to_json, write_state)
 from rlft.config import dump_config
+from rlft.control.checkpoints import (COMPLETE, RESUME_DIR, commit, complete_checkpoints, find_resume_point,
+                                      partial_dir, prune, read_state, rollout_from_json, rollout_to_json, write_state)
+from rlft.control.resume import RunFinished, StopOnSignal, config_differences, resume_point
+from rlft.control.run_dirs import FINISHED
 from rlft.data.jsonl import Example
 from rlft.data.sampler import EpochSampler
-from rlft.control.resume import RunFinished, StopOnSignal, config_differences, resume_point
+from rlft.errors import ResumeError
 from rlft.roles.learner import SkippingAdamW
 from rlft.tracking import set_aside_rows_after
 from rlft.types import Rollout, Score, Segment

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from rlft.cluster import resolve_storage, role_bundles
+from rlft.errors import RunError
 from rlft.runtime import check_fits, free_port, member_gpus
-from rlft.control.validation import RunError
 from tests.helpers import rl_config, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]

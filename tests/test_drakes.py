@@ -132,8 +132,9 @@ def test_a_payload_that_names_a_missing_tensor_is_refused_by_name(tmp_path):
 
 
 def test_drakes_refuses_a_vllm_generator_by_name():
-    from rlft.control.validation import RunError, check_run
     from rlft.algorithms import ALGORITHMS
+    from rlft.control.validation import check_run
+    from rlft.errors import RunError
     from rlft.peft import PEFT_METHODS
 
     cfg = load_config("configs/drakes_dna.yaml", ["runtime.roles.generator=vllm"])

@@ -42,12 +42,12 @@ from rlft.algorithms import ALGORITHMS
 from rlft.algorithms.base import RowContext, StepCounts, combine_metric_sums
 from rlft.cluster import resolve_storage
 from rlft.config import RLFTConfig, dump_config
-from rlft.control.checkpoints import FINISHED
 from rlft.control.recovery import FaultRecovery
 from rlft.control.resume import ResumableRun, ResumePoint, RunFinished, RunStopped, StopOnSignal, resume_point
-from rlft.control.run_dirs import base_model_path, prepare_run_dir
+from rlft.control.run_dirs import FINISHED, prepare_run_dir
 from rlft.control.startup import RoleStartup
 from rlft.control.validation import check_run
+from rlft.control.warm_start import base_model_path
 from rlft.data.collate import shard_micro_batches
 from rlft.data.tasks import build_task
 from rlft.faults import is_actor_death
@@ -111,7 +111,8 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
         self.cfg = cfg = resolve_storage(self.cfg)
         check_run(cfg, self.spec, self.peft)
         self.resumed = resume_point(cfg)  # before the warm start: a finished run needs nothing
-        self.model_path = base_model_path(cfg, run_warm_start=True, show_progress=self.show_progress)
+        # The base model; a warm start not run yet runs now, as a run of its own (rlft.control.warm_start).
+        self.model_path = base_model_path(cfg, train=train, show_progress=self.show_progress)
         self.family = family_for(self.model_path)
         self.tokenizer = self.family.load_tokenizer(self.model_path)
         self.chat = self.family.uses_chat(self.tokenizer, cfg.data.chat_template)

@@ -25,8 +25,10 @@ from typing import Any
 
 import yaml
 
-from rlft.control.checkpoints import (COMPLETE, FINISHED, RESUME_DIR, STATE_FILE, ResumeError, commit,
-                                      find_resume_point, partial_dir, prune, read_state, write_state)
+from rlft.control.checkpoints import (COMPLETE, RESUME_DIR, STATE_FILE, commit, find_resume_point, partial_dir, prune,
+                                      read_state, write_state)
+from rlft.control.run_dirs import FINISHED
+from rlft.errors import ResumeError
 
 log = logging.getLogger("rlft.resume")  # the name its lines have always carried in train.log
 

@@ -11,6 +11,7 @@ import os
 from rlft import runtime
 from rlft.cluster import role_bundles
 from rlft.data.models import resolve_dtype
+from rlft.errors import RunError
 from rlft.faults import arm_stack_dumps
 from rlft.footprint import GIB, ModelShape, RunDoesNotFit, check_fits, describe, estimate
 from rlft.roles import ROLES
@@ -62,8 +63,6 @@ class RoleStartup:
         cfg = self.cfg
         if cfg.runtime.memory_check == "off" or cfg.runtime.mode == "cluster" or self.learner_device() != "cpu":
             return None
-        from rlft.control.validation import RunError
-
         found = estimate(cfg, self.spec, ModelShape.from_folder(self.model_path), str(self.dtype()),
                          self.peft.payload_kind)
         available, where = memory_budget(cfg)

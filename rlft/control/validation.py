@@ -1,23 +1,18 @@
 """Checks of a whole run before any role starts: each error names the key, the limit and a fix.
 
 `check_run(cfg, spec, peft)` checks the config alone (the algorithm adds its own checks through
-`spec.validate`); with `data=` it also checks the tokenised data against the limits, so that a
-prompt that cannot fit, or a sequence longer than the model's context, stops the run at once
-instead of failing inside a role (or training silently on cut sequences).
+`spec.validate`); with `data=` it also checks the tokenised data against the limits (the model
+family's check: rlft.data.lengths for causal LMs), so that a prompt that cannot fit, or a sequence
+longer than the model's context, stops the run at once instead of failing inside a role (or
+training silently on cut sequences).
 """
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from rlft.data.collate import encode_prompt
+from rlft.data.lengths import check_lengths
+from rlft.errors import RunError
 from rlft.registry import UnknownName
 from rlft.roles import ROLES
-
-
-class RunError(ValueError):
-    """A run cannot start as configured; the message names the key or example and a fix."""
 
 
 def check_config(cfg, spec, peft_cls) -> None:
@@ -50,40 +45,6 @@ def check_config(cfg, spec, peft_cls) -> None:
         except UnknownName as err:
             raise RunError(f"runtime.roles.{kind}: {err}") from None
     spec.validate(cfg)
-
-
-def model_context(model_path: Path) -> int | None:
-    config = json.loads((Path(model_path) / "config.json").read_text())
-    return config.get("max_position_embeddings")
-
-
-def _where(split: str, index: int, example) -> str:
-    source = example.meta.get("source") if isinstance(example.meta, dict) else None
-    return f"{split} example {index}" + (f" ({source})" if source else "")
-
-
-def check_lengths(cfg, spec, model_path, tokenizer, chat: bool, train_examples, eval_examples) -> None:
-    """Every prompt fits train.max_length (with room for the sampled tokens), which fits the model."""
-    max_length = cfg.train.max_length
-    context = model_context(model_path)
-    if context is not None and max_length > context:
-        raise ValueError(f"train.max_length={max_length} is longer than the model's context "
-                         f"(max_position_embeddings={context} in {model_path}/config.json); lower train.max_length")
-    # Training rows: the prompt plus at least one response token, or plus every sampled token.
-    room = cfg.rollout.max_new_tokens if spec.source == "rollouts" else 1
-    limits = (("train", train_examples, room, max_length, "train.max_length"),
-              ("eval", eval_examples, cfg.eval.max_new_tokens, context, "the model's context"))
-    for split, examples, room, limit, name in limits:
-        if limit is None:
-            continue
-        for index, example in enumerate(examples):
-            length = len(encode_prompt(tokenizer, example.prompt, chat))
-            if length + room > limit:
-                raise ValueError(
-                    f"{_where(split, index, example)}: prompt of {length} tokens + {room} more does not fit "
-                    f"{name} ({limit}); raise train.max_length (model context: {context}), lower the "
-                    "generated tokens, or drop the example"
-                )
 
 
 def check_run(cfg, spec, peft_cls, data: tuple | None = None, check_data=check_lengths) -> None:

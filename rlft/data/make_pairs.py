@@ -68,12 +68,13 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlft.config import load_config
+    from rlft.control import train  # this script is a command, above the control layer
+    from rlft.control.warm_start import base_model_path
     from rlft.data.collate import encode_prompt, uses_chat_template
     from rlft.data.tasks import build_task
-    from rlft.control.run_dirs import base_model_path
 
     cfg = load_config(args.config, args.overrides)
-    model_path = base_model_path(cfg, run_warm_start=True)
+    model_path = base_model_path(cfg, train=train)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path).eval()
     chat = uses_chat_template(tokenizer, cfg.data.chat_template)

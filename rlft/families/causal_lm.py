@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from rlft.control.evaluate import eval_metrics, score_greedy
-from rlft.control.validation import check_lengths
 from rlft.data.collate import encode_sft, pad_rows, uses_chat_template
+from rlft.data.lengths import check_lengths
+from rlft.eval_scoring import eval_metrics, score_greedy
 from rlft.ops.logprobs import IGNORE_INDEX, token_logprobs
 from rlft.sources.rollouts import generate, reward_metrics, score
 
