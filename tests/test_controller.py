@@ -293,6 +293,15 @@ def test_learner_threads_auto_takes_the_idle_cores_only_in_a_local_synchronous_l
         LearnerConfig(threads_per_rank=0)
 
 
+def test_every_role_kind_has_a_starter():
+    """The set-up starts each kind through rlft.control.startup.STARTERS: every kind an algorithm
+    names needs one (learners first, then the algorithm's kinds in their order)."""
+    from rlft.control.startup import STARTERS
+
+    assert list(STARTERS) == list(ROLES) == ["learner", "generator", "reward", "environment"]
+    assert all(kind in STARTERS for name in ALGORITHMS.names() for kind in ALGORITHMS[name].roles)
+
+
 def test_cpu_engines_get_even_shares_of_the_cores():
     from rlft.roles.generator import engine_cpu_bind
 
