@@ -23,7 +23,7 @@ Rows:
   each pinned to its own core, the policy shipped as a LoRA adapter), `overlapped` (max_staleness=1),
   `one-engine` (synchronous, 1 generator on every core), and `merged`, `merged-overlapped`,
   `merged-one-engine` (the same with sync.weights=merged: generators reload every weight with the
-  adapter merged in, and generate without LoRA kernels): `rlft.controller.train` with evaluation,
+  adapter merged in, and generate without LoRA kernels): `rlft.control.train` with evaluation,
   wandb and plots off. Reported: completions
   over the loop's seconds (`summary['samples_per_s']`, roles already started) and the median of the
   per-iteration `perf/samples_per_s`, first iteration skipped as warm-up.
