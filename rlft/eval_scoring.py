@@ -1,7 +1,8 @@
 """Held-out evaluation's scoring: greedy completions checked by the task, and the eval/* metrics.
 
-Shared by a run's evaluation (the causal LM family, rlft.families.causal_lm) and by `rlft eval`
-(rlft.control.evaluate), so that both report the same numbers the same way.
+Shared by a run's evaluation (the sources' `evaluate`, rlft.sources; on learner rank 0 through the
+causal LM family, rlft.families.causal_lm) and by `rlft eval` (rlft.control.evaluate), so that both
+report the same numbers the same way.
 """
 
 from __future__ import annotations
@@ -54,8 +55,7 @@ def greedy_episodes(model, tokenizer, task, examples, chat: bool, eval_cfg, max_
     """Greedy multi-turn episodes in this process (the task answers the searches, as the environment
     role does in a run): the same metrics as a run's episode evaluation, except the reward components."""
     from rlft.retrieval.episode import f1
-    from rlft.retrieval.episodes import TurnSample, run_episodes
-    from rlft.sources.episodes import TURN_STOP, episode_metrics
+    from rlft.retrieval.episodes import TURN_STOP, TurnSample, episode_metrics, run_episodes
     from rlft.types import Rollout
 
     with progress_bar("eval episodes", max_turns + 1, show_progress) as advance:

@@ -28,7 +28,9 @@ The controller is composed of parts that take what they need as arguments: set-u
 roles through a `RoleStarter` and the `STARTERS` registry (rlft.control.startup), the loop makes
 its remote calls through a `Recovery` (rlft.control.recovery), and step checkpoints are written
 and loaded by rlft.control.resume. What the loop counts (steps, rows, skipped steps, the first
-evaluation) stays here, and goes into each step checkpoint (`resume_state`).
+evaluation) stays here, and goes into each step checkpoint (`resume_state`). Held-out evaluation
+is the source's (`source.evaluate`, rlft.sources): the controller hands it the roles, the
+held-out examples and the step, and adds the evaluation's time and ACT.
 """
 
 from __future__ import annotations
@@ -326,9 +328,14 @@ class Controller:
 
     # ----------------------------------------------------------------- eval and outputs
     def evaluate(self, step: int) -> dict[str, float]:
-        """The model family's held-out evaluation (rlft.families), by the generators when there are any."""
+        """Held-out evaluation by the run's source, the way it makes the training data (rlft.sources:
+        greedy answers or episodes by the generators, diffusion samples, or learner rank 0 when the
+        algorithm has no generators); then perf/time_eval, and ACT against the first evaluation."""
         started = time.perf_counter()
-        metrics = self.family.evaluate(self, step)
+        self.settle()  # the generators are free for evaluation: no batch is in generation beside it
+        metrics = self.source.evaluate(self.roles, self.eval_examples, step, family=self.family,
+                                       policy_version=self.policy_version, samples=self.samples,
+                                       show_progress=self.show_progress)
         if not metrics:
             return {}
         metrics["perf/time_eval"] = time.perf_counter() - started  # kept apart from the iterations' clocks

@@ -1,10 +1,11 @@
 """Checks of a whole run before any role starts: each error names the key, the limit and a fix.
 
 `check_run(cfg, spec, peft)` checks the config alone (the algorithm adds its own checks through
-`spec.validate`); with `data=` it also checks the tokenised data against the limits (the model
-family's check: rlft.data.lengths for causal LMs), so that a prompt that cannot fit, or a sequence
-longer than the model's context, stops the run at once instead of failing inside a role (or
-training silently on cut sequences).
+`spec.validate`); with `data=` it also checks the tokenised data against the limits (prompt
+lengths, rlft.data.lengths, with the tokens the algorithm's data source samples after a training
+prompt; or the model family's own check), so that a prompt that cannot fit, or a sequence longer
+than the model's context, stops the run at once instead of failing inside a role (or training
+silently on cut sequences).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from rlft.data.lengths import check_lengths
 from rlft.errors import RunError
 from rlft.registry import UnknownName
 from rlft.roles import ROLES
+from rlft.sources import SOURCES
 
 
 def check_config(cfg, spec, peft_cls) -> None:
@@ -47,13 +49,23 @@ def check_config(cfg, spec, peft_cls) -> None:
     spec.validate(cfg)
 
 
-def check_run(cfg, spec, peft_cls, data: tuple | None = None, check_data=check_lengths) -> None:
-    """RunError (a ValueError) naming what is wrong, before any role starts; `check_data` is the model
-    family's check of the data (rlft.families)."""
+def check_data_lengths(cfg, spec, model_path, tokenizer, chat: bool, train_examples, eval_examples) -> None:
+    """Every prompt fits with the tokens the algorithm's source samples after it (`sampled_tokens`)."""
+    check_lengths(cfg, model_path, tokenizer, chat, train_examples, eval_examples,
+                  sampled_tokens=SOURCES[spec.source].sampled_tokens(cfg))
+
+
+def check_run(cfg, spec, peft_cls, data: tuple | None = None, check_data=None) -> None:
+    """RunError (a ValueError) naming what is wrong, before any role starts. `data`: (model path,
+    tokenizer, chat template used, train examples, eval examples); `check_data` is the model family's
+    own check of them (rlft.families), None for the prompt lengths (`check_data_lengths`)."""
     try:
         check_config(cfg, spec, peft_cls)
         if data is not None:
-            check_data(cfg, spec, *data)
+            if check_data is None:
+                check_data_lengths(cfg, spec, *data)
+            else:
+                check_data(cfg, *data)
     except RunError:
         raise
     except ValueError as err:
