@@ -269,6 +269,18 @@ def test_prompt_too_long_names_the_file_line_before_any_role_starts(tmp_path):
     assert CALLS == []
 
 
+def test_each_source_says_how_many_tokens_a_training_prompt_must_leave_room_for():
+    """The prompt-length check (rlft.data.lengths) adds the source's `sampled_tokens`: every token the
+    rollout source may sample, one response token for every other source (rows are cut to train.max_length)."""
+    from types import SimpleNamespace
+
+    from rlft.sources import SOURCES
+
+    cfg = SimpleNamespace(rollout=SimpleNamespace(max_new_tokens=9))
+    assert {name: SOURCES[name].sampled_tokens(cfg) for name in SOURCES.names()} == {
+        "dataset": 1, "rollouts": 9, "pairs": 1, "lists": 1, "trees": 1, "sampling": 1, "episodes": 1}
+
+
 def test_import_config_loads_no_heavy_dependency():
     code = ("import sys, rlft.config; "
             "print([m for m in ('torch', 'transformers', 'vllm', 'deepspeed', 'ray') if m in sys.modules])")
