@@ -22,8 +22,7 @@ from functools import cached_property
 
 import torch
 
-from rlft.data.jsonl import Example
-from rlft.types import Rollout
+from rlft.types import Example, Rollout
 
 PROBE_SEED = 1234
 PROBE_MASKED_FRACTION = 0.5
