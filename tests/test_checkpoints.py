@@ -16,12 +16,11 @@ from rlft.control.checkpoints import (COMPLETE, RESUME_DIR, commit, complete_che
                                       partial_dir, prune, read_state, rollout_from_json, rollout_to_json, write_state)
 from rlft.control.resume import RunFinished, StopOnSignal, config_differences, resume_point
 from rlft.control.run_dirs import FINISHED
-from rlft.data.jsonl import Example
 from rlft.data.sampler import EpochSampler
 from rlft.errors import ResumeError
 from rlft.roles.learner import SkippingAdamW
 from rlft.tracking import set_aside_rows_after
-from rlft.types import Rollout, Score, Segment
+from rlft.types import Example, Rollout, Score, Segment
 from tests.helpers import tiny_config
 
 

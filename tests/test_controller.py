@@ -191,7 +191,8 @@ def _config(tmp_path, name="fake", **over):
         task={"name": "arith", "train_size": 64, "eval_size": 4}, eval={"num_examples": 4},
     )
     for key, values in over.items():
-        replaced = key in ("task", "algorithm") and values.get("name") not in (None, sections[key]["name"])
+        name_key = {"task": "name", "algorithm": "name", "peft": "method"}.get(key)
+        replaced = name_key is not None and values.get(name_key) not in (None, sections[key][name_key])
         sections[key] = dict(values) if replaced else {**sections.get(key, {}), **values}
     return tiny_config(tmp_path, name, **sections)
 

@@ -37,11 +37,10 @@ from rlft.algorithms.dpo import (
 )
 from rlft.control import Controller, train
 from rlft.data.arith import ArithConfig, ArithTask
-from rlft.data.jsonl import Example
 from rlft.ops.logprobs import IGNORE_INDEX
 from rlft.rewards import REWARD_COMPONENTS
 from rlft.rewards.base import ComponentConfig, ComponentSpec, ComponentValue
-from rlft.types import Rollout, Score
+from rlft.types import Example, Rollout, Score
 from tests.helpers import held_out_probe, original_model_logprobs, tiny_config, two_source_steps
 
 LOG2 = math.log(2.0)

@@ -79,7 +79,7 @@ def test_rl_resume_is_exact_and_generators_run_the_resumed_policy(tmp_path, meth
     """GPPO with a vLLM generator: LoRA with a batch generated ahead at the stop (it is checkpointed
     and trained on after the resume), LIFT with mask refreshes on both sides of the stop (the
     resumed generators get every entry trained since the base model)."""
-    peft = {"method": method, "r": 4, "alpha": 8, "lift_update_interval": 2}
+    peft = {"method": method, "r": 4, "alpha": 8, **({"lift_update_interval": 2} if method == "lift" else {})}
 
     def make(name, **extra):
         return rl_config(tmp_path, name, peft=peft, rollout={"max_staleness": staleness},

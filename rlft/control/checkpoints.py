@@ -24,8 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rlft.control.run_dirs import FINISHED, candidate_dirs
-from rlft.data.jsonl import Example
-from rlft.types import Rollout, Score, Segment
+from rlft.types import Example, Rollout, Score, Segment
 
 log = logging.getLogger("rlft.checkpoints")  # the name its lines have always carried in train.log
 

@@ -1,17 +1,18 @@
 """Checks of a whole run before any role starts: each error names the key, the limit and a fix.
 
-`check_run(cfg, spec, peft)` checks the config alone (the algorithm adds its own checks through
-`spec.validate`); with `data=` it also checks the tokenised data against the limits (prompt
-lengths, rlft.data.lengths, with the tokens the algorithm's data source samples after a training
-prompt; or the model family's own check), so that a prompt that cannot fit, or a sequence longer
-than the model's context, stops the run at once instead of failing inside a role (or training
-silently on cut sequences).
+`check_run(cfg, spec, peft)` checks the config alone (the algorithm and the PEFT method add their own
+checks through `spec.validate` and `peft_cls.validate`); with `data=` it also checks the tokenised data
+against the limits (prompt lengths, rlft.data.lengths, with the tokens the algorithm's data source
+samples after a training prompt; or the model family's own check), so that a prompt that cannot fit,
+or a sequence longer than the model's context, stops the run at once instead of failing inside a role
+(or training silently on cut sequences).
 """
 
 from __future__ import annotations
 
 from rlft.data.lengths import check_lengths
 from rlft.errors import RunError
+from rlft.peft import PEFT_METHODS
 from rlft.registry import UnknownName
 from rlft.roles import ROLES
 from rlft.sources import SOURCES
@@ -29,24 +30,25 @@ def check_config(cfg, spec, peft_cls) -> None:
     if "generator" in spec.roles and peft_cls.payload_kind is None and cfg.sync.weights == "adapter":
         raise ValueError(f"algorithm {spec.name!r} runs generators, and sync.weights=adapter ships adapters: "
                          f"peft.method={cfg.peft.method} has none; set sync.weights=merged (every weight is "
-                         "reloaded after each update) or peft.method to one that ships a delta (lora, pissa, paca, lift, hft)")
+                         f"reloaded after each update) or peft.method to one that ships a delta ({_methods('payload_kind')})")
     if cfg.rollout.max_staleness and "generator" not in spec.roles:
         raise ValueError(f"rollout.max_staleness={cfg.rollout.max_staleness}: algorithm {spec.name!r} generates "
                          "nothing, so there is no generation to overlap with training; set it to 0")
-    if cfg.peft.method == "lift" and cfg.peft.lift_update_interval and cfg.learner.zero_stage:
-        raise ValueError(f"peft.method=lift re-selects its trained entries every peft.lift_update_interval="
-                         f"{cfg.peft.lift_update_interval} steps and remaps their Adam moments, which DeepSpeed ZeRO "
-                         f"stage {cfg.learner.zero_stage} keeps in flat partitions: set learner.zero_stage=0, or "
-                         "peft.lift_update_interval=0 (a fixed mask)")
+    peft_cls.validate(cfg)
     if spec.needs_reference(cfg) and not peft_cls.has_reference:
         raise ValueError(f"algorithm {spec.name!r} needs a reference policy, which peft.method={cfg.peft.method} "
-                         "does not keep; use lora or pissa, or turn the KL term off")
+                         f"does not keep; use one that does ({_methods('has_reference')}), or turn the KL term off")
     for kind in ("learner", *spec.roles):
         try:
             ROLES[kind].get(getattr(cfg.runtime.roles, kind))
         except UnknownName as err:
             raise RunError(f"runtime.roles.{kind}: {err}") from None
     spec.validate(cfg)
+
+
+def _methods(attribute: str) -> str:
+    """The registered PEFT methods whose class has a true `attribute`, for error messages."""
+    return ", ".join(name for name in PEFT_METHODS if getattr(PEFT_METHODS[name], attribute))
 
 
 def check_data_lengths(cfg, spec, model_path, tokenizer, chat: bool, train_examples, eval_examples) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rlft.control.run_dirs import candidate_dirs
+from rlft.peft import PEFT_METHODS
 
 log = logging.getLogger("rlft.runs")  # the name its lines have always carried in train.log
 
@@ -29,8 +30,9 @@ def warm_start_config(cfg):
     ws = cfg.warm_start
     overrides = [*ws.overrides, f"run.output_dir={cfg.run.output_dir}"]
     sub = load_config(ws.recipe, overrides)
-    if sub.peft.method != "full":
-        raise ValueError(f"warm_start.recipe {ws.recipe}: needs peft.method=full to produce a base model")
+    if not PEFT_METHODS[sub.peft.method].produces_full_model:
+        full = "|".join(name for name in PEFT_METHODS if PEFT_METHODS[name].produces_full_model)
+        raise ValueError(f"warm_start.recipe {ws.recipe}: needs peft.method={full} to produce a base model")
     stamp = {"recipe": Path(ws.recipe).read_text(), "overrides": overrides}
     return sub, stamp
 

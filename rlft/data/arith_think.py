@@ -30,9 +30,11 @@ from typing import Callable, Literal
 from pydantic import Field, field_validator
 
 from rlft.data.arith import ArithConfig, ArithTask, column_steps, format_step, parse_answer
-from rlft.data.jsonl import DataError, Example, read_sft_rows
+from rlft.data.jsonl import DataError, read_sft_rows
+from rlft.data.tasks import TaskSpec
 from rlft.data.thinkdial import (CLOSE_TAG, MODE_PROMPTS, MODES, OPEN_TAG, answer_section, balanced_rows, cut_heads,
                                  model_answers, with_mode)
+from rlft.types import Example
 
 Mode = Literal["high", "medium", "low"]
 
@@ -138,6 +140,9 @@ class ArithThinkTask:
 
 def build(cfg: ArithThinkConfig) -> ArithThinkTask:
     return ArithThinkTask(cfg)
+
+
+SPEC = TaskSpec("arith_think", ArithThinkConfig, build)
 
 
 def main(argv: list[str] | None = None) -> None:

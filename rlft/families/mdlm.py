@@ -21,6 +21,7 @@ from functools import cached_property
 
 import torch
 
+
 PROBE_SEED = 1234
 PROBE_MASKED_FRACTION = 0.5
 NELBO_EVAL_SEQUENCES = 256

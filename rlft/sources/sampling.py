@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import statistics
 
-from rlft.data.jsonl import Example
+from rlft.types import Example
 from rlft.sources import Source, SourceContext
 from rlft.sources.rollouts import score, split_evenly
 from rlft.types import Rollout
