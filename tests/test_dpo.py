@@ -278,7 +278,7 @@ def test_option_combinations_that_mean_nothing_are_config_errors():
 def test_sampled_pairs_take_a_correct_and_a_wrong_completion_of_the_same_prompt():
     import random
 
-    from rlft.data.make_pairs import preference_rows
+    from rlft.make_pairs import preference_rows
 
     examples = [Example("Q: 1+1\n", None, "2"), Example("Q: 2+2\n", None, "4")]
     completions = [["A: 2", "A: 3", "A: 2"], ["A: 4", "A: 4", "A: 4"]]  # the second prompt has no wrong sample
