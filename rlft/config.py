@@ -84,6 +84,12 @@ class RuntimeConfig(Section):
         None, gt=0, description="GiB of memory the run may use (None: what this machine has available now, less "
         "the 5% of its total that Ray's memory monitor keeps free)."
     )
+    log_level: Literal["quiet", "info", "debug"] = Field(
+        "quiet", description="What the console shows. quiet: progress bars, rlft's warnings, errors and the summary; "
+        "the driver's other lines go to <run>/train.log and each role member's output (vLLM, DeepSpeed, Ray, "
+        "prints) to <run>/logs/<role>-<i>.log. info (`rlft train --verbose`): everything on the console, as "
+        "before. debug: info, with rlft, vLLM and DeepSpeed at DEBUG."
+    )
     roles: RolesConfig = Field(default_factory=RolesConfig, description="Registered class of each role kind.")
 
 

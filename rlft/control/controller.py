@@ -59,8 +59,9 @@ from rlft.control.validation import check_run
 from rlft.control.warm_start import base_model_path
 from rlft.data.collate import shard_micro_batches
 from rlft.data.tasks import build_task
-from rlft.faults import is_actor_death
+from rlft.faults import is_actor_death, note_member_output
 from rlft.families import family_for
+from rlft.logs import attach_run_log, detach_run_log
 from rlft.modes import act_against, write_mode_report
 from rlft.peft import PEFT_METHODS
 from rlft.progress import print_summary, progress_bar
@@ -157,7 +158,8 @@ class Controller:
                                cfg.tracking.project, resume_step=state.get("step"), wandb_id=state.get("wandb_id"))
         self.samples = SampleLog(self.run_dir, cfg.train.log_samples, cfg.run.seed, self.tracker)
         num_cpus = cfg.runtime.num_cpus or max(os.cpu_count() or 1, math.ceil(required_cpus(cfg, self.spec)))
-        self._owns_ray = runtime.start(cfg.runtime.mode, address=cfg.runtime.ray_address, num_cpus=num_cpus)
+        self._owns_ray = runtime.start(cfg.runtime.mode, address=cfg.runtime.ray_address, num_cpus=num_cpus,
+                                       log_level=cfg.runtime.log_level)
         self.stop.install()  # ray.init replaced the SIGTERM handler
         self.starter = RoleStarter(cfg, self.spec, self.peft, self.model_path, self.run_dir)
         self.starter.placement_check()
@@ -173,11 +175,9 @@ class Controller:
             self.restore(self.resumed)
 
     def _start_log_file(self) -> None:
-        handler = logging.FileHandler(self.run_dir / "train.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger("rlft").addHandler(handler)
-        logging.getLogger("rlft").setLevel(logging.INFO)
-        self._log_handler = handler
+        """<run>/train.log: what the driver logs (rlft's lines; under the command line also Ray's and
+        the libraries' INFO lines, which runtime.log_level quiet keeps off the console; rlft.logs)."""
+        self._log_handler = attach_run_log(self.run_dir / "train.log", self.cfg.runtime.log_level)
 
     # ----------------------------------------------------------------- learner steps
     def pad_id(self) -> int | None:
@@ -385,6 +385,8 @@ class Controller:
             raise
         except Exception as err:
             failed = explain_fault(err, self.cfg, self.roles, self.run_dir)
+            # a member that raised or died: its log file and last lines (runtime.log_level quiet)
+            note_member_output(err, self.roles, target=failed)
             if self._log_handler is not None:  # the run folder keeps why it stopped (the console shows the error)
                 self._log_handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0,
                                                         f"run stopped by an error{f': {failed}' if failed else ''}",
@@ -465,8 +467,7 @@ class Controller:
             runtime.stop(self.cfg.runtime.mode)
             self._owns_ray = False
         if self._log_handler is not None:
-            logging.getLogger("rlft").removeHandler(self._log_handler)
-            self._log_handler.close()
+            detach_run_log(self._log_handler)
             self._log_handler = None
 
 

@@ -22,8 +22,9 @@ from rlft import runtime
 from rlft.cluster import role_bundles
 from rlft.data.models import resolve_dtype
 from rlft.errors import RunError
-from rlft.faults import arm_stack_dumps
+from rlft.faults import arm_stack_dumps, note_member_output
 from rlft.footprint import GIB, ModelShape, RunDoesNotFit, check_fits, describe, estimate
+from rlft.logs import LOGS_FOLDER, plan
 from rlft.roles import ROLES
 from rlft.roles.generator import engine_cpu_bind
 from rlft.roles.learner import detect_device
@@ -105,11 +106,18 @@ class RoleStarter:
         role_cls = ROLES[kind][getattr(self.cfg.runtime.roles, kind)]
         bundle = self.bundles[kind][0] if self.cfg.runtime.mode != "inline" else {"CPU": 1.0}
         extra = {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")}
+        log_level = self.cfg.runtime.log_level
         group = runtime.RoleGroup.create(role_cls, self.cfg.runtime.mode, kwargs_per_member, num_cpus=bundle["CPU"],
-                                         num_gpus=bundle.get("GPU", 0.0), resources=extra, placement=placement, name=kind)
+                                         num_gpus=bundle.get("GPU", 0.0), resources=extra, placement=placement, name=kind,
+                                         log_dir=self.run_dir / LOGS_FOLDER if plan(log_level).to_files else None,
+                                         log_level=log_level)
         group.timeout_s = self.cfg.runtime.call_timeout_s
-        arm_stack_dumps(group, self.run_dir / "stacks")
-        info = group.call("setup")
+        try:
+            arm_stack_dumps(group, self.run_dir / "stacks")
+            info = group.call("setup")
+        except Exception as err:  # the group is not the controller's yet: its members' output is named here
+            note_member_output(err, {kind: group})
+            raise
         log.info("%s group ready: %s", kind, info[0])
         return group, info
 

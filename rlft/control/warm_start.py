@@ -69,6 +69,7 @@ def base_model_path(cfg, train: Callable[..., dict[str, Any]] | None = None, sho
             "first (rlft train) so the base model exists"
         )
     sub, stamp = warm_start_config(cfg)
+    sub.runtime.log_level = cfg.runtime.log_level  # it shows what the run shows (not part of the stamp)
     log.info("warm start: running %s", cfg.warm_start.recipe)
     summary = train(sub, show_progress=show_progress)
     (Path(summary["run_dir"]) / WARM_START_STAMP).write_text(json.dumps(stamp))

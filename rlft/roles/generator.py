@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rlft.logs import library_env
 from rlft.sync.payload import EXTENSION
 
 log = logging.getLogger(__name__)
@@ -90,6 +91,7 @@ class GeneratorActor:
                  cpu_bind: str | None = None):
         self.cfg = cfg.generator
         self.mode = cfg.runtime.mode
+        self.log_level = cfg.runtime.log_level
         self.max_model_len = cfg.generator.max_model_len
         self.model_path = model_path
         self.index = index
@@ -114,6 +116,10 @@ class GeneratorActor:
         in_actor = engine_in_actor(self.cfg.engine_processes, self.mode, current_platform.is_cpu())
         # vLLM reads this when the engine is built: 0 keeps its engine core in this process
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_actor else "1"
+        # vLLM's log level, and whether its lines go through the root logger: when its engine runs in this
+        # process and something writes the root logger's lines (a routed member, the command line; rlft.logs)
+        in_process = (in_actor or self.mode == "inline") and bool(logging.getLogger().handlers)
+        os.environ.update(library_env(self.log_level, engine_in_process=in_process))
         from vllm import LLM
 
         self.llm = LLM(**engine_kwargs(self.cfg, self.model_path, self.dtype, self.lora_rank, self.max_model_len,
