@@ -112,7 +112,7 @@ class LearnerConfig(Section):
     threads_per_rank: Annotated[int, Field(ge=1)] | Literal["auto"] | None = Field(
         None, description="torch threads per rank. None: cpus_per_rank. auto: in local mode with a synchronous loop "
         "(rollout.max_staleness 0) the machine's cores shared among the ranks, since generation and training take "
-        "turns on the same cores (on 2 cores one SmolLM2 rank trains ~1.5x faster with 2 threads than with 1); "
+        "turns on the same cores (on 2 cores one SmolLM2 rank trained 1.2-1.5x faster with 2 threads than with 1); "
         "otherwise cpus_per_rank."
     )
 
