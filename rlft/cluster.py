@@ -18,12 +18,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from rlft import run_modes
 from rlft.errors import RunError
 
 
 def resolve_storage(cfg):
     """cfg with an absolute run folder; in cluster mode it and the model cache lie on shared storage."""
-    if cfg.runtime.mode != "cluster":
+    if run_modes.on_this_machine(cfg.runtime.mode):
         output_dir = Path(cfg.run.output_dir).expanduser().absolute()
         return cfg.model_copy(update={"run": cfg.run.model_copy(update={"output_dir": str(output_dir)})})
     storage = cfg.runtime.storage

@@ -30,6 +30,7 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rlft import run_modes
 from rlft.peft import PEFT_METHODS
 from rlft.roles.generator import engine_in_actor
 
@@ -257,7 +258,7 @@ def estimate(cfg, spec, shape: ModelShape, dtype: str, payload_kind: str | None)
     """Per-role host memory of a run in local or inline mode on CPU; `dtype` is the resolved weights dtype
     ("float32", "bfloat16", ...), `payload_kind` the PEFT method's (rlft.peft)."""
     weight_bytes = DTYPE_BYTES.get(dtype.removeprefix("torch."), 4)
-    inline = cfg.runtime.mode == "inline"
+    inline = run_modes.one_process(cfg.runtime.mode)
     generates = "generator" in spec.roles
     payload = payload_bytes(cfg, shape, weight_bytes, payload_kind) if generates else (0.0, 0.0)
     base = Process("driver")

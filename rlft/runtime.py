@@ -2,7 +2,8 @@
 
 Roles are plain classes. `RoleGroup.create` instantiates N of them either directly (inline
 mode: one process, breakpoints work) or as Ray actors (local / cluster mode), and gives one
-calling convention for both. Nothing outside this module knows which mode it is in.
+calling convention for both. What a mode means for other code (one process, Ray actors, one
+machine) is answered by rlft.run_modes; nothing compares mode names.
 """
 
 from __future__ import annotations
@@ -13,13 +14,11 @@ import socket
 from pathlib import Path
 from typing import Any, Sequence
 
+from rlft import run_modes
 from rlft.logs import member_log_path, route_member_output, route_ray_driver_logs
 from rlft.processes import guard_process_tree
 
 log = logging.getLogger(__name__)
-
-REMOTE_MODES = ("local", "cluster")
-
 
 def start(mode: str, *, address: str | None = None, num_cpus: int | None = None, log_level: str = "info") -> bool:
     """Connect to (or start) Ray for the remote modes; inline mode needs nothing. True when this call
@@ -28,9 +27,7 @@ def start(mode: str, *, address: str | None = None, num_cpus: int | None = None,
     `log_level` (runtime.log_level): quiet sends Ray's own driver lines where other libraries' go
     (rlft.logs); the role members' output still reaches the driver (log_to_driver), which is what
     they pass on to the console once `RoleGroup.create` routed the rest to their log files."""
-    if mode not in ("inline", *REMOTE_MODES):
-        raise ValueError(f"unknown runtime mode {mode!r}; expected inline, local or cluster")
-    if mode == "inline":
+    if not run_modes.uses_ray(mode):
         return False
     import ray
 
@@ -50,7 +47,7 @@ def start(mode: str, *, address: str | None = None, num_cpus: int | None = None,
 
 
 def stop(mode: str) -> None:
-    if mode in REMOTE_MODES:
+    if run_modes.uses_ray(mode):
         import ray
 
         if ray.is_initialized():
@@ -59,7 +56,7 @@ def stop(mode: str) -> None:
 
 def collective_group_size(mode: str, requested: int) -> int:
     """Ranks that can run a collective group in this mode: one process holds only one rank."""
-    if mode == "inline" and requested > 1:
+    if run_modes.one_process(mode) and requested > 1:
         log.info("inline mode runs one learner rank that processes every shard (requested %d)", requested)
         return 1
     return requested
@@ -81,7 +78,7 @@ def member_gpus(requested: float | None, cluster_gpus: float) -> float:
 
 def cluster_gpus(mode: str) -> float:
     """GPUs of the Ray cluster (all nodes); inline mode reserves nothing, so 0."""
-    if mode == "inline":
+    if not run_modes.uses_ray(mode):
         return 0.0
     import ray
 
@@ -136,14 +133,14 @@ def _rendezvous_probe(host: str | None) -> tuple[str, int, str]:
 def rendezvous(mode: str, placement=None) -> dict[str, Any]:
     """Address and port of the learners' rendezvous, on the node of learner rank 0 (bundle 0 of the
     placement group). Local and inline modes: 127.0.0.1, so the ranks connect over loopback."""
-    if mode == "inline" or placement is None:
+    if not run_modes.uses_ray(mode) or placement is None:
         return {"addr": "127.0.0.1", "port": free_port(), "node_id": None}
     import ray
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     probe = ray.remote(num_cpus=0)(_rendezvous_probe).options(
         scheduling_strategy=PlacementGroupSchedulingStrategy(placement, placement_group_bundle_index=0))
-    addr, port, node_id = ray.get(probe.remote("127.0.0.1" if mode == "local" else None))
+    addr, port, node_id = ray.get(probe.remote("127.0.0.1" if run_modes.on_this_machine(mode) else None))
     return {"addr": addr, "port": port, "node_id": node_id}
 
 
@@ -183,7 +180,7 @@ class RoleGroup:
         (remote modes), each actor writes its stdout and stderr to <log_dir>/<name>-<i>.log
         (rlft.logs.route_member_output, at `log_level`), a replacement appending to the same file."""
         name = name or role_cls.__name__
-        if mode == "inline":
+        if run_modes.one_process(mode):
             return cls(name, [role_cls(**kwargs) for kwargs in kwargs_per_member], remote=False)
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy

@@ -306,6 +306,16 @@ def test_learner_threads_auto_takes_the_idle_cores_only_in_a_local_synchronous_l
         LearnerConfig(threads_per_rank=0)
 
 
+def test_run_modes_answer_what_each_mode_means_and_refuse_unknown_names():
+    from rlft import run_modes
+
+    table = {mode: (run_modes.one_process(mode), run_modes.uses_ray(mode), run_modes.on_this_machine(mode))
+             for mode in run_modes.MODES}
+    assert table == {"inline": (True, False, True), "local": (False, True, True), "cluster": (False, True, False)}
+    with pytest.raises(ValueError, match="unknown runtime mode 'locl'"):
+        run_modes.uses_ray("locl")
+
+
 def test_every_role_kind_has_a_starter():
     """The set-up starts each kind through rlft.control.startup.STARTERS: every kind an algorithm
     names needs one (learners first, then the algorithm's kinds in their order)."""

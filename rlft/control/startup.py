@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-from rlft import runtime
+from rlft import run_modes, runtime
 from rlft.cluster import role_bundles
 from rlft.data.models import resolve_dtype
 from rlft.errors import RunError
@@ -36,11 +36,11 @@ def learner_threads(learner, mode: str, *, synchronous: bool, cores: int, ranks:
     """torch threads of each learner rank (None: leave torch's default, inline mode shares the driver's).
     `auto` hands a local synchronous run's idle cores to the learners: the engine is bound to all of them
     while it generates, and nothing else runs while the ranks train."""
-    if mode == "inline":
+    if run_modes.one_process(mode):
         return None
     if isinstance(learner.threads_per_rank, int):
         return learner.threads_per_rank
-    if learner.threads_per_rank == "auto" and mode == "local" and synchronous:
+    if learner.threads_per_rank == "auto" and run_modes.on_this_machine(mode) and synchronous:
         return max(1, cores // ranks)
     return max(1, int(learner.cpus_per_rank))
 
@@ -66,7 +66,7 @@ def memory_check(cfg, spec, peft, model_path) -> list | None:
     exceeds what this machine offers (runtime.memory_check). None where it is not checked: in cluster
     mode each node has its own memory, and on GPU the weights live on the devices. Runs before any
     role starts, so the learners' device is the one this process detects."""
-    if cfg.runtime.memory_check == "off" or cfg.runtime.mode == "cluster" or learner_device(cfg) != "cpu":
+    if cfg.runtime.memory_check == "off" or not run_modes.on_this_machine(cfg.runtime.mode) or learner_device(cfg) != "cpu":
         return None
     found = estimate(cfg, spec, ModelShape.from_folder(model_path),
                      str(resolve_dtype(cfg.model.dtype, learner_device(cfg))), peft.payload_kind)
@@ -93,7 +93,7 @@ class RoleStarter:
 
     def placement_check(self) -> None:
         """Remote modes: fail now, not by waiting forever, when the roles need more than the cluster has."""
-        if self.cfg.runtime.mode == "inline":
+        if not run_modes.uses_ray(self.cfg.runtime.mode):
             return
         import ray
 
@@ -104,7 +104,7 @@ class RoleStarter:
     def create(self, kind: str, kwargs_per_member: list[dict], placement=None) -> tuple[runtime.RoleGroup, list]:
         """The group of `kind` (its class from runtime.roles), set up: (group, each member's setup report)."""
         role_cls = ROLES[kind][getattr(self.cfg.runtime.roles, kind)]
-        bundle = self.bundles[kind][0] if self.cfg.runtime.mode != "inline" else {"CPU": 1.0}
+        bundle = self.bundles[kind][0] if run_modes.uses_ray(self.cfg.runtime.mode) else {"CPU": 1.0}
         extra = {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")}
         log_level = self.cfg.runtime.log_level
         group = runtime.RoleGroup.create(role_cls, self.cfg.runtime.mode, kwargs_per_member, num_cpus=bundle["CPU"],
@@ -142,7 +142,7 @@ def start_learners(starter: RoleStarter) -> runtime.RoleGroup:
     """Ranks in a placement group (learner.placement); the rendezvous is on rank 0's node."""
     cfg, mode = starter.cfg, starter.cfg.runtime.mode
     ranks = runtime.collective_group_size(mode, cfg.learner.count)
-    placement = None if mode == "inline" else runtime.learner_placement_group(
+    placement = None if not run_modes.uses_ray(mode) else runtime.learner_placement_group(
         starter.bundles["learner"], cfg.learner.placement, cfg.runtime.placement_timeout_s)
     try:
         starter.rendezvous = runtime.rendezvous(mode, placement)
@@ -169,7 +169,7 @@ def start_generators(starter: RoleStarter) -> runtime.RoleGroup:
     dtype = str(starter.dtype()).removeprefix("torch.")
     cores = os.cpu_count() or 1
     # Core binding splits this machine's cores; in cluster mode engines run on other machines.
-    bind = device == "cpu" and gen.bind_cpus and cfg.runtime.mode != "cluster"
+    bind = device == "cpu" and gen.bind_cpus and run_modes.on_this_machine(cfg.runtime.mode)
     kwargs = [dict(cfg=cfg, index=i, model_path=str(starter.model_path), dtype=dtype, seed=cfg.run.seed + i,
                    lora_rank=starter.peft(cfg.peft).generator_lora_rank() if cfg.sync.weights == "adapter" else None,
                    cpu_bind=engine_cpu_bind(i, gen.count, cores) if bind else None)
@@ -204,5 +204,5 @@ def memory_budget(cfg) -> tuple[float, str]:
     import psutil
 
     memory = psutil.virtual_memory()
-    reserve = 0.05 * memory.total if cfg.runtime.mode != "inline" else 0.0
+    reserve = 0.05 * memory.total if run_modes.uses_ray(cfg.runtime.mode) else 0.0
     return max(0.0, memory.available - reserve), "this machine (available memory less Ray's 5% margin)"

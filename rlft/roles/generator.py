@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rlft import run_modes
 from rlft.logs import library_env
 from rlft.sync.payload import EXTENSION
 
@@ -26,7 +27,7 @@ def engine_in_actor(setting: str, mode: str, cpu: bool) -> bool:
     """Whether vLLM's engine core and worker run inside the generator's own process (generator.engine_processes)."""
     if setting != "auto":
         return setting == "in_actor"
-    return cpu and mode != "inline"
+    return cpu and not run_modes.one_process(mode)
 
 
 def engine_kwargs(gen_cfg, model_path: str, dtype: str, lora_rank: int | None, max_model_len: int | None,
@@ -118,7 +119,7 @@ class GeneratorActor:
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_actor else "1"
         # vLLM's log level, and whether its lines go through the root logger: when its engine runs in this
         # process and something writes the root logger's lines (a routed member, the command line; rlft.logs)
-        in_process = (in_actor or self.mode == "inline") and bool(logging.getLogger().handlers)
+        in_process = (in_actor or run_modes.one_process(self.mode)) and bool(logging.getLogger().handlers)
         os.environ.update(library_env(self.log_level, engine_in_process=in_process))
         from vllm import LLM
 
