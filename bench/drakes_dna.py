@@ -11,7 +11,7 @@ configs/mdlm_dna_pretrain.yaml, runs once under --out and is shared by every run
 the same recipe with algorithm.alpha=0. The pretrained row is each DRAKES run's evaluation at
 step 0 (the same weights, that seed's evaluation noise).
 
-Metrics (rlft.families.mdlm; 128 sequences per evaluation by the recipe): Pred-Activity = median
+Metrics (rlft.sources.sampling; 128 sequences per evaluation by the recipe): Pred-Activity = median
 HepG2 logit of the held-out evaluation oracle; HepG2 % = fraction it classifies as HepG2; 3-mer
 and JASPAR motif correlations with the data's top HepG2 sequences; App-Log-Lik = median
 approximate log-likelihood (nats) under the pretrained model. Mean (std) over seeds. The raw

@@ -23,7 +23,7 @@ Rows:
   each pinned to its own core, the policy shipped as a LoRA adapter), `overlapped` (max_staleness=1),
   `one-engine` (synchronous, 1 generator on every core), and `merged`, `merged-overlapped`,
   `merged-one-engine` (the same with sync.weights=merged: generators reload every weight with the
-  adapter merged in, and generate without LoRA kernels): `rlft.controller.train` with evaluation,
+  adapter merged in, and generate without LoRA kernels): `rlft.control.train` with evaluation,
   wandb and plots off. Reported: completions
   over the loop's seconds (`summary['samples_per_s']`, roles already started) and the median of the
   per-iteration `perf/samples_per_s`, first iteration skipped as warm-up.
@@ -133,7 +133,7 @@ def rlft_config(args):
 
 # ----------------------------------------------------------------- rlft
 def run_rlft(args) -> dict:
-    from rlft.controller import train
+    from rlft.control import train
 
     cfg = rlft_config(args)
     t0 = time.time()
@@ -195,13 +195,13 @@ def run_trl(args) -> dict:
     from rlft.data.collate import uses_chat_template
     from rlft.data.tasks import build_task
     from rlft.data.models import resolve_dtype
-    from rlft.runs import base_model_path
+    from rlft.control.warm_start import base_model_path
 
     if args.threads:
         torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     cfg = rlft_config(args)
-    model_path = base_model_path(cfg, run_warm_start=False)  # the rlft side creates a missing warm start
+    model_path = base_model_path(cfg)  # the rlft side creates a missing warm start
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     chat = uses_chat_template(tokenizer, cfg.data.chat_template)  # as rlft encodes prompts
     bf16 = MODELS[args.model]["bf16"] and resolve_dtype("fast", "cpu") == torch.bfloat16

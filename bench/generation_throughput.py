@@ -92,13 +92,12 @@ def make_payload(model_path: str, rank: int = 8, alpha: float = 16.0):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from rlft.config import PeftConfig
-    from rlft.peft.lora import adapter_tensors
+    from rlft.peft.lora import LoRAConfig, adapter_tensors
     from rlft.sync.payload import LoraPayload, adapter_config_dict
 
     torch.manual_seed(0)
     lora = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, task_type="CAUSAL_LM",
-                      target_modules=list(PeftConfig().target_modules))
+                      target_modules=list(LoRAConfig().target_modules))
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32), lora)
     tensors = adapter_tensors(model)
     tensors = {k: (torch.randn_like(v) * 0.05 if ".lora_B." in k else v) for k, v in tensors.items()}

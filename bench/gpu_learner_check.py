@@ -46,7 +46,7 @@ def config(algorithm: dict, out: Path):
 
 def steps(algorithm: str, out: Path) -> tuple[list[dict], dict]:
     """Three learner steps; (per step {loss, grad_norm}, learner info)."""
-    from rlft.controller import Controller
+    from rlft.control import Controller
 
     from tests.helpers import synthetic_rollout_rows
 

@@ -65,9 +65,10 @@ def recipe_config(args, *extra: str):
 
 
 def base_model(cfg) -> str:
-    from rlft.runs import base_model_path
+    from rlft.control import train
+    from rlft.control.warm_start import base_model_path
 
-    return str(base_model_path(cfg, run_warm_start=True, show_progress=False))
+    return str(base_model_path(cfg, train=train, show_progress=False))
 
 
 def prompts_of(cfg, tokenizer) -> list[list[int]]:
@@ -175,7 +176,7 @@ def bare_learner(args) -> dict:
 
 # ----------------------------------------------------------------- rlft
 def rlft_loop(args) -> dict:
-    from rlft.controller import train
+    from rlft.control import train
 
     probe = recipe_config(args)
     steps = args.iterations * probe.rollout.mini_batches

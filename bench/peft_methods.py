@@ -66,7 +66,13 @@ def parse_args() -> argparse.Namespace:
 
 
 def peft_overrides(method: str, rank: int) -> dict:
-    peft = {"method": method, "r": rank, "alpha": 2 * rank}
+    """The method's peft section: rank and alpha 2 x rank for the methods that take them (not hft, full)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from rlft.peft import PEFT_METHODS
+
+    fields = PEFT_METHODS[method].config_cls.model_fields
+    peft = {"method": method, **{k: v for k, v in {"r": rank, "alpha": 2 * rank}.items() if k in fields}}
     if method == "lift":
         peft["lift_update_interval"] = 2  # a refresh inside the timed rounds: its union ships once
     return peft
@@ -75,7 +81,7 @@ def peft_overrides(method: str, rank: int) -> dict:
 def sync_worker(args) -> None:
     """One method on one model: warm-up, then timed optimizer step + publish rounds."""
     sys.path.insert(0, str(ROOT))
-    from rlft.controller import Controller
+    from rlft.control import Controller
     from tests.helpers import rl_config, synthetic_rollout_rows
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -142,8 +148,9 @@ def part_sync(args, work: Path) -> dict:
 
 def accuracy_run(args, work: Path, method: str, lr: float, seed: int) -> dict:
     name = f"peft_{method}_lr{lr:g}_s{seed}"
-    over = [f"run.name={name}", f"run.output_dir={work / 'runs'}", f"run.seed={seed}", f"peft.method={method}",
-            f"peft.r={args.rank}", f"peft.alpha={2 * args.rank}", "learner.zero_stage=0", f"train.steps={args.steps}",
+    peft = [f"peft.{k}={v}" for k, v in peft_overrides(method, args.rank).items() if k != "lift_update_interval"]
+    over = [f"run.name={name}", f"run.output_dir={work / 'runs'}", f"run.seed={seed}", *peft,
+            "learner.zero_stage=0", f"train.steps={args.steps}",
             f"train.lr={lr}", f"train.eval_every={args.steps // 2}", "tracking.wandb=disabled", "tracking.plots=false",
             "sync.weights=" + ("merged" if method == "full" else "adapter")]
     print(f"[accuracy] rlft train {RECIPE} {' '.join(over)}", flush=True)

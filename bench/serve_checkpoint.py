@@ -52,7 +52,7 @@ def servable_folder(cfg, checkpoint: Path) -> Path:
     merged = checkpoint.with_name(checkpoint.name + "-merged")
     if (merged / "config.json").is_file():
         return merged
-    from rlft.evaluate import load_for_eval
+    from rlft.control.evaluate import load_for_eval
 
     model, tokenizer = load_for_eval(cfg, str(checkpoint))
     model.merge_and_unload().save_pretrained(merged)

@@ -58,7 +58,7 @@ def status_kb(pid: int, field: str) -> int:
 def measure(engine: str, bucket_mb: int | None, syncs: int, out: Path) -> dict:
     sys.path.insert(0, str(ROOT))
     from rlft.config import config_from_dict
-    from rlft.controller import Controller
+    from rlft.control import Controller
 
     name = f"{engine}_buckets_{bucket_mb or 'none'}"
     cfg = config_from_dict({

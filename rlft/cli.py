@@ -13,16 +13,25 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from rlft.config import load_config
-    from rlft.controller import train
+    from rlft.control import train
+    from rlft.logs import console_for
 
     cfg = load_config(args.config, args.overrides)
-    train(cfg, show_progress=not args.quiet)
+    cfg.runtime.log_level = train_log_level(cfg.runtime.log_level, args.verbose)
+    with console_for(cfg.runtime.log_level):
+        train(cfg, show_progress=not args.quiet)
     return 0
+
+
+def train_log_level(configured: str, verbose: bool) -> str:
+    """runtime.log_level as `rlft train` runs it: --verbose shows everything (info), or more when the
+    recipe or an override asked for debug."""
+    return "info" if verbose and configured == "quiet" else configured
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from rlft.config import load_config
-    from rlft.evaluate import evaluate_checkpoint
+    from rlft.control.evaluate import evaluate_checkpoint
     from rlft.progress import print_summary
 
     cfg = load_config(args.config, args.overrides)
@@ -85,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("config", help="recipe YAML, e.g. configs/sft_tiny_arith.yaml")
     train.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.lr=1e-4")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--verbose", action="store_true",
+                       help="every process's log lines on the console (runtime.log_level=info); by default vLLM, Ray "
+                            "and DeepSpeed write to RUN/train.log and RUN/logs/")
     train.set_defaults(func=_cmd_train)
     ev = sub.add_parser("eval", help="score a checkpoint on the recipe's held-out split")
     ev.add_argument("config")
@@ -113,13 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    from rlft.checkpoints import ResumeError
     from rlft.config import ConfigError
+    from rlft.control.resume import RunStopped
     from rlft.data.jsonl import DataError
+    from rlft.errors import ResumeError, RunError
     from rlft.faults import LearnerFailed, RoleTimeout
-    from rlft.resume import RunStopped
     from rlft.sync.protocol import SyncError
-    from rlft.validation import RunError
 
     try:
         return args.func(args)
@@ -129,6 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, DataError, RunError, SyncError, ResumeError, LearnerFailed, RoleTimeout, FloatingPointError,
             FileNotFoundError, FileExistsError) as err:
         print(f"rlft: error: {err}", file=sys.stderr)
+        for note in getattr(err, "__notes__", ()):  # e.g. the output of the role member that failed (rlft.faults)
+            print(note, file=sys.stderr)
         return 2
 
 

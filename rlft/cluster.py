@@ -18,14 +18,15 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from rlft import run_modes
+from rlft.errors import RunError
+
 
 def resolve_storage(cfg):
     """cfg with an absolute run folder; in cluster mode it and the model cache lie on shared storage."""
-    if cfg.runtime.mode != "cluster":
+    if run_modes.on_this_machine(cfg.runtime.mode):
         output_dir = Path(cfg.run.output_dir).expanduser().absolute()
         return cfg.model_copy(update={"run": cfg.run.model_copy(update={"output_dir": str(output_dir)})})
-    from rlft.validation import RunError
-
     storage = cfg.runtime.storage
     if storage is not None and not Path(storage).expanduser().is_absolute():
         raise RunError(f"runtime.storage={storage!r} is relative: in cluster mode it must be an absolute folder "

@@ -1,18 +1,19 @@
 """YAML recipe -> typed, validated config.
 
 Sections are pydantic models (rlft.schema.Section) that forbid unknown keys; each field's
-default lives on the field. `task`, `algorithm` and each entry of `reward.components` are named
-sections: their `name` picks the config class from a registry (the class lives in the file of
-the task, algorithm or reward component). Every error names the file and the dotted key and,
-for unknown names, suggests the closest valid one.
+default lives on the field. `task`, `algorithm`, `peft` and each entry of `reward.components` are
+named sections (NAMED_SECTIONS): their `name` (for `peft`: `method`) picks the config class from a
+registry, and the class lives in the file of the task, algorithm, PEFT method or reward component.
+Every error names the file and the dotted key and, for unknown names, suggests the closest valid one.
 
 Plain data: importing this module imports no torch, transformers, vLLM, DeepSpeed or Ray; only
-validating a config imports the one algorithm (and components) it names.
+validating a config imports the one task, algorithm and PEFT method (and components) it names.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -22,7 +23,7 @@ from pydantic import Field, ValidationError
 from rlft.algorithms import ALGORITHMS
 from rlft.data.model_config import KNOWN_MODEL_NAMES, ModelConfig
 from rlft.data.tasks import TASKS
-from rlft.peft import PEFT_METHODS
+from rlft.peft import DEFAULT_METHOD, PEFT_METHODS
 from rlft.registry import closest
 from rlft.rewards import REWARD_COMPONENTS
 from rlft.schema import Section
@@ -82,6 +83,12 @@ class RuntimeConfig(Section):
     memory_gb: float | None = Field(
         None, gt=0, description="GiB of memory the run may use (None: what this machine has available now, less "
         "the 5% of its total that Ray's memory monitor keeps free)."
+    )
+    log_level: Literal["quiet", "info", "debug"] = Field(
+        "quiet", description="What the console shows. quiet: progress bars, rlft's warnings, errors and the summary; "
+        "the driver's other lines go to <run>/train.log and each role member's output (vLLM, DeepSpeed, Ray, "
+        "prints) to <run>/logs/<role>-<i>.log. info (`rlft train --verbose`): everything on the console, as "
+        "before. debug: info, with rlft, vLLM and DeepSpeed at DEBUG."
     )
     roles: RolesConfig = Field(default_factory=RolesConfig, description="Registered class of each role kind.")
 
@@ -195,34 +202,6 @@ class SyncConfig(Section):
     )
 
 
-class PeftConfig(Section):
-    method: str = Field(
-        "lora", description="What is trained: full, lora, pissa, paca, lift, hft (rlft.peft.PEFT_METHODS)."
-    )
-    r: int = Field(8, ge=1, description="Adapter rank (LoRA, PiSSA); columns per layer (PaCA); LoRA-equivalent "
-                                       "budget (LIFT trains (in+out) x r entries per layer).")
-    alpha: float = Field(16.0, gt=0, description="LoRA and PaCA alpha (scaling alpha/r).")
-    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input.")
-    target_modules: list[str] = Field(
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        description="Linear layers that get adapters.",
-    )
-    pissa_niter: int | None = Field(
-        4, description="PiSSA fast-SVD iterations (None: exact SVD)."
-    )
-    lift_filter_rank: int | None = Field(
-        None, ge=1, description="LIFT: rank of the approximation whose largest entries are trained (None: r)."
-    )
-    lift_update_interval: int = Field(
-        200, ge=0, description="LIFT: re-select the trained entries every N optimizer steps (0: never; "
-                               "a refresh remaps Adam moments, so it needs learner.zero_stage=0)."
-    )
-    hft_round: int = Field(
-        0, ge=0, description="HFT: which random half is trained; give each stage of a chain its own round."
-    )
-    hft_train_embeddings: bool = Field(True, description="HFT: train the input embedding and LM head too.")
-
-
 class TrainConfig(Section):
     steps: int = Field(100, ge=1, description="Optimizer steps.")
     batch_size: int = Field(64, ge=1, description="Sequences per optimizer step, over all ranks.")
@@ -297,7 +276,7 @@ class RLFTConfig(Section):
     run: RunConfig = RunConfig()
     runtime: RuntimeConfig = RuntimeConfig()
     model: ModelConfig = ModelConfig()
-    peft: PeftConfig = PeftConfig()
+    peft: Any = Field(..., description="PEFT section; `method` picks the method (default lora).")
     task: Any = Field(..., description="Task section; `name` picks the task.")
     algorithm: Any = Field(..., description="Algorithm section; `name` picks the algorithm.")
     train: TrainConfig = TrainConfig()
@@ -323,8 +302,22 @@ class RLFTConfig(Section):
         return Path(self.run.output_dir) / self.run.name
 
 
-# Section (or list entry) -> registry of records with a `config_cls`.
-NAMED_SECTIONS = {"task": TASKS, "algorithm": ALGORITHMS}
+@dataclass(frozen=True)
+class NamedSection:
+    """A section whose `key` picks its config class: `registry[value].config_cls`."""
+
+    registry: Any
+    key: str = "name"
+    default: str | None = None  # the value when the section or its key is left out (None: required)
+
+
+# Top-level section -> how it is named. reward.components entries are named sections of
+# rlft.rewards.REWARD_COMPONENTS (_validate_components).
+NAMED_SECTIONS = {
+    "task": NamedSection(TASKS),
+    "algorithm": NamedSection(ALGORITHMS),
+    "peft": NamedSection(PEFT_METHODS, key="method", default=DEFAULT_METHOD),
+}
 _suggest = closest
 
 
@@ -354,16 +347,21 @@ def _format_errors(err: ValidationError, model_cls: type[Section], source: str, 
     return "\n".join(lines)
 
 
-def _validate_named(raw: Any, kind: str, source: str, registry=None, key: str | None = None) -> Section:
-    registry = NAMED_SECTIONS[kind] if registry is None else registry
-    key = key or kind
-    if not isinstance(raw, dict) or "name" not in raw:
-        raise ConfigError(f"{source}: section '{key}' needs a 'name' (one of {sorted(registry)})")
-    name = raw["name"]
-    if name not in registry:
+def _validate_named(raw: Any, kind: str, source: str, section: NamedSection | None = None,
+                    key: str | None = None) -> Section:
+    section = NAMED_SECTIONS[kind] if section is None else section
+    registry, name_key, key = section.registry, section.key, key or kind
+    if section.default is not None and raw is None:
+        raw = {}
+    if section.default is not None and isinstance(raw, dict) and name_key not in raw:
+        raw = {name_key: section.default, **raw}
+    if not isinstance(raw, dict) or name_key not in raw:
+        raise ConfigError(f"{source}: section '{key}' needs a '{name_key}' (one of {sorted(registry)})")
+    name = raw[name_key]
+    if not isinstance(name, str) or name not in registry:
         hint = _suggest(str(name), sorted(registry))
         raise ConfigError(
-            f"{source}: unknown {kind} name {name!r} at key '{key}.name'{hint}; "
+            f"{source}: unknown {kind} {name_key} {name!r} at key '{key}.{name_key}'{hint}; "
             f"valid: {', '.join(sorted(registry))}"
         )
     cls = registry[name].config_cls
@@ -382,15 +380,9 @@ def _validate_components(raw: dict, source: str) -> None:
     if not isinstance(entries, list) or not entries:
         raise ConfigError(f"{source}: key 'reward.components' must be a non-empty list of {{name, weight}} entries")
     raw["reward"] = {**reward, "components": [
-        _validate_named(entry, "reward component", source, REWARD_COMPONENTS, f"reward.components.{i}")
+        _validate_named(entry, "reward component", source, NamedSection(REWARD_COMPONENTS), f"reward.components.{i}")
         for i, entry in enumerate(entries)
     ]}
-
-
-def _check_choice(value: str, registry, kind: str, key: str, source: str) -> None:
-    if value not in registry:
-        raise ConfigError(f"{source}: unknown {kind} {value!r} at key '{key}'{_suggest(value, registry.names())}; "
-                          f"valid: {', '.join(registry.names())}")
 
 
 def _check_model_name(cfg: RLFTConfig, source: str) -> None:
@@ -428,6 +420,26 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
+def switch_peft_method(section: dict, method: Any) -> dict:
+    """A raw `peft` section with its method set to `method`, keeping only the keys that method has a
+    field for (an unknown method keeps them all: validation then names it)."""
+    if not isinstance(method, str) or method not in PEFT_METHODS:
+        return {**section, "method": method}
+    fields = PEFT_METHODS[method].config_cls.model_fields
+    return {**{k: v for k, v in section.items() if k in fields}, "method": method}
+
+
+def _switch_peft_by_override(raw: dict, overrides: list[str]) -> dict:
+    """An override that gives `peft.method` another method drops the recipe's `peft` keys that the new
+    method has no field for (an override cannot delete a key, and `peft.method=full` on a LoRA recipe
+    should not fail on its `r`). Keys given as overrides are still checked against the new method."""
+    methods = [value for parts, value in map(parse_override, overrides) if parts == ["peft", "method"]]
+    section = raw.get("peft")
+    if not methods or not isinstance(section, dict) or methods[-1] == section.get("method", DEFAULT_METHOD):
+        return raw
+    return {**raw, "peft": switch_peft_method(section, methods[-1])}
+
+
 def config_from_dict(raw: dict, source: str = "<dict>") -> RLFTConfig:
     raw = dict(raw)
     named = {kind: _validate_named(raw.pop(kind, None), kind, source) for kind in NAMED_SECTIONS}
@@ -437,7 +449,6 @@ def config_from_dict(raw: dict, source: str = "<dict>") -> RLFTConfig:
     except ValidationError as err:
         raise ConfigError(_format_errors(err, RLFTConfig, source, ())) from None
     _check_model_name(cfg, source)
-    _check_choice(cfg.peft.method, PEFT_METHODS, "peft method", "peft.method", source)
     return cfg
 
 
@@ -452,7 +463,7 @@ def load_config(path: str | os.PathLike, overrides: list[str] | None = None) -> 
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: top level must be a mapping of sections")
-    raw = apply_overrides(raw, overrides or [])
+    raw = apply_overrides(_switch_peft_by_override(raw, overrides or []), overrides or [])
     source = str(path) + (f" (with overrides {' '.join(overrides)})" if overrides else "")
     return config_from_dict(raw, source)
 

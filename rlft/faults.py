@@ -16,6 +16,10 @@ learner stops the run with its checkpoint intact, and a hang becomes an error wi
   faulthandler on SIGUSR1 when it starts; on a timeout the controller signals the members of the
   group that did not answer, so each writes the stacks of all its threads to
   `<run>/stacks/<role>-<i>.txt` (even when stuck inside C code), and the run stops with RoleTimeout.
+* With runtime.log_level quiet, each member's output goes to `<run>/logs/<role>-<i>.log` (rlft.logs).
+  The error that stops a run because a member raised or died, and the warning about a member
+  replaced, name that member's file and quote its last lines (`note_member_output`), so what the
+  member printed before it failed still reaches the user.
 """
 
 from __future__ import annotations
@@ -28,6 +32,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from rlft.logs import output_note
 
 log = logging.getLogger(__name__)
 
@@ -218,9 +224,89 @@ def restart_dead(groups: dict[str, Any], kinds: tuple[str, ...]) -> int:
         if group is None:
             continue
         for index in group.dead_members():
-            log.warning("%s %d died: starting a new one", kind, index)
+            note = member_note(group, index)
+            log.warning("%s %d died: starting a new one%s", kind, index, f"\n{note}" if note else "")
             group.restart(index)
             if group.stacks:
                 arm_member(group, index)
             restarted += 1
     return restarted
+
+
+# ----------------------------------------------------------------- the output of a member that failed
+_ACTOR_ID = re.compile(r"\bactor_id[=:]\s*(?:ActorID\()?([0-9a-fA-F]{16,})")
+_PID = re.compile(r"\bpid[=:]\s*(\d+)")
+
+
+def _errors(err: BaseException, depth: int = 8):
+    """err and the errors it was raised from or during, outermost first."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen and len(seen) < depth:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__
+
+
+def member_of(err: BaseException, groups: dict[str, Any]) -> tuple[str, int] | None:
+    """(role, member index) of the remote member whose failure `err` reports, else None. Ray names the
+    actor: RayActorError.actor_id, and in its messages "actor_id=<hex>" (a task's error, also when its
+    class is the user's error's as well) or "actor_id: <hex>" (a dead actor), with its "pid=" / "pid:".
+    An error that names several (one failed because another's result was missing) is the innermost's."""
+    ids: list[str] = []
+    pids: list[int] = []
+    for error in _errors(err):
+        attribute = getattr(error, "actor_id", None)
+        if isinstance(attribute, str):
+            ids.append(attribute.lower())
+        try:
+            text = str(error)
+        except Exception:  # noqa: BLE001 (a message that cannot be built names nobody)
+            continue
+        ids.extend(found.lower() for found in _ACTOR_ID.findall(text))
+        pids.extend(int(found) for found in _PID.findall(text))
+    members: dict[str, tuple[str, int]] = {}
+    by_pid: dict[int, tuple[str, int]] = {}
+    for kind, group in groups.items():
+        if not getattr(group, "remote", False):
+            continue
+        for index, member in enumerate(group.members):
+            actor_id = getattr(member, "_actor_id", None)
+            if actor_id is not None:
+                members[actor_id.hex().lower() if hasattr(actor_id, "hex") else str(actor_id).lower()] = (kind, index)
+        for index, where in enumerate(group.processes or []):
+            if where:
+                by_pid[where[1]] = (kind, index)
+    for actor_id in reversed(ids):
+        if actor_id in members:
+            return members[actor_id]
+    for pid in reversed(pids):
+        if pid in by_pid:
+            return by_pid[pid]
+    return None
+
+
+def member_note(group, index: int) -> str | None:
+    """The member's log file and its last lines (None when the member has no log file)."""
+    logs = getattr(group, "logs", None)
+    if not logs:
+        return None
+    return output_note(f"{group.name} {index}", Path(logs[index]))
+
+
+def note_member_output(err: BaseException, groups: dict[str, Any], target: BaseException | None = None) -> str | None:
+    """When `err` reports a member of one of `groups` that has a log file, add that file and its last
+    lines to `target` (default `err`) as a note: Python prints notes under the traceback and the
+    command line under its one-line error. Once per error; returns the note."""
+    target = err if target is None else target
+    if getattr(target, "_rlft_output_noted", False):
+        return None
+    found = member_of(err, groups)
+    note = member_note(groups[found[0]], found[1]) if found else None
+    if note is None:
+        return None
+    try:
+        target.add_note(note)
+        target._rlft_output_noted = True
+    except (AttributeError, TypeError):  # an error that takes no attributes keeps its message as it is
+        return None
+    return note

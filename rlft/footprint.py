@@ -30,6 +30,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from rlft import run_modes
+from rlft.peft import PEFT_METHODS
 from rlft.roles.generator import engine_in_actor
 
 MIB = 2**20
@@ -89,6 +91,14 @@ class ModelShape:
             return None
         return {"q_proj": (h, h), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (h, h),
                 "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}.get(module)
+
+    def adapter_linear_sizes(self, modules) -> list[tuple[int, int]] | None:
+        """(in, out) of each of `modules` that is a Llama-style projection (TARGET_SHAPES; others are
+        skipped) in one layer; None when none is or their sizes or the layer count are unknown."""
+        sizes = [self.linear_sizes(m) for m in modules if m in TARGET_SHAPES]
+        if not sizes or None in sizes or self.layers is None:
+            return None
+        return sizes
 
 
 def safetensors_numel(path: Path) -> int:
@@ -156,17 +166,8 @@ class RoleEstimate:
 
 
 def trainable_params(cfg, shape: ModelShape) -> int:
-    """Parameters the learner trains (with gradients and Adam moments) for the PEFT method."""
-    method = cfg.peft.method
-    if method == "full":
-        return shape.params
-    if method == "hft":
-        return shape.params // 2
-    sizes = [shape.linear_sizes(m) for m in cfg.peft.target_modules if m in TARGET_SHAPES]
-    if not sizes or None in sizes or shape.layers is None:
-        return shape.params // 100  # an unknown architecture: adapters are ~1% of it
-    per_layer = sum(out if method == "paca" else inp + out for inp, out in sizes)
-    return cfg.peft.r * per_layer * shape.layers
+    """Parameters the learner trains (with gradients and Adam moments): the PEFT method's own count."""
+    return PEFT_METHODS[cfg.peft.method].trained_parameters(cfg.peft, shape)
 
 
 def payload_bytes(cfg, shape: ModelShape, weight_bytes: int, payload_kind: str | None) -> tuple[float, float]:
@@ -257,7 +258,7 @@ def estimate(cfg, spec, shape: ModelShape, dtype: str, payload_kind: str | None)
     """Per-role host memory of a run in local or inline mode on CPU; `dtype` is the resolved weights dtype
     ("float32", "bfloat16", ...), `payload_kind` the PEFT method's (rlft.peft)."""
     weight_bytes = DTYPE_BYTES.get(dtype.removeprefix("torch."), 4)
-    inline = cfg.runtime.mode == "inline"
+    inline = run_modes.one_process(cfg.runtime.mode)
     generates = "generator" in spec.roles
     payload = payload_bytes(cfg, shape, weight_bytes, payload_kind) if generates else (0.0, 0.0)
     base = Process("driver")

@@ -2,7 +2,8 @@
 
 Roles are plain classes. `RoleGroup.create` instantiates N of them either directly (inline
 mode: one process, breakpoints work) or as Ray actors (local / cluster mode), and gives one
-calling convention for both. Nothing outside this module knows which mode it is in.
+calling convention for both. What a mode means for other code (one process, Ray actors, one
+machine) is answered by rlft.run_modes; nothing compares mode names.
 """
 
 from __future__ import annotations
@@ -10,27 +11,29 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from pathlib import Path
 from typing import Any, Sequence
 
+from rlft import run_modes
+from rlft.logs import member_log_path, route_member_output, route_ray_driver_logs
 from rlft.processes import guard_process_tree
 
 log = logging.getLogger(__name__)
 
-REMOTE_MODES = ("local", "cluster")
-
-
-def start(mode: str, *, address: str | None = None, num_cpus: int | None = None) -> bool:
+def start(mode: str, *, address: str | None = None, num_cpus: int | None = None, log_level: str = "info") -> bool:
     """Connect to (or start) Ray for the remote modes; inline mode needs nothing. True when this call
     connected: the caller then owns the connection and `stop`s it; a Ray this process had already
-    connected to (a notebook's, a test module's shared one) is used as it is and left running."""
-    if mode not in ("inline", *REMOTE_MODES):
-        raise ValueError(f"unknown runtime mode {mode!r}; expected inline, local or cluster")
-    if mode == "inline":
+    connected to (a notebook's, a test module's shared one) is used as it is and left running.
+    `log_level` (runtime.log_level): quiet sends Ray's own driver lines where other libraries' go
+    (rlft.logs); the role members' output still reaches the driver (log_to_driver), which is what
+    they pass on to the console once `RoleGroup.create` routed the rest to their log files."""
+    if not run_modes.uses_ray(mode):
         return False
     import ray
 
     if ray.is_initialized():
         return False
+    route_ray_driver_logs(log_level)
     if mode == "cluster":
         # "auto": $RAY_ADDRESS (a `ray job submit` job has it), else the cluster started on this node.
         ray.init(address=address or "auto", log_to_driver=True)
@@ -44,7 +47,7 @@ def start(mode: str, *, address: str | None = None, num_cpus: int | None = None)
 
 
 def stop(mode: str) -> None:
-    if mode in REMOTE_MODES:
+    if run_modes.uses_ray(mode):
         import ray
 
         if ray.is_initialized():
@@ -53,7 +56,7 @@ def stop(mode: str) -> None:
 
 def collective_group_size(mode: str, requested: int) -> int:
     """Ranks that can run a collective group in this mode: one process holds only one rank."""
-    if mode == "inline" and requested > 1:
+    if run_modes.one_process(mode) and requested > 1:
         log.info("inline mode runs one learner rank that processes every shard (requested %d)", requested)
         return 1
     return requested
@@ -75,7 +78,7 @@ def member_gpus(requested: float | None, cluster_gpus: float) -> float:
 
 def cluster_gpus(mode: str) -> float:
     """GPUs of the Ray cluster (all nodes); inline mode reserves nothing, so 0."""
-    if mode == "inline":
+    if not run_modes.uses_ray(mode):
         return 0.0
     import ray
 
@@ -130,14 +133,14 @@ def _rendezvous_probe(host: str | None) -> tuple[str, int, str]:
 def rendezvous(mode: str, placement=None) -> dict[str, Any]:
     """Address and port of the learners' rendezvous, on the node of learner rank 0 (bundle 0 of the
     placement group). Local and inline modes: 127.0.0.1, so the ranks connect over loopback."""
-    if mode == "inline" or placement is None:
+    if not run_modes.uses_ray(mode) or placement is None:
         return {"addr": "127.0.0.1", "port": free_port(), "node_id": None}
     import ray
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
     probe = ray.remote(num_cpus=0)(_rendezvous_probe).options(
         scheduling_strategy=PlacementGroupSchedulingStrategy(placement, placement_group_bundle_index=0))
-    addr, port, node_id = ray.get(probe.remote("127.0.0.1" if mode == "local" else None))
+    addr, port, node_id = ray.get(probe.remote("127.0.0.1" if run_modes.on_this_machine(mode) else None))
     return {"addr": addr, "port": port, "node_id": node_id}
 
 
@@ -169,11 +172,15 @@ class RoleGroup:
         resources: dict[str, float] | None = None,
         placement=None,
         name: str | None = None,
+        log_dir: Path | None = None,
+        log_level: str = "quiet",
     ) -> "RoleGroup":
         """Member i is role_cls(**kwargs_per_member[i]): an object (inline) or a Ray actor, which with a
-        placement group runs in its bundle i (the group is removed with the members)."""
+        placement group runs in its bundle i (the group is removed with the members). With `log_dir`
+        (remote modes), each actor writes its stdout and stderr to <log_dir>/<name>-<i>.log
+        (rlft.logs.route_member_output, at `log_level`), a replacement appending to the same file."""
         name = name or role_cls.__name__
-        if mode == "inline":
+        if run_modes.one_process(mode):
             return cls(name, [role_cls(**kwargs) for kwargs in kwargs_per_member], remote=False)
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
@@ -186,19 +193,23 @@ class RoleGroup:
             if placement is not None:
                 options["scheduling_strategy"] = PlacementGroupSchedulingStrategy(placement, placement_group_bundle_index=i)
             member = actor_cls.options(**options).remote(**kwargs_per_member[i])
-            # Runs before any other call (an actor's calls run in order): the processes the member starts
+            if logs is not None:  # before anything else the member runs (an actor's calls run in order)
+                member.__ray_call__.remote(route_member_output, str(logs[i]), log_level)
+            # Runs before any other call but the one above: the processes the member starts
             # (vLLM's engine core and workers) end with it, however it dies (rlft.processes).
             member.__ray_call__.remote(guard_process_tree)
             return member
 
+        logs = None if log_dir is None else [member_log_path(log_dir, name, i) for i in range(len(kwargs_per_member))]
         group = cls(name, [spawn(i) for i in range(len(kwargs_per_member))], remote=True)
-        group.placement, group._spawn = placement, spawn
+        group.placement, group._spawn, group.logs = placement, spawn, logs
         return group
 
     placement = None  # the Ray placement group the members run in, if any
     timeout_s: float | None = None  # how long a call may take before it is an error (remote modes)
     stacks: list | None = None  # rlft.faults: each member's stack-dump file, and its (node id, pid)
     processes: list | None = None
+    logs: list | None = None  # rlft.logs: each member's log file (remote modes, runtime.log_level quiet)
     _spawn = None
 
     def dead_members(self) -> list[int]:
@@ -258,6 +269,7 @@ class RoleGroup:
             raise RoleTimeout(
                 f"{self.name}.{method or 'call'} did not return within {self.timeout_s:g} s (runtime.call_timeout_s); "
                 + (f"the stacks of its members are in {', '.join(map(str, dumps))}" if dumps else "no stack dumps")
+                + (f"; their output is in {Path(self.logs[0]).parent}/{self.name}-<i>.log" if self.logs else "")
             ) from None
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> list[Any]:

@@ -1,4 +1,4 @@
-"""What crosses role boundaries: rollouts (generator -> reward -> learner) and their scores.
+"""What crosses role boundaries: task examples, rollouts (generator -> reward -> learner) and their scores.
 
 Plain dataclasses: no torch, no engine objects, so they pickle cheaply through Ray and read the
 same in every run mode.
@@ -13,9 +13,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rlft.data.jsonl import Example
-
 SegmentKind = Literal["step", "turn", "observation"]
+
+
+@dataclass(frozen=True)
+class Example:
+    """One task item: what the model sees, a reference response, and what the checker wants."""
+
+    prompt: str  # question text as the model sees it (no chat template applied)
+    response: str | None  # worked reference response for SFT (None if the task has none)
+    answer: str | None  # final answer the checker compares against
+    meta: dict = field(default_factory=dict)  # task-specific extras (operands, source entry, ...)
 
 
 @dataclass(frozen=True)

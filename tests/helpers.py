@@ -9,10 +9,13 @@ import torch
 
 from rlft.algorithms import ALGORITHMS
 from rlft.algorithms.gppo import GPPOConfig
-from rlft.config import RLFTConfig, config_from_dict
+from rlft.config import RLFTConfig, config_from_dict, switch_peft_method
 from rlft.data.collate import encode_prompt
 from rlft.roles.learner import LearnerActor
 from rlft.types import Rollout, Score
+
+
+NAME_KEYS = {"task": "name", "algorithm": "name", "peft": "method"}  # what picks each named section's class
 
 
 def tiny_config(tmp_path, name: str = "t", **sections) -> RLFTConfig:
@@ -31,8 +34,9 @@ def tiny_config(tmp_path, name: str = "t", **sections) -> RLFTConfig:
     for section, values in sections.items():
         if not isinstance(values, dict):  # a top-level value (e.g. resume="auto")
             raw[section] = values
-        elif section in ("task", "algorithm") and values.get("name", raw[section]["name"]) != raw[section]["name"]:
-            raw[section] = dict(values)  # another task or algorithm: its own keys only
+        elif section in NAME_KEYS and values.get(NAME_KEYS[section], raw[section][NAME_KEYS[section]]) != \
+                raw[section][NAME_KEYS[section]]:
+            raw[section] = dict(values)  # another task, algorithm or PEFT method: its own keys only
         else:
             raw.setdefault(section, {}).update(values)
     return config_from_dict(raw, source="<test>")
@@ -51,6 +55,9 @@ RL = dict(
 def rl_config(tmp_path, name: str, **over) -> RLFTConfig:
     sections = {k: dict(v) for k, v in RL.items()}
     for key, values in over.items():
+        if key == "peft" and values.get("method", sections["peft"]["method"]) != sections["peft"]["method"]:
+            # another PEFT method keeps the keys of RL's LoRA that it takes (r, alpha), as `peft.method=` does
+            sections["peft"] = switch_peft_method(sections["peft"], values["method"])
         if isinstance(values, dict):
             sections.setdefault(key, {}).update(values)
         else:
@@ -130,7 +137,7 @@ def assert_probe_catches_a_skipped_load(ctl, rows, monkeypatch) -> None:
 def two_source_steps(cfg):
     """Set up a run and take two optimizer steps on its source's first two batches, without evaluation or
     logging: (the learner's step outputs, rank 0's trainable state after them)."""
-    from rlft.controller import Controller
+    from rlft.control import Controller
 
     ctl = Controller(cfg, show_progress=False)
     ctl.setup()

@@ -11,16 +11,16 @@ import pytest
 import torch
 import yaml
 
-from rlft.checkpoints import (COMPLETE, FINISHED, RESUME_DIR, ResumeError, commit, complete_checkpoints,
-                              find_resume_point, partial_dir, prune, read_state, rollout_from_json, rollout_to_json,
-                              write_state)
 from rlft.config import dump_config
-from rlft.data.jsonl import Example
+from rlft.control.checkpoints import (COMPLETE, RESUME_DIR, commit, complete_checkpoints, find_resume_point,
+                                      partial_dir, prune, read_state, rollout_from_json, rollout_to_json, write_state)
+from rlft.control.resume import RunFinished, StopOnSignal, config_differences, resume_point
+from rlft.control.run_dirs import FINISHED
 from rlft.data.sampler import EpochSampler
-from rlft.resume import RunFinished, StopOnSignal, config_differences, resume_point
+from rlft.errors import ResumeError
 from rlft.roles.learner import SkippingAdamW
 from rlft.tracking import set_aside_rows_after
-from rlft.types import Rollout, Score, Segment
+from rlft.types import Example, Rollout, Score, Segment
 from tests.helpers import tiny_config
 
 
@@ -159,7 +159,7 @@ def test_sigterm_is_deferred_once_and_the_handler_restored():
 
 
 def test_overwrite_forgets_that_the_old_run_finished(tmp_path):
-    from rlft.runs import prepare_run_dir
+    from rlft.control.run_dirs import prepare_run_dir
 
     run = tmp_path / "run"
     run.mkdir()

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from rlft.cluster import resolve_storage, role_bundles
+from rlft.errors import RunError
 from rlft.runtime import check_fits, free_port, member_gpus
-from rlft.validation import RunError
 from tests.helpers import rl_config, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +75,7 @@ def test_roles_are_placed_by_their_resources_and_learners_meet_on_rank_0s_node(t
     node_b, the reward actor on node_a; the rendezvous is on the node of learner rank 0."""
     from ray.cluster_utils import Cluster
 
-    from rlft.controller import train
+    from rlft.control import train
 
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 2, "resources": {"node_a": 4}})
     try:

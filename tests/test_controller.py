@@ -19,7 +19,7 @@ import torch
 
 from rlft.algorithms import ALGORITHMS
 from rlft.algorithms.base import AlgorithmSpec, RowContext
-from rlft.controller import Controller, train
+from rlft.control import Controller, train
 from rlft.ops.logprobs import token_logprobs
 from rlft.roles import ROLES
 from rlft.rollouts import pad_rollout_rows, rollout_row
@@ -191,7 +191,8 @@ def _config(tmp_path, name="fake", **over):
         task={"name": "arith", "train_size": 64, "eval_size": 4}, eval={"num_examples": 4},
     )
     for key, values in over.items():
-        replaced = key in ("task", "algorithm") and values.get("name") not in (None, sections[key]["name"])
+        name_key = {"task": "name", "algorithm": "name", "peft": "method"}.get(key)
+        replaced = name_key is not None and values.get(name_key) not in (None, sections[key][name_key])
         sections[key] = dict(values) if replaced else {**sections.get(key, {}), **values}
     return tiny_config(tmp_path, name, **sections)
 
@@ -269,6 +270,18 @@ def test_prompt_too_long_names_the_file_line_before_any_role_starts(tmp_path):
     assert CALLS == []
 
 
+def test_each_source_says_how_many_tokens_a_training_prompt_must_leave_room_for():
+    """The prompt-length check (rlft.data.lengths) adds the source's `sampled_tokens`: every token the
+    rollout source may sample, one response token for every other source (rows are cut to train.max_length)."""
+    from types import SimpleNamespace
+
+    from rlft.sources import SOURCES
+
+    cfg = SimpleNamespace(rollout=SimpleNamespace(max_new_tokens=9))
+    assert {name: SOURCES[name].sampled_tokens(cfg) for name in SOURCES.names()} == {
+        "dataset": 1, "rollouts": 9, "pairs": 1, "lists": 1, "trees": 1, "sampling": 1, "episodes": 1}
+
+
 def test_import_config_loads_no_heavy_dependency():
     code = ("import sys, rlft.config; "
             "print([m for m in ('torch', 'transformers', 'vllm', 'deepspeed', 'ray') if m in sys.modules])")
@@ -278,7 +291,7 @@ def test_import_config_loads_no_heavy_dependency():
 
 def test_learner_threads_auto_takes_the_idle_cores_only_in_a_local_synchronous_loop():
     from rlft.config import LearnerConfig
-    from rlft.startup import learner_threads
+    from rlft.control.startup import learner_threads
 
     auto, default = LearnerConfig(threads_per_rank="auto", cpus_per_rank=1), LearnerConfig(cpus_per_rank=1)
     assert learner_threads(auto, "local", synchronous=True, cores=2, ranks=1) == 2
@@ -291,6 +304,25 @@ def test_learner_threads_auto_takes_the_idle_cores_only_in_a_local_synchronous_l
     assert learner_threads(auto, "inline", synchronous=True, cores=8, ranks=1) is None
     with pytest.raises(ValueError):
         LearnerConfig(threads_per_rank=0)
+
+
+def test_run_modes_answer_what_each_mode_means_and_refuse_unknown_names():
+    from rlft import run_modes
+
+    table = {mode: (run_modes.one_process(mode), run_modes.uses_ray(mode), run_modes.on_this_machine(mode))
+             for mode in run_modes.MODES}
+    assert table == {"inline": (True, False, True), "local": (False, True, True), "cluster": (False, True, False)}
+    with pytest.raises(ValueError, match="unknown runtime mode 'locl'"):
+        run_modes.uses_ray("locl")
+
+
+def test_every_role_kind_has_a_starter():
+    """The set-up starts each kind through rlft.control.startup.STARTERS: every kind an algorithm
+    names needs one (learners first, then the algorithm's kinds in their order)."""
+    from rlft.control.startup import STARTERS
+
+    assert list(STARTERS) == list(ROLES) == ["learner", "generator", "reward", "environment"]
+    assert all(kind in STARTERS for name in ALGORITHMS.names() for kind in ALGORITHMS[name].roles)
 
 
 def test_cpu_engines_get_even_shares_of_the_cores():

@@ -35,13 +35,12 @@ from rlft.algorithms.dpo import (
     sequence_row,
     sigmoid_loss,
 )
-from rlft.controller import Controller, train
+from rlft.control import Controller, train
 from rlft.data.arith import ArithConfig, ArithTask
-from rlft.data.jsonl import Example
 from rlft.ops.logprobs import IGNORE_INDEX
 from rlft.rewards import REWARD_COMPONENTS
 from rlft.rewards.base import ComponentConfig, ComponentSpec, ComponentValue
-from rlft.types import Rollout, Score
+from rlft.types import Example, Rollout, Score
 from tests.helpers import held_out_probe, original_model_logprobs, tiny_config, two_source_steps
 
 LOG2 = math.log(2.0)
@@ -279,7 +278,7 @@ def test_option_combinations_that_mean_nothing_are_config_errors():
 def test_sampled_pairs_take_a_correct_and_a_wrong_completion_of_the_same_prompt():
     import random
 
-    from rlft.data.make_pairs import preference_rows
+    from rlft.make_pairs import preference_rows
 
     examples = [Example("Q: 1+1\n", None, "2"), Example("Q: 2+2\n", None, "4")]
     completions = [["A: 2", "A: 3", "A: 2"], ["A: 4", "A: 4", "A: 4"]]  # the second prompt has no wrong sample

@@ -132,8 +132,9 @@ def test_a_payload_that_names_a_missing_tensor_is_refused_by_name(tmp_path):
 
 
 def test_drakes_refuses_a_vllm_generator_by_name():
-    from rlft.validation import RunError, check_run
     from rlft.algorithms import ALGORITHMS
+    from rlft.control.validation import check_run
+    from rlft.errors import RunError
     from rlft.peft import PEFT_METHODS
 
     cfg = load_config("configs/drakes_dna.yaml", ["runtime.roles.generator=vllm"])
@@ -153,7 +154,7 @@ def _eval_rows(run_dir, key):
 @pytest.fixture(scope="module")
 def pretrained_mdlm(tmp_path_factory):
     """The pretraining recipe, shortened: a small MDLM, one inline learner rank, 80 steps."""
-    from rlft.controller import train
+    from rlft.control import train
 
     out = tmp_path_factory.mktemp("pretrain")
     cfg = load_config("configs/mdlm_dna_pretrain.yaml", [
@@ -178,7 +179,7 @@ def test_drakes_recipe_raises_the_evaluation_oracle_score_with_verified_syncs(pr
     """configs/drakes_dna.yaml in local mode (Ray actors: 2 DeepSpeed ranks, a diffusion generator,
     a reward actor with the held-out oracle), shortened: the evaluation oracle's median score and
     mean reward rise over the pretrained model's, every sync is fingerprinted and parity-probed."""
-    from rlft.controller import train
+    from rlft.control import train
 
     cfg = load_config("configs/drakes_dna.yaml", [
         *SMALL_MDLM, f"run.output_dir={tmp_path}", f"model.name={pretrained_mdlm['checkpoint']}",

@@ -9,12 +9,11 @@ import torch
 
 from rlft.algorithms.base import StepCounts, count_label_tokens
 from rlft.algorithms.gppo import GPPOConfig, micro_batch_loss
-from rlft.data.jsonl import Example
 from rlft.retrieval.episodes import TurnSample, run_episodes
 from rlft.rewards.answer_f1 import AnswerF1, AnswerF1Config
 from rlft.rewards.retrieval_progress import RetrievalProgress, RetrievalProgressConfig
 from rlft.rollouts import pad_rollout_rows, rollout_row
-from rlft.types import Rollout, Segment
+from rlft.types import Example, Rollout, Segment
 
 
 def _encode(text: str) -> list[int]:

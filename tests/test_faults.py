@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from rlft.controller import Controller
+from rlft.control import Controller
 from rlft.faults import LearnerFailed, RoleTimeout
 from rlft.roles import ROLES
 from tests.helpers import StuckLearner, assert_same_weights, deterministic_rows, rl_config, tiny_config

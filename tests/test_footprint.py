@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from rlft.algorithms import ALGORITHMS
-from rlft.config import load_config
+from rlft.config import load_config, switch_peft_method
 from rlft.footprint import (BASELINE_MIB, GIB, MIB, ModelShape, RunDoesNotFit, check_fits, estimate,
                             trainable_params, total_bytes)
 from rlft.peft import PEFT_METHODS
@@ -30,6 +30,8 @@ def small_run(tmp_path, **over):
                 "train": {"micro_batch_size": 2, "max_length": 8}, "sync": {"weights": "merged", "bucket_mb": 1},
                 "runtime": {"mode": "local"}}
     for key, values in over.items():
+        if key == "peft":  # another method keeps the keys it takes (full and hft: none)
+            sections[key] = switch_peft_method(sections[key], values.get("method", sections[key]["method"]))
         sections[key] = {**sections.get(key, {}), **values}
     return rl_config(tmp_path, "small", **sections)
 
@@ -62,6 +64,14 @@ def test_every_part_of_a_float32_lora_run_with_merged_sync(tmp_path):
     _, driver = parts(found, "controller")
     assert driver["driver"]["object store: sync payload"] == WEIGHTS
     assert [r.kind for r in found] == ["controller", "learner", "generator", "reward"]
+
+
+def test_each_peft_method_counts_what_it_trains(tmp_path):
+    """The method's own count (PeftMethod.trained_parameters): r x (in + out) per target linear for
+    LoRA, PiSSA and LIFT, r x out for PaCA (its columns), half of the model for HFT, all of it for full."""
+    counts = {m: trainable_params(small_run(tmp_path, peft={"method": m}), SMALL)
+              for m in ("lora", "pissa", "paca", "lift", "hft", "full")}
+    assert counts == {"lora": 112, "pissa": 112, "paca": 2 * (8 + 4) * 2, "lift": 112, "hft": 2**19, "full": 2**20}
 
 
 def test_an_engine_in_the_generator_actor_is_one_process_holding_the_payload_once(tmp_path):

@@ -19,7 +19,7 @@ from rlft.algorithms.ift import (
     relation_weights,
 )
 from rlft.algorithms.sft import sft_loss
-from rlft.controller import Controller
+from rlft.control import Controller
 from rlft.data.collate import pad_rows
 from rlft.data.models import ModelConfig, resolve_model
 from rlft.data.sampler import EpochSampler

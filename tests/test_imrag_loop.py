@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from rlft.controller import train
+from rlft.control import train
 from rlft.roles import ROLES
 from tests.helpers import tiny_config
 
@@ -107,11 +107,12 @@ def test_rlft_eval_plays_greedy_episodes_with_the_tasks_retriever(tmp_path, monk
     worked episode's next turn and then text past the closing tag: the turn is cut after the tag
     (as vLLM's stop strings do), the worked episodes answer every question with every supporting
     document covered, and a model that never closes a tag is malformed on every question."""
-    import rlft.evaluate as evaluate
+    import rlft.eval_scoring as scoring
+    from rlft.control.evaluate import load_for_eval
     from rlft.data.tasks import build_task
 
     cfg = _config(tmp_path, "eval")
-    model, tokenizer = evaluate.load_for_eval(cfg, None)
+    model, tokenizer = load_for_eval(cfg, None)
     task = build_task(cfg.task)
     examples = task.split("eval")[:4]
     script = ScriptedGenerator(cfg, 0, None, None, 0, 0)
@@ -121,12 +122,12 @@ def test_rlft_eval_plays_greedy_episodes_with_the_tasks_retriever(tmp_path, monk
         texts = [script._next_turn(tokenizer.decode(ids, skip_special_tokens=True)) + "<search>junk" for ids in prompts]
         return [tokenizer(text, add_special_tokens=False)["input_ids"] for text in texts]
 
-    monkeypatch.setattr(evaluate, "greedy_generate", scripted_greedy)
-    found = evaluate.greedy_episodes(model, tokenizer, task, examples, False, cfg.eval, max_turns=3, show_progress=False)
+    monkeypatch.setattr(scoring, "greedy_generate", scripted_greedy)
+    found = scoring.greedy_episodes(model, tokenizer, task, examples, False, cfg.eval, max_turns=3, show_progress=False)
     assert found["eval/accuracy"] == found["eval/answer_f1"] == found["eval/coverage"] == found["eval/answered"] == 1.0
     assert found["eval/searches"] == sum(ex.meta["hops"] for ex in examples) / 4 and found["eval/malformed"] == 0.0
 
-    monkeypatch.setattr(evaluate, "greedy_generate", lambda m, t, prompts, *a: [t("<search>never closed")["input_ids"]
-                                                                              for _ in prompts])
-    found = evaluate.greedy_episodes(model, tokenizer, task, examples, False, cfg.eval, max_turns=3, show_progress=False)
+    monkeypatch.setattr(scoring, "greedy_generate", lambda m, t, prompts, *a: [t("<search>never closed")["input_ids"]
+                                                                             for _ in prompts])
+    found = scoring.greedy_episodes(model, tokenizer, task, examples, False, cfg.eval, max_turns=3, show_progress=False)
     assert found["eval/accuracy"] == 0.0 and found["eval/malformed"] == 1.0 and found["eval/searches"] == 0.0

@@ -8,13 +8,13 @@ import pytest
 
 from rlft.data.jsonl import (
     DataError,
-    Example,
     PreferencePair,
     RankedList,
     read_preference_pairs,
     read_ranked_lists,
     read_sft_rows,
 )
+from rlft.types import Example
 
 
 def write_lines(tmp_path, lines: list[str]):

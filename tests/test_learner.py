@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rlft.controller import Controller
+from rlft.control import Controller
 from rlft.data.sampler import EpochSampler
 from tests.helpers import tiny_config
 

@@ -17,7 +17,7 @@ from rlft.algorithms.gppo import METRIC_KEYS, GPPOConfig, log_metrics, micro_bat
 from rlft.algorithms.gppo_episodes import GPPOEpisodesConfig
 from rlft.algorithms.gppo_episodes import micro_batch_loss as episode_loss
 from rlft.config import ConfigError
-from rlft.controller import Controller
+from rlft.control import Controller
 from rlft.data.collate import encode_prompt
 from rlft.ops.logprobs import IGNORE_INDEX, token_logprobs
 from rlft.ops.mismatch import MISMATCH_KEYS, behaviour_weights, mismatch_metrics, mismatch_sums

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from rlft.controller import Controller
+from rlft.control import Controller
 from tests.helpers import rl_config, tiny_config
 
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from rlft.controller import Controller
+from rlft.control import Controller
 from tests.helpers import (
     LEARNER_ONLY_GPPO,
     held_out_probe,
@@ -13,6 +13,12 @@ from tests.helpers import (
 )
 
 
+# Each method's own settings on top of rank 4, alpha 8 (HFT takes neither): exact SVD for PiSSA, a
+# LIFT mask re-selected after every step.
+PEFT = {"lora": {"r": 4, "alpha": 8}, "pissa": {"r": 4, "alpha": 8, "pissa_niter": None}, "paca": {"r": 4, "alpha": 8},
+        "lift": {"r": 4, "alpha": 8, "lift_update_interval": 1}, "hft": {}}
+
+
 @pytest.mark.parametrize("method", ["lora", "pissa", "paca", "lift", "hft"])
 def test_reference_policy_is_the_original_model_before_and_after_training(tmp_path, method, learner_only_gppo):
     """PiSSA's frozen base is the residual W - s B0 A0, so 'adapter disabled' is not the original
@@ -20,7 +26,7 @@ def test_reference_policy_is_the_original_model_before_and_after_training(tmp_pa
     PaCA's and LIFT's the frozen base with the original entries; HFT's the initial trained half.
     LIFT re-selects its entries after every step here (DeepSpeed ZeRO stage 0; the others stage 2)."""
     cfg = tiny_config(tmp_path, method, algorithm={"name": LEARNER_ONLY_GPPO.name, "group_size": 4, "kl_coef": 0.1},
-                      peft={"method": method, "r": 4, "alpha": 8, "pissa_niter": None, "lift_update_interval": 1},
+                      peft={"method": method, **PEFT[method]},
                       learner={"zero_stage": 0 if method == "lift" else 2}, train={"lr": 2e-2})
     ctl = Controller(cfg, show_progress=False)
     ctl.setup()
@@ -45,13 +51,13 @@ def test_merged_weights_are_the_policy_the_learner_trains(method):
     (checkpoint naming), it computes the adapted model's logits."""
     from transformers import AutoModelForCausalLM
 
-    from rlft.config import PeftConfig
     from rlft.data.model_config import ModelConfig
     from rlft.data.models import resolve_model
     from rlft.peft import PEFT_METHODS
 
     path = resolve_model(ModelConfig(name="tiny"))
-    peft = PEFT_METHODS[method](PeftConfig(method=method, r=4, alpha=8, pissa_niter=None))
+    cls = PEFT_METHODS[method]
+    peft = cls(cls.config_cls(r=4, alpha=8, **({"pissa_niter": None} if method == "pissa" else {})))
     model = peft.wrap(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), seed=0, with_reference=True)
     torch.manual_seed(1)
     with torch.no_grad():

@@ -3,7 +3,7 @@
 * rlft.processes: a guard ends the process tree of a role that dies (SIGKILL included): with plain
   processes, and with a real vLLM generator killed mid-run, whose engine core and workers end within
   seconds; a run that fails leaves none of its vLLM processes behind.
-* rlft.faults / rlft.recovery: Ray's OutOfMemoryError is classified (role, memory figures); a
+* rlft.faults / rlft.control.recovery: Ray's OutOfMemoryError is classified (role, memory figures); a
   generator killed for memory is replaced while runtime.max_restarts allows, otherwise the run stops
   with a message naming the role, the memory at the kill and the settings to lower.
 
@@ -20,16 +20,15 @@ import signal
 import subprocess
 import sys
 import time
-from types import SimpleNamespace
 
 import psutil
 import pytest
 import ray
 
-from rlft.controller import Controller
+from rlft.control import Controller
+from rlft.control.recovery import Recovery, explain_fault
 from rlft.faults import RoleOutOfMemory, is_actor_death, memory_kill
 from rlft.processes import REFRESH_S, alive
-from rlft.recovery import FaultRecovery
 from tests.helpers import rl_config
 
 LOCAL = {"mode": "local", "num_cpus": 4}
@@ -95,18 +94,6 @@ class FakeGroup:
         self.restarted.append(index)
 
 
-class Recovery(FaultRecovery):
-    """The controller's fault handling over fake groups."""
-
-    def __init__(self, cfg, **roles):
-        self.cfg, self.roles, self.run_dir, self.sync, self.restarts = cfg, roles, cfg.run_dir, None, 0
-        self.source = SimpleNamespace(next_batch=None)
-
-    @property
-    def learners(self):
-        return self.roles.get("learner")
-
-
 def killed_once(pid: int):
     """A call that the memory monitor cuts short once (killing `pid`), then succeeds."""
     calls = []
@@ -121,16 +108,16 @@ def killed_once(pid: int):
 
 def test_a_generator_killed_for_memory_is_replaced_while_the_policy_allows(tmp_path):
     generator = FakeGroup("generator", pid=4242)
-    recovery = Recovery(rl_config(tmp_path, "oom", runtime={"max_restarts": 1}), generator=generator)
+    recovery = Recovery(rl_config(tmp_path, "oom", runtime={"max_restarts": 1}), {"generator": generator})
     assert recovery.recovering(killed_once(4242)) == "batch"
     assert generator.restarted == [0] and recovery.restarts == 1
 
     generator = FakeGroup("generator", pid=4242)
-    recovery = Recovery(rl_config(tmp_path, "oom", runtime={"max_restarts": 0}, sync={"weights": "merged"}),
-                        generator=generator)
+    cfg = rl_config(tmp_path, "oom", runtime={"max_restarts": 0}, sync={"weights": "merged"})
+    recovery = Recovery(cfg, {"generator": generator})
     with pytest.raises(ray.exceptions.OutOfMemoryError) as raised:
         recovery.recovering(killed_once(4242))
-    stop = recovery.explain_fault(raised.value)
+    stop = explain_fault(raised.value, cfg, recovery.roles, cfg.run_dir)
     assert isinstance(stop, RoleOutOfMemory) and generator.restarted == []
     text = str(stop)
     for part in ("generator 0 was killed by Ray's memory monitor", "the node had 22.7 of 23.5 GB in use",
@@ -143,11 +130,12 @@ def test_a_generator_killed_for_memory_is_replaced_while_the_policy_allows(tmp_p
 def test_a_learner_killed_for_memory_stops_the_run_naming_what_to_lower(tmp_path):
     generator, learner = FakeGroup("generator", pid=4242), FakeGroup("learner", pid=515)
     generator.restarted = [0]  # alive
-    recovery = Recovery(rl_config(tmp_path, "oom"), generator=generator, learner=learner)
+    cfg = rl_config(tmp_path, "oom")
+    recovery = Recovery(cfg, {"generator": generator, "learner": learner})
     with pytest.raises(ray.exceptions.OutOfMemoryError) as raised:
         recovery.recovering(killed_once(515))
     assert generator.restarted == [0] and learner.restarted == []  # nothing replaced
-    text = str(recovery.explain_fault(raised.value))
+    text = str(explain_fault(raised.value, cfg, recovery.roles, cfg.run_dir))
     assert text.startswith("learner 0 was killed by Ray's memory monitor: the node had 22.7 of 23.5 GB"), text
     assert "optimizer state" in text and "train.micro_batch_size (now 4)" in text and "learner.count (now 1)" in text
 
@@ -233,7 +221,7 @@ def test_no_vllm_process_outlives_a_generator_killed_for_memory_or_a_failed_run(
     # (about REFRESH_S + GRACE_S nominally; the bound leaves room for a loaded machine)
     assert ctl.killed and not ctl.left_after_kill and ctl.seconds_to_end < 30, (ctl.killed, ctl.left_after_kill)
     print(f"the killed generator's {len(ctl.killed)} vLLM processes ended {ctl.seconds_to_end:.1f} s after its SIGKILL")
-    assert ctl.restarts == 1 and len(set(ctl.actor_pids)) == 2
+    assert ctl.recovery.restarts == 1 and len(set(ctl.actor_pids)) == 2
     log = (cfg.run_dir / "train.log").read_text()
     assert "generator 0 was killed by Ray's memory monitor: the node had 22.7 of 23.5 GB in use" in log
     # the failed run left none of its vLLM processes, nor the guards

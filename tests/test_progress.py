@@ -12,7 +12,7 @@ from transformers import AutoTokenizer
 from rlft.algorithms.base import RowContext
 from rlft.algorithms.gppo import GPPOConfig, build_rows, micro_batch_loss
 from rlft.algorithms.base import StepCounts
-from rlft.controller import Controller, train
+from rlft.control import Controller, train
 from rlft.data.arith import make_example
 from rlft.data.model_config import ModelConfig
 from rlft.data.models import resolve_model

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlft.controller import Controller, train
-from rlft.resume import RunStopped
+from rlft.control import Controller, train
+from rlft.control.resume import RunStopped
 from tests.helpers import assert_same_weights, deterministic_rows, rl_config, tiny_config
 
 class StopAfter(Controller):
@@ -79,7 +79,7 @@ def test_rl_resume_is_exact_and_generators_run_the_resumed_policy(tmp_path, meth
     """GPPO with a vLLM generator: LoRA with a batch generated ahead at the stop (it is checkpointed
     and trained on after the resume), LIFT with mask refreshes on both sides of the stop (the
     resumed generators get every entry trained since the base model)."""
-    peft = {"method": method, "r": 4, "alpha": 8, "lift_update_interval": 2}
+    peft = {"method": method, "r": 4, "alpha": 8, **({"lift_update_interval": 2} if method == "lift" else {})}
 
     def make(name, **extra):
         return rl_config(tmp_path, name, peft=peft, rollout={"max_staleness": staleness},

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlft.controller import Controller, train
+from rlft.control import Controller, train
 from rlft.samples import read_samples
 from rlft.sources.rollouts import generate, score
 from rlft.sync.protocol import SyncError
@@ -149,7 +149,7 @@ def test_rlft_eval_reproduces_the_final_accuracy_of_a_run_with_a_warm_start(tmp_
     """`rlft eval CONFIG --checkpoint <run>/checkpoints/final` puts the adapter on the warm start's
     checkpoint (the base recorded, as an absolute path, in adapter_config.json) and scores the same
     held-out examples greedily: the accuracy equals the run's final eval/accuracy."""
-    from rlft.evaluate import evaluate_checkpoint
+    from rlft.control.evaluate import evaluate_checkpoint
 
     warm = tmp_path / "warm.yaml"
     warm.write_text(

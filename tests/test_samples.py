@@ -10,9 +10,9 @@ import random
 import pytest
 
 from rlft.cli import main
-from rlft.data.jsonl import DataError, Example
+from rlft.data.jsonl import DataError
 from rlft.samples import SAMPLES_FILE, SampleLog, build_record, choose, latest, read_samples, select
-from rlft.types import Rollout, Score, Segment
+from rlft.types import Example, Rollout, Score, Segment
 
 QUESTION = Example(prompt="What is 12 + 30?", response=None, answer="42")
 

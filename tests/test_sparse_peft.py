@@ -5,11 +5,10 @@ import random
 import pytest
 import torch
 
-from rlft.config import PeftConfig
 from rlft.peft import PEFT_METHODS
-from rlft.peft.hft import draw_half
-from rlft.peft.lift import LiftLinear, carry_over, lift_budget, principal_mask
-from rlft.peft.paca import PacaLinear
+from rlft.peft.hft import HFTConfig, draw_half
+from rlft.peft.lift import LIFTConfig, LiftLinear, carry_over, lift_budget, principal_mask
+from rlft.peft.paca import PaCAConfig, PacaLinear
 from rlft.sync.payload import SparseUpdate, decode_sparse, encode_sparse
 from rlft.sync.shadow import CheckpointShadow
 
@@ -52,7 +51,7 @@ def test_paca_gradient_is_scaled_output_gradient_times_selected_inputs():
 def test_paca_changes_only_its_columns_and_equals_its_lora_form():
     from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
 
-    peft = PEFT_METHODS["paca"](PeftConfig(method="paca", r=4, alpha=8))
+    peft = PEFT_METHODS["paca"](PaCAConfig(r=4, alpha=8))
     model = peft.wrap(tiny_model(), seed=0, with_reference=True)
     base_logits = tiny_model()(IDS).logits
     torch.testing.assert_close(model(IDS).logits, base_logits)  # init: the base model exactly
@@ -96,7 +95,7 @@ def test_lift_mask_is_the_top_k_of_the_low_rank_approximation():
 
 
 def test_lift_trains_only_masked_entries_and_carries_moments_over_at_refresh():
-    peft = PEFT_METHODS["lift"](PeftConfig(method="lift", r=4, lift_update_interval=3))
+    peft = PEFT_METHODS["lift"](LIFTConfig(r=4, lift_update_interval=3))
     model = peft.wrap(tiny_model(), seed=0, with_reference=True)
     layer = model.model.layers[0].self_attn.q_proj
     assert layer.values.numel() == layer.k == (128 + 128) * 4
@@ -214,7 +213,7 @@ def test_hft_draws_half_of_each_category(layers):
 def test_hft_rounds_draw_different_halves_and_frozen_tensors_stay_bit_identical():
     halves = []
     for round_index in (0, 1):
-        peft = PEFT_METHODS["hft"](PeftConfig(method="hft", hft_round=round_index))
+        peft = PEFT_METHODS["hft"](HFTConfig(hft_round=round_index))
         model = peft.wrap(tiny_model(), seed=0, with_reference=True)
         halves.append(set(peft.trainable))
         start = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -238,7 +237,9 @@ def test_checkpoints_load_without_rlft_and_compute_the_trained_model(tmp_path, m
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    peft = PEFT_METHODS[method](PeftConfig(method=method, r=4, alpha=8, lift_update_interval=2))
+    config = {"paca": PaCAConfig(r=4, alpha=8), "lift": LIFTConfig(r=4, alpha=8, lift_update_interval=2),
+              "hft": HFTConfig()}[method]
+    peft = PEFT_METHODS[method](config)
     model = peft.wrap(tiny_model(), seed=0, with_reference=False)
     train_steps(model, peft, 3)
     folder = peft.save(model, None, tmp_path / "ckpt")

@@ -3,7 +3,7 @@ HFT as whole tensors; after every sync the generator's log-probs match the learn
 
 import pytest
 
-from rlft.controller import Controller
+from rlft.control import Controller
 from tests.helpers import assert_probe_catches_a_skipped_load, moving_rows, rl_config
 
 METHODS = {

@@ -7,9 +7,10 @@ import json
 import pytest
 
 from rlft.data.arith_think import ArithThinkConfig, ArithThinkTask, thinking_trace
-from rlft.data.jsonl import DataError, Example
+from rlft.data.jsonl import DataError
 from rlft.data.thinkdial import CONNECTIVES, MODE_PROMPTS, MODES, cut_thinking, split_thinking
 from rlft.modes import act_against, format_table, mode_metrics, mode_table, write_mode_report
+from rlft.types import Example
 
 
 def test_full_trace_works_the_columns_then_checks_in_the_other_order():

@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from rlft.config import load_config
-from rlft.controller import train
+from rlft.control import train
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SHORTER = {  # the recipes' own settings, with fewer steps and examples

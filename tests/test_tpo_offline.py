@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from rlft.algorithms import ALGORITHMS
-from rlft.controller import Controller, train
+from rlft.control import Controller, train
 from rlft.data.arith import ArithConfig, ArithTask
 from rlft.data.arith_lists import branch_prefixes, build_lists
 from rlft.data.model_config import ModelConfig

@@ -15,15 +15,14 @@ from transformers import AutoTokenizer
 from rlft.algorithms import ALGORITHMS
 from rlft.algorithms.base import RowContext
 from rlft.algorithms.tpo import TPOConfig, tree_rows
-from rlft.controller import Controller, train
-from rlft.data.jsonl import Example
+from rlft.control import Controller, train
 from rlft.data.model_config import ModelConfig
 from rlft.data.models import resolve_model
 from rlft.data.steps import segment_steps, step_segments, token_steps
 from rlft.runtime import RoleGroup
 from rlft.sources import SourceContext
 from rlft.sources.trees import TreeSource, branch_points
-from rlft.types import Rollout, Score, Segment
+from rlft.types import Example, Rollout, Score, Segment
 from tests.helpers import tiny_config
 
 

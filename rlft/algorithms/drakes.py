@@ -16,7 +16,7 @@ from 0 over `alpha_warmup_steps` optimizer steps. A batch is only the seeds of t
 "sampling" source): each micro-batch seeds its sampler with its first row's seed.
 
 The generator and reward roles evaluate: generators sample with the published weights, reward
-actors score with the held-out evaluation oracle (rlft.families.mdlm).
+actors score with the held-out evaluation oracle (the sampling source's evaluation, rlft.sources.sampling).
 """
 
 from __future__ import annotations

@@ -40,10 +40,10 @@ from pydantic import Field, model_validator
 
 from rlft.algorithms.base import AlgorithmSpec, PolicyModel, RowContext, StepCounts
 from rlft.data.collate import encode_sft
-from rlft.data.tasks import Example
 from rlft.ops.logprobs import IGNORE_INDEX, token_logprobs
 from rlft.ops.reductions import seq_mean_token_mean
 from rlft.schema import Section
+from rlft.types import Example
 
 
 class IFTConfig(Section):

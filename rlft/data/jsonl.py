@@ -1,7 +1,6 @@
 """Data records and the readers for user JSONL files.
 
-The record types live here, in the leaf module of `rlft.data`, so that every task module can
-import them without an import cycle; `rlft.data.tasks` re-exports `Example`.
+Preference pairs and ranked lists are defined here; task examples (`Example`) in `rlft.types`.
 
 One JSON object per line; blank lines are skipped. Every problem in a row raises `DataError`
 whose message starts with "<path>:<1-based line>: " so the user can jump straight to it.
@@ -18,15 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-
-@dataclass(frozen=True)
-class Example:
-    """One task item: what the model sees, a reference response, and what the checker wants."""
-
-    prompt: str  # question text as the model sees it (no chat template applied)
-    response: str | None  # worked reference response for SFT (None if the task has none)
-    answer: str | None  # final answer the checker compares against
-    meta: dict = field(default_factory=dict)  # task-specific extras (operands, source entry, ...)
+from rlft.types import Example
 
 
 @dataclass(frozen=True)

@@ -27,8 +27,9 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from rlft.data.jsonl import Example
+from rlft.data.tasks import TaskSpec
 from rlft.schema import Section
+from rlft.types import Example
 
 
 class MultiHopConfig(Section):
@@ -133,3 +134,6 @@ class MultiHopTask:
 
 def build(cfg: MultiHopConfig) -> MultiHopTask:
     return MultiHopTask(cfg)
+
+
+SPEC = TaskSpec("multihop", MultiHopConfig, build)

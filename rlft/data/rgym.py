@@ -24,8 +24,9 @@ from typing import Any, Literal
 from pydantic import Field
 
 from rlft.data.gsm import ANSWER_INSTRUCTION, text_after_answer
-from rlft.data.jsonl import Example
+from rlft.data.tasks import TaskSpec
 from rlft.schema import Section
+from rlft.types import Example
 
 logger = logging.getLogger(__name__)
 
@@ -146,3 +147,6 @@ class ReasoningGymTask:
 
 def build(cfg: ReasoningGymConfig) -> ReasoningGymTask:
     return ReasoningGymTask(cfg)
+
+
+SPEC = TaskSpec("reasoning_gym", ReasoningGymConfig, build)

@@ -19,8 +19,9 @@ from typing import Literal
 from pydantic import Field
 
 from rlft.data.arith import held_out_keys
-from rlft.data.jsonl import Example
+from rlft.data.tasks import TaskSpec
 from rlft.schema import Section
+from rlft.types import Example
 
 _INTEGER = re.compile(r"-?\d+")
 _OPERATIONS = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b}
@@ -83,3 +84,6 @@ class SumsTask:
 
 def build(cfg: SumsConfig) -> SumsTask:
     return SumsTask(cfg)
+
+
+SPEC = TaskSpec("sums", SumsConfig, build)

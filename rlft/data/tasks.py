@@ -1,12 +1,12 @@
 """Tasks with checkers, and the registry that builds them from config.
 
-A task turns a config into deterministic train/eval splits of `Example`s and scores completions:
-`score` is 1.0 for a correct final answer, `step_scores` gives one score per reasoning step
-(for process rewards). Adding a task = a module with a config `Section` whose first field is
-`name: Literal["<name>"]`, a task class following `Task`, and one `TaskSpec` line below.
+A task turns a config into deterministic train/eval splits of `Example`s (rlft.types) and scores
+completions: `score` is 1.0 for a correct final answer, `step_scores` gives one score per
+reasoning step (for process rewards). Adding a task = a module with a config `Section` whose
+first field is `name: Literal["<name>"]`, a task class following `Task`, `SPEC = TaskSpec(...)`,
+and one line in `TASKS` below.
 
-`Example` is defined in `rlft.data.jsonl` (the leaf module, so task modules import it without
-a cycle) and re-exported here; import it from either place.
+`TASKS` is a lazy registry (rlft.registry): a task module is imported only when a config names it.
 """
 
 from __future__ import annotations
@@ -17,11 +17,12 @@ from typing import Callable, Literal, Protocol
 
 from pydantic import Field
 
-from rlft.data import arith, arith_think, dna_task, gsm, multihop, rgym, sums
-from rlft.data.jsonl import Example, read_sft_rows
+from rlft.data.jsonl import read_sft_rows
+from rlft.registry import Registry
 from rlft.schema import Section
+from rlft.types import Example
 
-__all__ = ["Example", "Task", "TaskSpec", "TASKS", "build_task", "JsonlTaskConfig", "JsonlTask"]
+__all__ = ["Task", "TaskSpec", "TASKS", "build_task", "JsonlTaskConfig", "JsonlTask"]
 
 
 class Task(Protocol):
@@ -79,26 +80,26 @@ class JsonlTask:
         return [self.score(example, completion)]
 
 
-TASKS: dict[str, TaskSpec] = {
-    spec.name: spec
-    for spec in (
-        TaskSpec("arith", arith.ArithConfig, arith.build),
-        TaskSpec("arith_think", arith_think.ArithThinkConfig, arith_think.build),
-        TaskSpec("sums", sums.SumsConfig, sums.build),
-        TaskSpec("gsm8k", gsm.Gsm8kConfig, gsm.build),
-        TaskSpec("reasoning_gym", rgym.ReasoningGymConfig, rgym.build),
-        TaskSpec("jsonl", JsonlTaskConfig, JsonlTask),
-        TaskSpec("dna", dna_task.DnaTaskConfig, dna_task.build),
-        TaskSpec("multihop", multihop.MultiHopConfig, multihop.build),
-    )
-}
+JSONL_SPEC = TaskSpec("jsonl", JsonlTaskConfig, JsonlTask)
+
+TASKS: Registry = Registry("task", {
+    "arith": "rlft.data.arith:SPEC",
+    "arith_think": "rlft.data.arith_think:SPEC",
+    "sums": "rlft.data.sums:SPEC",
+    "gsm8k": "rlft.data.gsm:SPEC",
+    "reasoning_gym": "rlft.data.rgym:SPEC",
+    "jsonl": "rlft.data.tasks:JSONL_SPEC",
+    "dna": "rlft.data.dna_task:SPEC",
+    "multihop": "rlft.data.multihop:SPEC",
+})
 
 
 def build_task(cfg: Section) -> Task:
-    """Build the task a config section names (cfg.name is a key of TASKS)."""
-    spec = TASKS.get(getattr(cfg, "name", None))
-    if spec is None:
-        raise ValueError(f"unknown task {getattr(cfg, 'name', None)!r}; known: {', '.join(TASKS)}")
+    """Build the task a config section names (cfg.name is a name in TASKS)."""
+    name = getattr(cfg, "name", None)
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+    spec = TASKS[name]
     if not isinstance(cfg, spec.config_cls):
         raise TypeError(
             f"task {spec.name!r} needs a {spec.config_cls.__name__}, got {type(cfg).__name__}"

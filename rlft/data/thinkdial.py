@@ -8,19 +8,17 @@ Budget-mode SFT (BM-SFT) rows come from full (high-mode) traces: the thinking is
 `MODE_RATIOS` of its length (whole lines only, so a trace never stops mid-step), a mode connective
 sentence (`CONNECTIVES`, ours) closes it, the answer section is regenerated (by the task's solver,
 or by a model continuing the cut trace), and only rows the task's checker accepts are kept; the
-modes are then balanced to equal counts. Build the tiny-arith set with
+modes are then balanced to equal counts. The task that builds such rows (`arith_think`) writes
+the tiny-arith set with
 
-    python -m rlft.data.thinkdial --out configs/data/thinkdial_arith_bmsft.jsonl
+    python -m rlft.data.arith_think --out configs/data/thinkdial_arith_bmsft.jsonl
 
 (`--help` for sizes, the share of low-mode rows with empty thinking, and `--policy MODEL_DIR`).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import random
-from pathlib import Path
 from typing import Callable
 
 MODES = ("high", "medium", "low")
@@ -113,34 +111,3 @@ def model_answers(model_dir: str, prompts: list[str], max_new_tokens: int = 16, 
     ids = [tokenizer(p)["input_ids"] for p in prompts]
     return tokenizer.batch_decode(greedy_generate(model, tokenizer, ids, max_new_tokens, batch_size),
                                   skip_special_tokens=True)
-
-
-def main(argv: list[str] | None = None) -> None:
-    from rlft.data.arith_think import ArithThinkConfig, ArithThinkTask
-
-    parser = argparse.ArgumentParser(description="Write budget-mode SFT rows (ThinkDial BM-SFT) of the arith_think task.")
-    parser.add_argument("--out", required=True, help="JSONL file to write")
-    parser.add_argument("--problems", type=int, default=2000, help="train problems (each gives one row per mode)")
-    parser.add_argument("--digits", type=int, default=2, help="operand digits (the task's `digits`)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the task's problems and of the empty-thinking draws")
-    parser.add_argument("--empty-low", type=float, default=0.0, help="share of low-mode rows with empty thinking")
-    parser.add_argument("--policy", help="HF model folder that writes the answer sections (default: the task's solver)")
-    args = parser.parse_args(argv)
-    task = ArithThinkTask(ArithThinkConfig(digits=args.digits, train_size=args.problems, seed=args.seed,
-                                           empty_low=args.empty_low))
-    write_answers = None
-    if args.policy is not None:
-        def write_answers(heads):
-            return model_answers(args.policy, [with_mode(ex.meta["question"], mode) + head for ex, mode, head in heads])
-    rows = task.bm_sft_rows(write_answers)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(json.dumps({"prompt": r.prompt, "response": r.response, "answer": r.answer, "meta": r.meta})
-                           + "\n" for r in rows))
-    counts = {mode: sum(r.meta["mode"] == mode for r in rows) for mode in MODES}
-    print(f"wrote {len(rows)} rows to {out} ({3 * args.problems - len(rows)} rejected or balanced away): "
-          + ", ".join(f"{mode} {n}" for mode, n in counts.items()))
-
-
-if __name__ == "__main__":
-    main()

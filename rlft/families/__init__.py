@@ -1,12 +1,17 @@
 """Model families: what depends on the kind of model a run trains (docs/design.md#model-families).
 
 The loop, the roles and the sync protocol are the same for every model; what differs is how a
-model folder is loaded, what the parity probe scores, and what "evaluate" means. A family is
-found from the base model's folder (`family_for`), so a recipe names only its model:
+model folder is loaded (model, tokenizer, chat template), its own data check, what the parity
+probe scores, and the generation and scoring hooks evaluation uses. Evaluation itself is the
+data source's (rlft.sources: the source that made the training data evaluates the held-out
+examples the same way); a source without generators asks the family to evaluate on learner rank
+0 (`evaluate_on_learner`). Families know nothing of sources, of the controller or of run folders.
+A family is found from the base model's folder (`family_for`), so a recipe names only its model:
 
-  causal_lm  Hugging Face causal language models (vLLM generators; greedy accuracy on the task)
+  causal_lm  Hugging Face causal language models (vLLM generators; on the learner: greedy
+             accuracy on the task)
   mdlm       masked discrete diffusion models over DNA (rlft.diffusion; diffusion generators;
-             oracle activity, k-mer and motif statistics, likelihood under the base model)
+             k-mer and motif statistics of samples; on the learner: held-out NELBO)
 """
 
 from __future__ import annotations

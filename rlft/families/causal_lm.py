@@ -5,14 +5,15 @@ from __future__ import annotations
 import torch
 
 from rlft.data.collate import encode_sft, pad_rows, uses_chat_template
-from rlft.evaluate import eval_metrics, score_greedy
+from rlft.eval_scoring import eval_metrics, score_greedy
 from rlft.ops.logprobs import IGNORE_INDEX, token_logprobs
-from rlft.sources.rollouts import generate, reward_metrics, score
-from rlft.validation import check_lengths
 
 
 class CausalLM:
     name = "causal_lm"
+    # No check of its own: the run's check of prompt lengths against train.max_length and the
+    # model's context (rlft.data.lengths, by rlft.control.validation) is the one a text model needs.
+    check_data = None
 
     # ----------------------------------------------------------------- loading (controller and learners)
     def load_tokenizer(self, model_path):
@@ -27,9 +28,6 @@ class CausalLM:
         from transformers import AutoModelForCausalLM
 
         return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
-
-    def check_data(self, cfg, spec, model_path, tokenizer, chat, train_examples, eval_examples) -> None:
-        check_lengths(cfg, spec, model_path, tokenizer, chat, train_examples, eval_examples)
 
     # ----------------------------------------------------------------- the parity probe
     def probe(self, ctrl) -> dict[str, torch.Tensor]:
@@ -51,34 +49,15 @@ class CausalLM:
         """Which next-token positions of the probe count (generator side: vLLM scores them all)."""
         return probe["labels"][0, 1:] != IGNORE_INDEX
 
-    # ----------------------------------------------------------------- evaluation
-    def evaluate(self, ctrl, step: int) -> dict[str, float]:
-        """Greedy held-out accuracy: by the generators (current version) when there are any, else learner rank 0."""
-        cfg = ctrl.cfg.eval
-        if not ctrl.eval_examples:
+    # ----------------------------------------------------------------- evaluation without generators
+    def evaluate_on_learner(self, learners, task, examples: list, cfg, *, tokenizer, chat: bool, step: int,
+                            show_progress: bool) -> dict[str, float]:
+        """Greedy held-out accuracy by learner rank 0 (the sources' evaluation when a run has no generators)."""
+        if not examples:
             return {}
-        if "generator" in ctrl.roles:
-            ctrl.settle()
-            if "environment" in ctrl.roles:  # multi-turn episodes, greedy
-                from rlft.sources.episodes import episode_metrics, generate_episodes
-
-                rollouts = generate_episodes(ctrl.roles["generator"], ctrl.roles["environment"], ctrl.tokenizer,
-                                             ctrl.chat, ctrl.eval_examples, 1, cfg.max_new_tokens, 0.0, 1.0, seed=0,
-                                             max_turns=ctrl.cfg.rollout.max_turns)
-            else:
-                rollouts = generate(ctrl.roles["generator"], ctrl.tokenizer, ctrl.chat, ctrl.eval_examples, 1,
-                                    cfg.max_new_tokens, 0.0, 1.0, seed=0)
-            score(ctrl.roles["reward"], rollouts)
-            found = reward_metrics(rollouts, ctrl.task.name, prefix="eval")
-            metrics = {**eval_metrics([r.example for r in rollouts], [float(r.correct) for r in rollouts],
-                                      [len(r.completion_ids) for r in rollouts]), "eval/reward": found["eval/mean"]}
-            if "environment" in ctrl.roles:  # each reward component, and how the episodes went
-                metrics.update({k: v for k, v in found.items() if k != "eval/mean" and not k.startswith("eval/accuracy_")},
-                               **episode_metrics(rollouts, "eval"))
-            return metrics
         scores, lengths = score_greedy(
-            ctrl.task, ctrl.tokenizer, ctrl.eval_examples, ctrl.chat, cfg,
-            lambda chunk: ctrl.learners.call_one(0, "generate", chunk, cfg.max_new_tokens, cfg.batch_size),
-            description=f"eval @ step {step}", show_progress=ctrl.show_progress,
+            task, tokenizer, examples, chat, cfg.eval,
+            lambda chunk: learners.call_one(0, "generate", chunk, cfg.eval.max_new_tokens, cfg.eval.batch_size),
+            description=f"eval @ step {step}", show_progress=show_progress,
         )
-        return eval_metrics(ctrl.eval_examples, scores, lengths)
+        return eval_metrics(examples, scores, lengths)

@@ -1,18 +1,17 @@
-"""Masked discrete diffusion models over DNA (rlft.diffusion): loading, the parity probe, evaluation.
+"""Masked discrete diffusion models over DNA (rlft.diffusion): loading, the parity probe, and the
+hooks evaluation uses (docs/algorithms.md#dna-evaluation-metrics).
 
-Evaluation (docs/algorithms.md#dna-evaluation-metrics). With generators (DRAKES) they sample `eval.num_examples`
-sequences with the latest published weights and fixed seeds; the reward roles score them with
-their components (the held-out evaluation oracle) and the task's checker:
+With generators (DRAKES) the sampling source evaluates (rlft.sources.sampling): the generators
+sample, the reward roles score with the oracles, and this family adds the statistics of the
+samples against reference sequences (`sequence_statistics`):
 
-  eval/pred_activity    median evaluation-oracle reward (the target's logit or log-odds)
-  eval/accuracy         fraction the checking oracle classifies as the target cell type
   eval/kmer3_corr       Pearson correlation of 3-mer counts with the reference sequences
   eval/motif_corr       Spearman correlation of JASPAR motif hits with the reference sequences
-  eval/log_likelihood   median approximate log-likelihood under the base (pretrained) model
 
 The reference sequences are the top `diffusion.reference_fraction` of the data's target-cell
 sequences ranked by the checking oracle. Without generators (pretraining) learner rank 0
-reports the held-out NELBO per token and the k-mer statistics of its own samples.
+reports the held-out NELBO per token and the same statistics of its own samples
+(`evaluate_on_learner`).
 """
 
 from __future__ import annotations
@@ -22,8 +21,6 @@ from functools import cached_property
 
 import torch
 
-from rlft.data.jsonl import Example
-from rlft.types import Rollout
 
 PROBE_SEED = 1234
 PROBE_MASKED_FRACTION = 0.5
@@ -48,7 +45,7 @@ class MaskedDiffusion:
 
         return MDLM.from_pretrained(model_path).to(dtype)
 
-    def check_data(self, cfg, spec, model_path, tokenizer, chat, train_examples, eval_examples) -> None:
+    def check_data(self, cfg, model_path, tokenizer, chat, train_examples, eval_examples) -> None:
         """Every sequence has the model's length (the loader already refused other letters)."""
         import json
         from pathlib import Path
@@ -101,71 +98,36 @@ class MaskedDiffusion:
 
         return load_motifs()
 
-    def references(self, ctrl) -> list[str]:
-        """The top target-cell sequences of the data by the checking oracle (computed once per run)."""
+    def references(self, task, fraction: float) -> list[str]:
+        """The top `fraction` of the data's target-cell sequences by the checking oracle (computed once per run)."""
         if self._references is None:
             from rlft.diffusion.metrics import top_sequences
 
-            task = ctrl.task
             subset = task.data.subset(cell_type=task.cfg.target)
-            self._references = top_sequences(subset, task.oracle, ctrl.cfg.diffusion.reference_fraction)
+            self._references = top_sequences(subset, task.oracle, fraction)
         return self._references
 
-    def sequence_statistics(self, ctrl, sequences: list[str]) -> dict[str, float]:
+    def sequence_statistics(self, task, fraction: float, sequences: list[str]) -> dict[str, float]:
+        """eval/kmer3_corr and eval/motif_corr of `sequences` against the reference sequences."""
         from rlft.diffusion.metrics import kmer_correlation, motif_correlation
 
-        references = self.references(ctrl)
+        references = self.references(task, fraction)
         return {"eval/kmer3_corr": kmer_correlation(sequences, references, k=3),
                 "eval/motif_corr": motif_correlation(sequences, references, self.motifs)}
 
-    def evaluate(self, ctrl, step: int) -> dict[str, float]:
-        if "generator" not in ctrl.roles:
-            return self._evaluate_on_learner(ctrl, step)
-        ctrl.settle()
-        cfg = ctrl.cfg
-        generators = ctrl.roles["generator"]
-        num = cfg.eval.num_examples
-        shares = [num // len(generators) + (i < num % len(generators)) for i in range(len(generators))]
-        seed = cfg.run.seed * 1_000_003  # the same evaluation noise at every step of a run
-        outputs = generators.call_each("sample", [(share, seed + 10_007 * (i + 1), cfg.diffusion.sample_steps,
-                                                  cfg.diffusion.eval_batch) for i, share in enumerate(shares)])
-        sequences = [seq for out in outputs for seq in out["sequences"]]
-        versions = {out["version"] for out in outputs}
-        if len(versions) != 1:
-            raise RuntimeError(f"generators sampled evaluation sequences with different policy versions: {versions}")
-        version = versions.pop()
-        rollouts = [Rollout(example=Example(prompt="", response=None, answer=ctrl.task.cfg.target), group=0,
-                            prompt_ids=[], completion_ids=[], logprobs=[], text=seq, version=version)
-                    for seq in sequences]
-        from rlft.sources.rollouts import score, split_evenly
-
-        score(ctrl.roles["reward"], rollouts)
-        # DRAKES's training samples never leave the learners' loss: these are the ones to read
-        ctrl.samples.write(rollouts, step, step // ctrl.spec.optimizer_steps(cfg), ctrl.policy_version, source="eval")
-        likelihoods = [ll for i, lls in enumerate(generators.call_each(
-            "log_likelihood", [(chunk, cfg.diffusion.loglik_steps, seed + 4_001 + i) for i, chunk in
-                               enumerate(split_evenly(sequences, len(generators)))])) for ll in lls]
-        metrics = {"eval/pred_activity": statistics.median(r.reward for r in rollouts),
-                   "eval/reward": statistics.fmean(r.reward for r in rollouts),
-                   "eval/accuracy": statistics.fmean(float(r.correct) for r in rollouts),
-                   "eval/log_likelihood": statistics.median(likelihoods),
-                   **self.sequence_statistics(ctrl, sequences)}
-        return metrics
-
-    def _evaluate_on_learner(self, ctrl, step: int) -> dict[str, float]:
-        """Pretraining: held-out NELBO per token and the statistics of rank 0's samples."""
+    def evaluate_on_learner(self, learners, task, examples: list, cfg, *, tokenizer, chat: bool, step: int,
+                            show_progress: bool) -> dict[str, float]:
+        """Pretraining (no generators): held-out NELBO per token and the statistics of rank 0's samples."""
         from rlft.data.dna import encode
 
-        held_out = [ex.response for ex in ctrl.eval_examples[:NELBO_EVAL_SEQUENCES]]
+        held_out = [ex.response for ex in examples[:NELBO_EVAL_SEQUENCES]]
         if not held_out:
             return {}
-        cfg = ctrl.cfg
-        nelbo = ctrl.learners.call_one(0, "family_call", "held_out_nelbo", encode(held_out), cfg.run.seed)
-        sequences = ctrl.learners.call_one(0, "family_call", "sample_sequences", min(cfg.eval.num_examples, 256),
-                                           cfg.diffusion.sample_steps, cfg.run.seed, cfg.diffusion.eval_batch)
-        return {"eval/nelbo_per_token": nelbo, "eval/accuracy": statistics.fmean(
-                    ctrl.task.classified_as_target(sequences)), **self.sequence_statistics(ctrl, sequences)}
-
+        nelbo = learners.call_one(0, "family_call", "held_out_nelbo", encode(held_out), cfg.run.seed)
+        sequences = learners.call_one(0, "family_call", "sample_sequences", min(cfg.eval.num_examples, 256),
+                                      cfg.diffusion.sample_steps, cfg.run.seed, cfg.diffusion.eval_batch)
+        return {"eval/nelbo_per_token": nelbo, "eval/accuracy": statistics.fmean(task.classified_as_target(sequences)),
+                **self.sequence_statistics(task, cfg.diffusion.reference_fraction, sequences)}
 
 
 @torch.no_grad()

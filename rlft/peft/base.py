@@ -4,25 +4,84 @@ A method wraps the freshly loaded model, says what the reference policy is (`ref
 context inside which a forward pass is the reference model), exports the payload that
 generators apply after each update (rlft.sync), and writes checkpoints. The learner calls only
 these methods, so nothing else in the code branches on the method.
+
+Each method owns its config section: `config_cls`, a `PeftConfig` subclass whose `method` field
+names it (the `peft` section of a recipe is validated by the class `peft.method` picks; methods
+that train a small delta on target linears share `AdapterConfig`'s fields). Its checks of the
+whole run config are `validate`, its trained-parameter count for the memory estimate
+`trained_parameters`; `payload_kind`, `has_reference` and `produces_full_model` say what the
+rest of the code may expect of it.
 """
 
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import Callable
 
 import torch
+from pydantic import Field
+
+from rlft.schema import Section
+
+
+class PeftConfig(Section):
+    """The `peft` section; a method's config class extends it with the method's own fields."""
+
+    method: str = Field(
+        description="What is trained: a name in rlft.peft.PEFT_METHODS (a recipe that names none gets "
+        "rlft.peft.DEFAULT_METHOD)."
+    )
+
+
+class AdapterConfig(PeftConfig):
+    """Fields of the methods that train a small delta on target linear layers (lora, pissa, paca, lift)."""
+
+    r: int = Field(8, ge=1, description="Adapter rank (LoRA, PiSSA); columns per layer (PaCA); LoRA-equivalent "
+                                       "budget (LIFT trains (in+out) x r entries per layer).")
+    alpha: float = Field(16.0, gt=0, description="LoRA and PaCA alpha (scaling alpha/r).")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: list[str] = Field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        description="Linear layers that get adapters.",
+    )
+
+
+def adapter_parameters(cfg: AdapterConfig, shape, per_linear: Callable[[int, int], int]) -> int:
+    """Trained values of an adapter method: r x per_linear(in, out) over the target linears of every
+    layer (`shape`: an rlft.footprint.ModelShape); ~1% of the model when the shape is unknown."""
+    sizes = shape.adapter_linear_sizes(cfg.target_modules)
+    if sizes is None:
+        return shape.params // 100  # an unknown architecture: adapters are ~1% of it
+    return cfg.r * sum(per_linear(inp, out) for inp, out in sizes) * shape.layers
 
 
 class PeftMethod:
     name = "base"
+    # Its `peft` config section (a PeftConfig subclass with `method: Literal["<name>"]`).
+    config_cls: type[PeftConfig] = PeftConfig
     # The rlft.sync payload kind this method exports for generators (None: it cannot sync).
     payload_kind: str | None = None
     # Whether `reference` gives a reference policy (KL terms need one).
     has_reference = False
+    # Whether every weight trains, so that the final checkpoint is the whole fine-tuned model, which a
+    # warm start (warm_start.recipe) hands to the next run as its base model. (LIFT and HFT save whole
+    # model folders too, but as partial fine-tunes they are not offered as warm starts.)
+    produces_full_model = False
 
     def __init__(self, cfg):
         self.cfg = cfg
+
+    @classmethod
+    def validate(cls, run_cfg) -> None:
+        """The method's own checks of the whole run config (ValueError naming the keys and a fix), made
+        before any role starts (rlft.control.validation)."""
+
+    @classmethod
+    def trained_parameters(cls, cfg, shape) -> int:
+        """Parameters the learner trains (with gradients and Adam moments) under the `peft` section `cfg`,
+        for the memory estimate (`shape`: an rlft.footprint.ModelShape). Default: every weight."""
+        return shape.params
 
     def wrap(self, model: torch.nn.Module, seed: int, with_reference: bool) -> torch.nn.Module:
         """The model to train. with_reference: keep what `reference` needs (e.g. initial weights)."""

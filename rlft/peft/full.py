@@ -12,13 +12,24 @@ from __future__ import annotations
 import copy
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
-from rlft.peft.base import PeftMethod
+from pydantic import Field
+
+from rlft.peft.base import PeftConfig, PeftMethod
+
+
+class FullConfig(PeftConfig):
+    """`peft.method: full` has no fields of its own."""
+
+    method: Literal["full"] = Field("full", description="PEFT method (rlft.peft.PEFT_METHODS).")
 
 
 class FullFineTuning(PeftMethod):
     name = "full"
+    config_cls = FullConfig
     has_reference = True
+    produces_full_model = True
 
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -13,12 +13,22 @@ The reference policy swaps the initial values of the trained tensors in.
 from __future__ import annotations
 
 import random
+from typing import Literal
 
 import torch
+from pydantic import Field
 
-from rlft.peft.base import PeftMethod
+from rlft.peft.base import PeftConfig, PeftMethod
 from rlft.peft.partial import save_full_folder, swapped_values
 from rlft.sync.payload import PartialPayload
+
+class HFTConfig(PeftConfig):
+    method: Literal["hft"] = Field("hft", description="PEFT method (rlft.peft.PEFT_METHODS).")
+    hft_round: int = Field(
+        0, ge=0, description="HFT: which random half is trained; give each stage of a chain its own round."
+    )
+    hft_train_embeddings: bool = Field(True, description="HFT: train the input embedding and LM head too.")
+
 
 ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -74,8 +84,13 @@ def hft_trainable(model, seed: int, round_index: int, train_embeddings: bool) ->
 
 class HFT(PeftMethod):
     name = "hft"
+    config_cls = HFTConfig
     payload_kind = "partial"
     has_reference = True
+
+    @classmethod
+    def trained_parameters(cls, cfg, shape):
+        return shape.params // 2
 
     def wrap(self, model, seed, with_reference):
         self.trainable = hft_trainable(model, seed, self.cfg.hft_round, self.cfg.hft_train_embeddings)

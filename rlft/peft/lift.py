@@ -15,14 +15,27 @@ then, as (index, value) pairs (rlft.sync.payload.SparsePayload).
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 import torch
+from pydantic import Field
 
-from rlft.peft.base import torch_optimizer
+from rlft.peft.base import AdapterConfig, adapter_parameters, torch_optimizer
 from rlft.peft.partial import PartialLinear, PartialLinearMethod, partial_linears, save_full_folder
 from rlft.sync.payload import SparsePayload, SparseUpdate
 
 log = logging.getLogger(__name__)
+
+
+class LIFTConfig(AdapterConfig):
+    method: Literal["lift"] = Field("lift", description="PEFT method (rlft.peft.PEFT_METHODS).")
+    lift_filter_rank: int | None = Field(
+        None, ge=1, description="LIFT: rank of the approximation whose largest entries are trained (None: r)."
+    )
+    lift_update_interval: int = Field(
+        200, ge=0, description="LIFT: re-select the trained entries every N optimizer steps (0: never; "
+                               "a refresh remaps Adam moments, so it needs learner.zero_stage=0)."
+    )
 
 
 def lift_budget(rows: int, cols: int, lora_rank: int) -> int:
@@ -110,11 +123,25 @@ def optimizer_state_of(optimizer, param: torch.nn.Parameter) -> dict:
 
 class LIFT(PartialLinearMethod):
     name = "lift"
+    config_cls = LIFTConfig
     payload_kind = "sparse"
 
     def __init__(self, cfg):
         super().__init__(cfg)
         self.steps = 0
+
+    @classmethod
+    def validate(cls, run_cfg):
+        interval, stage = run_cfg.peft.lift_update_interval, run_cfg.learner.zero_stage
+        if interval and stage:
+            raise ValueError(f"peft.method=lift re-selects its trained entries every peft.lift_update_interval="
+                             f"{interval} steps and remaps their Adam moments, which DeepSpeed ZeRO "
+                             f"stage {stage} keeps in flat partitions: set learner.zero_stage=0, or "
+                             "peft.lift_update_interval=0 (a fixed mask)")
+
+    @classmethod
+    def trained_parameters(cls, cfg, shape):
+        return adapter_parameters(cfg, shape, lambda inp, out: inp + out)  # (in + out) r entries per matrix
 
     def make_layer(self, linear, generator):
         return LiftLinear(linear, self.cfg.r, self.cfg.lift_filter_rank or self.cfg.r)

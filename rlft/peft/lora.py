@@ -9,11 +9,17 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field
 
-from rlft.peft.base import PeftMethod
+from rlft.peft.base import AdapterConfig, PeftMethod, adapter_parameters
 from rlft.sync.payload import LoraPayload, adapter_config_dict
+
+
+class LoRAConfig(AdapterConfig):
+    method: Literal["lora"] = Field("lora", description="PEFT method (rlft.peft.PEFT_METHODS).")
 
 
 def adapter_tensors(model, adapter_name: str = "default") -> dict[str, torch.Tensor]:
@@ -46,8 +52,13 @@ def merged_weights(model, adapter_name: str = "default") -> dict[str, torch.Tens
 
 class LoRA(PeftMethod):
     name = "lora"
+    config_cls = LoRAConfig
     payload_kind = "lora"
     has_reference = True
+
+    @classmethod
+    def trained_parameters(cls, cfg, shape):
+        return adapter_parameters(cfg, shape, lambda inp, out: inp + out)  # A (r x in) and B (out x r)
 
     def lora_config(self, init_lora_weights: bool | str = True):
         from peft import LoraConfig

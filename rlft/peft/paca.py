@@ -12,11 +12,19 @@ of those columns, s * w_paca - W0[:, I], and alpha = r makes the LoRA scaling 1.
 
 from __future__ import annotations
 
-import torch
+from typing import Literal
 
+import torch
+from pydantic import Field
+
+from rlft.peft.base import AdapterConfig, adapter_parameters
 from rlft.peft.lora import save_adapter_folder
 from rlft.peft.partial import PartialLinear, PartialLinearMethod, partial_linears
 from rlft.sync.payload import LoraPayload, adapter_config_dict
+
+
+class PaCAConfig(AdapterConfig):
+    method: Literal["paca"] = Field("paca", description="PEFT method (rlft.peft.PEFT_METHODS).")
 
 
 class _PacaLinearFn(torch.autograd.Function):
@@ -71,7 +79,12 @@ class PacaLinear(PartialLinear):
 
 class PaCA(PartialLinearMethod):
     name = "paca"
+    config_cls = PaCAConfig
     payload_kind = "lora"
+
+    @classmethod
+    def trained_parameters(cls, cfg, shape):
+        return adapter_parameters(cfg, shape, lambda inp, out: out)  # r columns of out values each
 
     def make_layer(self, linear, generator):
         return PacaLinear(linear, self.cfg.r, self.cfg.alpha, generator)  # the same columns on every rank

@@ -10,10 +10,12 @@ the scaling alpha/r is unchanged.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import Literal
 
 import torch
+from pydantic import Field
 
-from rlft.peft.lora import LoRA, adapter_tensors
+from rlft.peft.lora import LoRA, LoRAConfig, adapter_tensors
 
 REFERENCE_ADAPTER = "reference"
 
@@ -31,6 +33,13 @@ def pissa_as_lora(tensors: dict[str, torch.Tensor], initial: dict[str, torch.Ten
     return out
 
 
+class PiSSAConfig(LoRAConfig):
+    method: Literal["pissa"] = Field(  # type: ignore[assignment]
+        "pissa", description="PEFT method (rlft.peft.PEFT_METHODS)."
+    )
+    pissa_niter: int | None = Field(4, description="PiSSA fast-SVD iterations (None: exact SVD).")
+
+
 def tuner_layers(model):
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -39,6 +48,7 @@ def tuner_layers(model):
 
 class PiSSA(LoRA):
     name = "pissa"
+    config_cls = PiSSAConfig
 
     def wrap(self, model, seed, with_reference):
         from peft import get_peft_model, set_peft_model_state_dict

@@ -19,10 +19,13 @@ import logging
 from dataclasses import dataclass, field
 from typing import Callable
 
-from rlft.retrieval.episode import Answer, Malformed, Search, format_observation, parse_turn
-from rlft.types import Segment
+from rlft.retrieval.episode import (ANSWER_CLOSE, SEARCH_CLOSE, Answer, Malformed, Search, coverage,
+                                    format_observation, parse_turn)
+from rlft.types import Rollout, Segment
 
 log = logging.getLogger(__name__)
+
+TURN_STOP = [SEARCH_CLOSE, ANSWER_CLOSE]  # a turn ends with its closing tag (vLLM stop strings, kept in the output)
 
 
 @dataclass
@@ -91,3 +94,15 @@ def run_episodes(prompts: list[list[int]], sample_turns: Callable[[list[list[int
             episodes[i].retrieved.append([d["id"] for d in documents])
         open_ = [i for i, _ in searching]
     return episodes
+
+
+def episode_metrics(rollouts: list[Rollout], prefix: str) -> dict[str, float]:
+    """Searches per episode, how episodes ended, and the evidence covered at the end."""
+    n = len(rollouts)
+    ended = [r.finish_reason or "" for r in rollouts]
+    covered = [coverage({i for ids in r.info["retrieved"] for i in ids}, tuple(r.example.meta.get("supporting", ())))
+               for r in rollouts]
+    return {f"{prefix}/searches": sum(len(r.info["retrieved"]) for r in rollouts) / n,
+            f"{prefix}/answered": sum(e == "answer" for e in ended) / n,
+            f"{prefix}/malformed": sum(e.startswith("malformed") for e in ended) / n,
+            f"{prefix}/coverage": sum(covered) / n}

@@ -12,6 +12,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rlft import run_modes
+from rlft.logs import library_env
 from rlft.sync.payload import EXTENSION
 
 log = logging.getLogger(__name__)
@@ -25,7 +27,7 @@ def engine_in_actor(setting: str, mode: str, cpu: bool) -> bool:
     """Whether vLLM's engine core and worker run inside the generator's own process (generator.engine_processes)."""
     if setting != "auto":
         return setting == "in_actor"
-    return cpu and mode != "inline"
+    return cpu and not run_modes.one_process(mode)
 
 
 def engine_kwargs(gen_cfg, model_path: str, dtype: str, lora_rank: int | None, max_model_len: int | None,
@@ -90,6 +92,7 @@ class GeneratorActor:
                  cpu_bind: str | None = None):
         self.cfg = cfg.generator
         self.mode = cfg.runtime.mode
+        self.log_level = cfg.runtime.log_level
         self.max_model_len = cfg.generator.max_model_len
         self.model_path = model_path
         self.index = index
@@ -114,6 +117,10 @@ class GeneratorActor:
         in_actor = engine_in_actor(self.cfg.engine_processes, self.mode, current_platform.is_cpu())
         # vLLM reads this when the engine is built: 0 keeps its engine core in this process
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_actor else "1"
+        # vLLM's log level, and whether its lines go through the root logger: when its engine runs in this
+        # process and something writes the root logger's lines (a routed member, the command line; rlft.logs)
+        in_process = (in_actor or run_modes.one_process(self.mode)) and bool(logging.getLogger().handlers)
+        os.environ.update(library_env(self.log_level, engine_in_process=in_process))
         from vllm import LLM
 
         self.llm = LLM(**engine_kwargs(self.cfg, self.model_path, self.dtype, self.lora_rank, self.max_model_len,

@@ -19,6 +19,7 @@ import torch
 
 from rlft.algorithms.base import StepCounts, add_metric_sums
 from rlft.generation import eval_mode, greedy_generate
+from rlft.logs import set_library_loggers
 from rlft.ops.logprobs import token_logprobs
 from rlft.peft import PEFT_METHODS
 from rlft.peft.base import count_parameters
@@ -198,6 +199,7 @@ class LearnerActor:
     def setup(self) -> dict[str, Any]:
         import deepspeed
 
+        set_library_loggers(self.cfg.runtime.log_level)  # DeepSpeed's logger, created by the import (rlft.logs)
         if self.num_threads:
             torch.set_num_threads(self.num_threads)
         torch.manual_seed(self.cfg.run.seed)

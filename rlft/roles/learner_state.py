@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from rlft.checkpoints import ResumeError
+from rlft.errors import ResumeError
 from rlft.peft.base import torch_optimizer
 
 MODEL_FILE = "model_state.safetensors"

@@ -3,6 +3,10 @@
 A source is built once per run from a `SourceContext` and hands the controller one batch of
 items per iteration (`next_batch`), with the metrics of making it; `state()` / `load_state()`
 (JSON) say where it is in its data, for exact resume and for generating a lost batch again.
+Because a source knows how its data is made, it also evaluates the held-out examples the same
+way (`evaluate`, called by the controller), and says how many tokens it samples after a training
+prompt (`sampled_tokens`, which the prompt-length check adds; rlft.data.lengths). Both have
+defaults on `Source`: learner rank 0 evaluates, as the model family scores, and one token.
 Registered by name:
 
   dataset   examples of the task's train split, in a seeded epoch order (SFT)
@@ -15,6 +19,12 @@ Registered by name:
   sampling  seeds only: the learners sample inside the loss (DRAKES)
   episodes  multi-turn retrieval episodes: generators write turns, the environment role answers
             searches, reward roles score (IM-RAG)
+
+How each evaluates: dataset, pairs and lists on learner rank 0 (the family's `evaluate_on_learner`:
+greedy answers checked by the task, or a diffusion model's held-out NELBO and samples); rollouts
+and trees by one greedy answer per example from the generators, scored by the reward roles;
+episodes by one greedy episode per example; sampling by diffusion samples from the generators,
+scored by the oracles.
 """
 
 from __future__ import annotations
@@ -64,7 +74,36 @@ class SourceContext:
         return self.cfg.train.batch_size * mini_batches
 
 
-class SampledSource:
+class Source:
+    """What the controller asks of every source. `next_batch`, `state` and `load_state` are each
+    source's own; `sampled_tokens` and `evaluate` have the defaults of a source that generates
+    nothing (its algorithm starts no generators)."""
+
+    ctx: SourceContext
+
+    @staticmethod
+    def sampled_tokens(cfg) -> int:
+        """Tokens every training prompt must leave room for within train.max_length, checked before any
+        role starts (rlft.data.lengths): by default one response token (a longer response is cut to
+        train.max_length when its row is built)."""
+        return 1
+
+    def evaluate(self, roles: dict[str, Any], examples: list, step: int, *, family, policy_version: int, samples,
+                 show_progress: bool) -> dict[str, float]:
+        """Held-out metrics after optimizer step `step` ({} when there is nothing to evaluate).
+
+        roles: the run's role groups by kind; examples: the held-out examples (eval.num_examples of
+        the task's eval split); family: the model family (rlft.families); policy_version: the version
+        the generators hold; samples: the run's SampleLog (rlft.samples), for evaluation samples a
+        person can read; show_progress: whether to show a progress bar.
+
+        Here: learner rank 0 scores the examples as the model family does (`evaluate_on_learner`)."""
+        ctx = self.ctx
+        return family.evaluate_on_learner(roles["learner"], ctx.task, examples, ctx.cfg, tokenizer=ctx.tokenizer,
+                                          chat=ctx.chat, step=step, show_progress=show_progress)
+
+
+class SampledSource(Source):
     """A source that draws its items in an `EpochSampler` order: the sampler's state is the
     source's (what a resumed run needs to draw the same next batch)."""
 

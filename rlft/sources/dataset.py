@@ -1,4 +1,5 @@
-"""Examples of the task's train split, in a seeded order that reshuffles every epoch."""
+"""Examples of the task's train split, in a seeded order that reshuffles every epoch. No generators:
+evaluation is learner rank 0's (`Source.evaluate`)."""
 
 from __future__ import annotations
 

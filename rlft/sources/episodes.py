@@ -1,16 +1,14 @@
 """Multi-turn retrieval episodes as rollouts (IM-RAG, docs/algorithms.md#im-rag-episodes): prompts
 from the train split, turns sampled by the generator roles, searches answered by the environment
-role, rollouts scored by the reward roles (rlft.retrieval.episodes runs the turns)."""
+role, rollouts scored by the reward roles (rlft.retrieval.episodes runs the turns). Evaluation
+plays one greedy episode per held-out example the same way."""
 
 from __future__ import annotations
 
 from rlft.data.collate import encode_prompt
-from rlft.retrieval.episode import ANSWER_CLOSE, SEARCH_CLOSE, coverage
-from rlft.retrieval.episodes import TurnSample, run_episodes
+from rlft.retrieval.episodes import TURN_STOP, TurnSample, episode_metrics, run_episodes
 from rlft.sources.rollouts import RolloutSource, split_evenly
 from rlft.types import Rollout
-
-TURN_STOP = [SEARCH_CLOSE, ANSWER_CLOSE]
 
 
 def _sample_turns(generators, max_new_tokens: int, temperature: float, top_p: float, seed: int):
@@ -54,20 +52,14 @@ def generate_episodes(generators, environment, tokenizer, chat: bool, examples: 
             for k, e in enumerate(episodes)]
 
 
-def episode_metrics(rollouts: list[Rollout], prefix: str) -> dict[str, float]:
-    """Searches per episode, how episodes ended, and the evidence covered at the end."""
-    n = len(rollouts)
-    ended = [r.finish_reason or "" for r in rollouts]
-    covered = [coverage({i for ids in r.info["retrieved"] for i in ids}, tuple(r.example.meta.get("supporting", ())))
-               for r in rollouts]
-    return {f"{prefix}/searches": sum(len(r.info["retrieved"]) for r in rollouts) / n,
-            f"{prefix}/answered": sum(e == "answer" for e in ended) / n,
-            f"{prefix}/malformed": sum(e.startswith("malformed") for e in ended) / n,
-            f"{prefix}/coverage": sum(covered) / n}
-
-
 class EpisodeSource(RolloutSource):
     """Rollouts that are multi-turn episodes with the environment role."""
+
+    @staticmethod
+    def sampled_tokens(cfg) -> int:
+        """One response token, the default (not the rollout source's): an episode's turns and observations
+        are cut to train.max_length when its row is built (rlft.rollouts.rollout_row)."""
+        return 1
 
     def produce(self, prompts: list, group: int, seed: int) -> list[Rollout]:
         ctx, ro = self.ctx, self.ctx.cfg.rollout
@@ -77,3 +69,14 @@ class EpisodeSource(RolloutSource):
 
     def extra_metrics(self, rollouts: list[Rollout]) -> dict[str, float]:
         return episode_metrics(rollouts, "rollout")
+
+    def produce_greedy(self, roles: dict, examples: list) -> list[Rollout]:
+        """One greedy episode per held-out example (temperature 0, seed 0), at most rollout.max_turns searches."""
+        ctx = self.ctx
+        return generate_episodes(roles["generator"], roles["environment"], ctx.tokenizer, ctx.chat, examples, 1,
+                                 ctx.cfg.eval.max_new_tokens, 0.0, 1.0, seed=0, max_turns=ctx.cfg.rollout.max_turns)
+
+    def extra_eval_metrics(self, rollouts: list[Rollout], found: dict[str, float]) -> dict[str, float]:
+        """Each reward component's mean, and how the episodes went."""
+        return {**{k: v for k, v in found.items() if k != "eval/mean" and not k.startswith("eval/accuracy_")},
+                **episode_metrics(rollouts, "eval")}

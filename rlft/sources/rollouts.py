@@ -1,7 +1,8 @@
 """Rollouts: prompts from the train split, sampled by the generators and scored by the reward roles.
 
 One batch = rows_per_batch / samples_per_prompt prompts, each sampled samples_per_prompt times
-(one group id per prompt). `generate` and `score` are also what evaluation with generators uses.
+(one group id per prompt). Evaluation is the same with one greedy sample per held-out example
+(`greedy_rollouts`, `held_out_metrics`), which the tree source shares.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import time
 from rlft.data.collate import encode_prompt
 from rlft.data.sampler import EpochSampler
 from rlft.data.steps import completion_steps
+from rlft.eval_scoring import eval_metrics
 from rlft.modes import mode_metrics
 from rlft.rollouts import observation_mask
 from rlft.sources import SampledSource, SourceContext
@@ -81,13 +83,57 @@ def reward_metrics(rollouts: list[Rollout], task_name: str, prefix: str = "rewar
     return metrics
 
 
+def greedy_rollouts(generators, tokenizer, chat: bool, examples: list, max_new_tokens: int) -> list[Rollout]:
+    """One greedy completion per held-out example (temperature 0, seed 0) by the generators, at the
+    policy version they hold."""
+    return generate(generators, tokenizer, chat, examples, 1, max_new_tokens, 0.0, 1.0, seed=0)
+
+
+def held_out_metrics(rewards, rollouts: list[Rollout], task_name: str) -> tuple[dict[str, float], dict[str, float]]:
+    """Scores held-out rollouts with the reward roles: (eval/accuracy, eval/examples, eval/tokens, per
+    reasoning mode too, and eval/reward; every reward metric under eval/, from `reward_metrics`)."""
+    score(rewards, rollouts)
+    found = reward_metrics(rollouts, task_name, prefix="eval")
+    return {**eval_metrics([r.example for r in rollouts], [float(r.correct) for r in rollouts],
+                           [len(r.completion_ids) for r in rollouts]), "eval/reward": found["eval/mean"]}, found
+
+
 class RolloutSource(SampledSource):
     """Prompts from the train split, a group of completions per prompt, scored by the reward roles.
-    Subclasses change how completions are produced (`produce`) and what else is logged (`extra_metrics`)."""
+    Subclasses change how completions are produced (`produce`, `produce_greedy`) and what else is
+    logged (`extra_metrics`, `extra_eval_metrics`)."""
 
     def __init__(self, ctx: SourceContext):
         self.ctx = ctx
         self.sampler = EpochSampler(len(ctx.train_examples), ctx.cfg.run.seed)
+
+    @staticmethod
+    def sampled_tokens(cfg) -> int:
+        """Room for every token the generators may sample after a prompt: rollout.max_new_tokens."""
+        return cfg.rollout.max_new_tokens
+
+    def evaluate(self, roles: dict, examples: list, step: int, *, family, policy_version: int, samples,
+                 show_progress: bool) -> dict[str, float]:
+        """Greedy held-out answers, one per example, by the generators (the current policy version),
+        scored by the reward roles. An algorithm that runs this source without generators (a test's
+        learner-only variant) is evaluated on learner rank 0 (`Source.evaluate`)."""
+        if "generator" not in roles:
+            return super().evaluate(roles, examples, step, family=family, policy_version=policy_version,
+                                    samples=samples, show_progress=show_progress)
+        if not examples:
+            return {}
+        rollouts = self.produce_greedy(roles, examples)
+        metrics, found = held_out_metrics(roles["reward"], rollouts, self.ctx.task.name)
+        metrics.update(self.extra_eval_metrics(rollouts, found))
+        return metrics
+
+    def produce_greedy(self, roles: dict, examples: list) -> list[Rollout]:
+        ctx = self.ctx
+        return greedy_rollouts(roles["generator"], ctx.tokenizer, ctx.chat, examples, ctx.cfg.eval.max_new_tokens)
+
+    def extra_eval_metrics(self, rollouts: list[Rollout], found: dict[str, float]) -> dict[str, float]:
+        """Evaluation metrics beside the held-out accuracy and reward; `found`: every reward metric under eval/."""
+        return {}
 
     def produce(self, prompts: list, group: int, seed: int) -> list[Rollout]:
         ctx, ro = self.ctx, self.ctx.cfg.rollout

@@ -11,6 +11,8 @@ the leaves of one tree (one group id, leaf 0 the root) become one ranked list.
 A root with d or fewer steps has no branch point at depth d (its last step would be cut off); its
 list is shorter, and the algorithm pads it with loss-free rows. Every leaf carries its step
 segments, from which the learner places the adaptive step reward.
+
+Evaluation grows no trees: one greedy answer per held-out example, as the rollout source evaluates.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from rlft.data.collate import encode_prompt
 from rlft.data.sampler import EpochSampler
 from rlft.data.steps import completion_steps, segment_steps
 from rlft.sources import SampledSource, SourceContext
-from rlft.sources.rollouts import reward_metrics, sample, score
+from rlft.sources.rollouts import greedy_rollouts, held_out_metrics, reward_metrics, sample, score
 from rlft.types import Rollout
 
 
@@ -72,6 +74,15 @@ class TreeSource(SampledSource):
             for i, continuations in zip(growing, results):
                 trees[i] += [leaf(trees[i][0], cuts[i], c, ctx.tokenizer, delimiter) for c in continuations]
         return [rollout for tree in trees for rollout in tree]
+
+    def evaluate(self, roles: dict, examples: list, step: int, *, family, policy_version: int, samples,
+                 show_progress: bool) -> dict[str, float]:
+        """Greedy held-out answers, one per example, by the generators, scored by the reward roles."""
+        if not examples:
+            return {}
+        ctx = self.ctx
+        rollouts = greedy_rollouts(roles["generator"], ctx.tokenizer, ctx.chat, examples, ctx.cfg.eval.max_new_tokens)
+        return held_out_metrics(roles["reward"], rollouts, ctx.task.name)[0]
 
     def next_batch(self, iteration: int, policy_version: int) -> tuple[list[Rollout], dict[str, float]]:
         ctx = self.ctx

@@ -1,8 +1,10 @@
-"""Exact resume: which checkpoint a run continues from, and stopping cleanly on SIGTERM.
+"""Exact resume: which checkpoint a run continues from, writing step checkpoints and loading one
+into fresh roles, and stopping cleanly on SIGTERM.
 
 `resume=auto` continues the newest run of the recipe's name (`<output_dir>/<name>` or its newest
-`-N` sibling) from its newest complete step checkpoint (rlft.checkpoints); with no checkpoint it
-starts a new run, and a run that finished is left alone. `resume=<folder>` names the checkpoint.
+`-N` sibling) from its newest complete step checkpoint (rlft.control.checkpoints); with no
+checkpoint it starts a new run, and a run that finished is left alone. `resume=<folder>` names the
+checkpoint.
 The resumed run must be the same recipe: any difference outside `runtime`, `tracking`, the run
 folder's name and place, and `resume` is refused, naming the keys (a different batch size or
 learning rate would not continue the same run).
@@ -18,17 +20,18 @@ import json
 import logging
 import signal
 import threading
-from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
-from rlft.checkpoints import (COMPLETE, FINISHED, RESUME_DIR, STATE_FILE, ResumeError, commit, find_resume_point,
-                              partial_dir, prune, read_state, write_state)
+from rlft.control.checkpoints import (COMPLETE, RESUME_DIR, STATE_FILE, commit, find_resume_point, partial_dir, prune,
+                                      read_state, write_state)
+from rlft.control.run_dirs import FINISHED
+from rlft.errors import ResumeError
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("rlft.resume")  # the name its lines have always carried in train.log
 
 # Config keys (and sections) a resumed run may change: where and how it runs, not what it trains.
 MAY_DIFFER = ("runtime.", "tracking.", "resume", "run.name", "run.output_dir", "run.if_exists")
@@ -50,7 +53,7 @@ class RunStopped(Exception):
 class ResumePoint:
     run_dir: Path
     checkpoint: Path
-    state: dict[str, Any]           # the controller's state (rlft.checkpoints.write_state)
+    state: dict[str, Any]           # the controller's state (rlft.control.checkpoints.write_state)
     next_batch: tuple[list, dict] | None
 
     @property
@@ -141,40 +144,31 @@ class StopOnSignal:
             self._previous = self._unset
 
 
-class ResumableRun:
-    """Mixed into the Controller: writing step checkpoints and loading one into fresh roles."""
+# ----------------------------------------------------------------- writing and loading step checkpoints
+def save_checkpoint(run_dir: Path, learners, tag: str, keep_last: int | None,
+                    resume_state: Callable[[], tuple[dict[str, Any], tuple[list, dict] | None]] | None = None) -> Path:
+    """The policy as users load it, in checkpoints/<tag>; with `resume_state`, also everything exact
+    resume needs: each learner rank's state, then what `resume_state()` returns (the controller's
+    state, and the batch generated ahead or None), asked for once the ranks wrote theirs. Written
+    aside and renamed into place when complete; step checkpoints beyond `keep_last` pruned."""
+    written = partial_dir(run_dir, tag)
+    learners.call("save", str(written))
+    if resume_state is not None:
+        learners.call("save_state", str(written / RESUME_DIR))
+        write_state(written / RESUME_DIR, *resume_state())
+    out = commit(run_dir, tag, written)
+    for folder in prune(run_dir, keep_last):
+        log.info("removed %s (train.keep_checkpoints=%d)", folder, keep_last)
+    return out
 
-    def checkpoint(self, tag: str, iteration: int | None = None) -> Path:
-        """The policy as users load it; with `iteration`, also everything exact resume needs.
-        Written aside and renamed into place when complete; old step checkpoints pruned."""
-        written = partial_dir(self.run_dir, tag)
-        self.learners.call("save", str(written))
-        if iteration is not None:
-            self.learners.call("save_state", str(written / RESUME_DIR))
-            write_state(written / RESUME_DIR, self.resume_state(iteration),
-                        self._next_batch.result() if self._next_batch is not None else None)
-        out = commit(self.run_dir, tag, written)
-        for folder in prune(self.run_dir, self.cfg.train.keep_checkpoints):
-            log.info("removed %s (train.keep_checkpoints=%d)", folder, self.cfg.train.keep_checkpoints)
-        return out
 
-    def resume_state(self, iteration: int) -> dict[str, Any]:
-        return {"iteration": iteration, "step": self.optimizer_steps_taken, "policy_version": self.policy_version,
-                "samples_seen": self.samples_seen, "source": self.source.state(), "start_eval": self.start_eval,
-                "initial": self.initial, "skipped_steps": self.skipped_steps,
-                "wandb_id": self.tracker.wandb_id if self.tracker else None}
-
-    def restore(self, point: ResumePoint) -> None:
-        """Load a step checkpoint into the freshly started roles; generators get its policy."""
-        state = point.state
-        self.learners.call("load_state", str(point.learner_state))
-        self.source.load_state(state["source"])
-        self.optimizer_steps_taken, self.samples_seen = state["step"], state["samples_seen"]
-        self.start_eval, self.initial, self.skipped_steps = state["start_eval"], state["initial"], state["skipped_steps"]
-        if point.next_batch is not None:  # generated ahead before the stop: trained on next, as it would have been
-            self._next_batch = Future()
-            self._next_batch.set_result(point.next_batch)
-        if self.sync is not None:
-            self.sync.version = state["policy_version"]
-            found = self.sync.resync()
-            log.info("generators run the resumed policy (version %d): %s", self.sync.version, found)
+def restore_roles(point: ResumePoint, learners, source, sync) -> None:
+    """Load a step checkpoint into freshly started roles: each learner rank's state and the source's
+    data position; with generators (`sync` not None), the checkpoint's policy version is sent to them
+    again, verified like any sync. The loop's own counters are the controller's to take."""
+    learners.call("load_state", str(point.learner_state))
+    source.load_state(point.state["source"])
+    if sync is not None:
+        sync.version = point.state["policy_version"]
+        found = sync.resync()
+        log.info("generators run the resumed policy (version %d): %s", sync.version, found)

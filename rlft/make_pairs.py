@@ -1,6 +1,6 @@
 """Preference pairs sampled from a recipe's base model and judged by its task's checker (offline DPO data).
 
-    python -m rlft.data.make_pairs configs/dpo_offline_tiny_arith.yaml
+    python -m rlft.make_pairs configs/dpo_offline_tiny_arith.yaml
 
 loads the recipe, takes its base model (the warm start's final checkpoint, run first if missing;
 else model.name), and samples `--samples` completions (temperature `--temperature`) for each of
@@ -68,12 +68,13 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from rlft.config import load_config
+    from rlft.control import train  # a command: above the control layer (docs/architecture.md)
+    from rlft.control.warm_start import base_model_path
     from rlft.data.collate import encode_prompt, uses_chat_template
     from rlft.data.tasks import build_task
-    from rlft.runs import base_model_path
 
     cfg = load_config(args.config, args.overrides)
-    model_path = base_model_path(cfg, run_warm_start=True)
+    model_path = base_model_path(cfg, train=train)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path).eval()
     chat = uses_chat_template(tokenizer, cfg.data.chat_template)

@@ -9,6 +9,7 @@
 
 A checkpoint is written under `checkpoints/.partial-<tag>/` and renamed into place when complete,
 so a killed write never leaves a folder that looks complete. Everything is safetensors or JSON.
+Writing one from a run and loading one into fresh roles: rlft.control.resume.
 """
 
 from __future__ import annotations
@@ -22,20 +23,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlft.data.jsonl import Example
-from rlft.types import Rollout, Score, Segment
+from rlft.control.run_dirs import FINISHED, candidate_dirs
+from rlft.types import Example, Rollout, Score, Segment
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("rlft.checkpoints")  # the name its lines have always carried in train.log
 
 COMPLETE = "COMPLETE"
 RESUME_DIR = "resume"
 STATE_FILE = "state.json"
 BATCH_FILE = "next_batch.json"
-FINISHED = "finished.json"
-
-
-class ResumeError(RuntimeError):
-    """A run cannot continue from a checkpoint (incomplete, another recipe or learner layout)."""
 
 
 def checkpoints_dir(run_dir: Path) -> Path:
@@ -126,8 +122,6 @@ def rollout_from_json(raw: dict) -> Rollout:
 # ----------------------------------------------------------------- finding what to resume
 def newest_run_folder(run_dir: Path) -> Path | None:
     """The folder the newest run of this name wrote to: <name>, or the highest <name>-N."""
-    from rlft.runs import candidate_dirs
-
     newest = None
     for folder in candidate_dirs(Path(run_dir)):
         if not folder.exists():

@@ -10,10 +10,10 @@ One loop runs every algorithm; the algorithm's spec (rlft.algorithms.base) says 
         -> sync.publish             when generators exist: versioned payload, fingerprints, parity probe
       log at optimizer step i * steps_per_iteration; evaluate / checkpoint when a cadence is due
 
-A step checkpoint holds everything the loop needs to continue exactly (rlft.checkpoints); with
-`resume`, setup loads it into the freshly started roles, re-sends the policy to the generators
-(verified like any sync) and the loop continues at the next iteration. SIGTERM ends the current
-iteration, writes a step checkpoint and stops (rlft.resume).
+A step checkpoint holds everything the loop needs to continue exactly (rlft.control.checkpoints);
+with `resume`, setup loads it into the freshly started roles, re-sends the policy to the
+generators (verified like any sync) and the loop continues at the next iteration. SIGTERM ends the
+current iteration, writes a step checkpoint and stops (rlft.control.resume).
 
 With rollout.max_staleness = 1, source.next_batch(i + 1) runs in a background thread while the
 learners train on batch i, under the policy version before batch i's update (one step
@@ -23,6 +23,14 @@ load never interleaves with sampling.
 
 Roles come from the registry that `runtime.roles` names (rlft.roles.ROLES), so a test can run
 this loop with fake roles. The controller holds no model weights (only a tokenizer).
+
+The controller is composed of parts that take what they need as arguments: set-up starts the
+roles through a `RoleStarter` and the `STARTERS` registry (rlft.control.startup), the loop makes
+its remote calls through a `Recovery` (rlft.control.recovery), and step checkpoints are written
+and loaded by rlft.control.resume. What the loop counts (steps, rows, skipped steps, the first
+evaluation) stays here, and goes into each step checkpoint (`resume_state`). Held-out evaluation
+is the source's (`source.evaluate`, rlft.sources): the controller hands it the roles, the
+held-out examples and the step, and adds the evaluation's time and ACT.
 """
 
 from __future__ import annotations
@@ -40,29 +48,31 @@ from typing import Any
 from rlft import runtime
 from rlft.algorithms import ALGORITHMS
 from rlft.algorithms.base import RowContext, StepCounts, combine_metric_sums
-from rlft.checkpoints import FINISHED
 from rlft.cluster import resolve_storage
 from rlft.config import RLFTConfig, dump_config
+from rlft.control.recovery import Recovery, explain_fault
+from rlft.control.resume import (ResumePoint, RunFinished, RunStopped, StopOnSignal, restore_roles, resume_point,
+                                 save_checkpoint)
+from rlft.control.run_dirs import FINISHED, prepare_run_dir
+from rlft.control.startup import STARTERS, RoleStarter, memory_check, required_cpus
+from rlft.control.validation import check_run
+from rlft.control.warm_start import base_model_path
 from rlft.data.collate import shard_micro_batches
 from rlft.data.tasks import build_task
-from rlft.faults import is_actor_death
+from rlft.faults import is_actor_death, note_member_output
 from rlft.families import family_for
+from rlft.logs import attach_run_log, detach_run_log
 from rlft.modes import act_against, write_mode_report
 from rlft.peft import PEFT_METHODS
 from rlft.progress import print_summary, progress_bar
-from rlft.recovery import FaultRecovery
-from rlft.resume import ResumableRun, ResumePoint, RunFinished, RunStopped, StopOnSignal, resume_point
 from rlft.rollouts import with_logprobs
-from rlft.runs import base_model_path, prepare_run_dir
 from rlft.samples import SampleLog
-from rlft.startup import RoleStartup
 from rlft.sources import SOURCES, SourceContext
 from rlft.sources.rollouts import split_evenly
 from rlft.sync.protocol import WeightSync
 from rlft.tracking import Tracker, plot_run
-from rlft.validation import check_run
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("rlft.controller")  # the name its lines have always carried in train.log
 
 
 def due(every: int, step: int, steps_per_iteration: int) -> bool:
@@ -70,7 +80,9 @@ def due(every: int, step: int, steps_per_iteration: int) -> bool:
     return bool(every) and step // every > (step - steps_per_iteration) // every
 
 
-class Controller(RoleStartup, FaultRecovery, ResumableRun):
+class Controller:
+    """One run: set-up, the loop, evaluation and outputs (see the module's docstring for its parts)."""
+
     def __init__(self, cfg: RLFTConfig, show_progress: bool = True):
         self.cfg = cfg
         self.show_progress = show_progress
@@ -92,7 +104,8 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
         self.skipped_steps = 0  # optimizer steps skipped for non-finite gradients, in all
         self.skipped_in_a_row = 0
         self.stop = StopOnSignal()
-        self.restarts = 0  # generator and reward actors replaced after their process died
+        self.starter: RoleStarter | None = None  # set-up's: starts the roles, knows the learners' device
+        self.recovery: Recovery | None = None  # set-up's, once the roles and the weight sync exist
         self._next_batch_state: dict | None = None  # the source's state before the batch generated ahead
         self.samples: SampleLog | None = None  # rollouts a person can read (rlft.samples)
 
@@ -104,6 +117,11 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
     def policy_version(self) -> int:
         return self.sync.version if self.sync is not None else 0
 
+    @property
+    def learner_info(self) -> dict[str, Any]:
+        """What learner rank 0 reported when it started (device, dtype, trainable parameters)."""
+        return self.starter.learner_info
+
     # ----------------------------------------------------------------- set-up
     def setup(self) -> None:
         """Validate, resolve the base model and data, then start the roles (learners first)."""
@@ -111,7 +129,8 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
         self.cfg = cfg = resolve_storage(self.cfg)
         check_run(cfg, self.spec, self.peft)
         self.resumed = resume_point(cfg)  # before the warm start: a finished run needs nothing
-        self.model_path = base_model_path(cfg, run_warm_start=True, show_progress=self.show_progress)
+        # The base model; a warm start not run yet runs now, as a run of its own (rlft.control.warm_start).
+        self.model_path = base_model_path(cfg, train=train, show_progress=self.show_progress)
         self.family = family_for(self.model_path)
         self.tokenizer = self.family.load_tokenizer(self.model_path)
         self.chat = self.family.uses_chat(self.tokenizer, cfg.data.chat_template)
@@ -121,7 +140,7 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
         check_run(cfg, self.spec, self.peft, data=(self.model_path, self.tokenizer, self.chat,
                                                    self.train_examples, self.eval_examples),
                   check_data=self.family.check_data)
-        memory = self.memory_check()
+        memory = memory_check(cfg, self.spec, self.peft, self.model_path)
         # The source reads and checks its data now, before any role starts; it reaches the roles
         # through self.roles, filled below.
         self.source = SOURCES[self.spec.source](SourceContext(
@@ -138,26 +157,27 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
         self.tracker = Tracker(self.run_dir, cfg.run.name, cfg.model_dump(mode="json"), cfg.tracking.wandb,
                                cfg.tracking.project, resume_step=state.get("step"), wandb_id=state.get("wandb_id"))
         self.samples = SampleLog(self.run_dir, cfg.train.log_samples, cfg.run.seed, self.tracker)
-        num_cpus = cfg.runtime.num_cpus or max(os.cpu_count() or 1, math.ceil(self.required_cpus()))
-        self._owns_ray = runtime.start(cfg.runtime.mode, address=cfg.runtime.ray_address, num_cpus=num_cpus)
+        num_cpus = cfg.runtime.num_cpus or max(os.cpu_count() or 1, math.ceil(required_cpus(cfg, self.spec)))
+        self._owns_ray = runtime.start(cfg.runtime.mode, address=cfg.runtime.ray_address, num_cpus=num_cpus,
+                                       log_level=cfg.runtime.log_level)
         self.stop.install()  # ray.init replaced the SIGTERM handler
-        self.placement_check()
-        self.roles["learner"] = self._start_learners()
-        for kind in self.spec.roles:
-            self.roles[kind] = getattr(self, f"_start_{kind}s")()
-        self.record_placement()
+        self.starter = RoleStarter(cfg, self.spec, self.peft, self.model_path, self.run_dir)
+        self.starter.placement_check()
+        for kind in ("learner", *self.spec.roles):  # learners first: the others follow their device
+            self.roles[kind] = STARTERS[kind](self.starter)
+        self.starter.record_placement(self.roles)
         if "generator" in self.roles:
-            self.sync = WeightSync(self.learners, self.roles["generator"], cfg.sync, self.family.probe(self), self.dtype())
+            self.sync = WeightSync(self.learners, self.roles["generator"], cfg.sync, self.family.probe(self),
+                                   self.starter.dtype())
+        self.recovery = Recovery(cfg, self.roles, self.sync)
         self.row_ctx = RowContext(self.tokenizer, self.chat, cfg.train.max_length, cfg.algorithm)
         if self.resumed is not None:
             self.restore(self.resumed)
 
     def _start_log_file(self) -> None:
-        handler = logging.FileHandler(self.run_dir / "train.log")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        logging.getLogger("rlft").addHandler(handler)
-        logging.getLogger("rlft").setLevel(logging.INFO)
-        self._log_handler = handler
+        """<run>/train.log: what the driver logs (rlft's lines; under the command line also Ray's and
+        the libraries' INFO lines, which runtime.log_level quiet keeps off the console; rlft.logs)."""
+        self._log_handler = attach_run_log(self.run_dir / "train.log", self.cfg.runtime.log_level)
 
     # ----------------------------------------------------------------- learner steps
     def pad_id(self) -> int | None:
@@ -229,9 +249,11 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
                 if not is_actor_death(err):
                     raise
                 self.source.load_state(self._next_batch_state)
-                items, metrics = self.recovering(self.source.next_batch, iteration, self.policy_version, after=err)
+                items, metrics = self.recovery.recovering(self.source.next_batch, iteration, self.policy_version,
+                                                          after=err, source=self.source)
         else:
-            items, metrics = self.recovering(self.source.next_batch, iteration, self.policy_version)
+            items, metrics = self.recovery.recovering(self.source.next_batch, iteration, self.policy_version,
+                                                      source=self.source)
         self._next_batch = None
         if prefetch:
             if self._prefetcher is None:
@@ -268,10 +290,10 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
         self.settle()
         t3 = time.time()
         if self.sync is not None:
-            metrics.update(self.recovering(self.sync.publish))
+            metrics.update(self.recovery.recovering(self.sync.publish))
             metrics["perf/time_sync"] = metrics["sync/seconds"]
-        if self.restarts:
-            metrics["faults/restarts"] = float(self.restarts)
+        if self.recovery.restarts:
+            metrics["faults/restarts"] = float(self.recovery.restarts)
         elapsed = time.time() - t0
         if self.cfg.rollout.max_staleness:  # the learners' idle time: waiting for a batch, for generation to end
             metrics["perf/time_wait_generation"] = (t_batch - t0) + (t3 - t_wait)
@@ -288,7 +310,7 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
     def memory(self) -> dict[str, float]:
         """perf/mem_<role>_<measure>: the largest value over each role's members (rlft.memory). A member
         that died since the iteration's last call leaves its role out: the next call that needs it
-        meets the death and replaces it (rlft.recovery), the metrics being no reason to stop a run."""
+        meets the death and replaces it (rlft.control.recovery), the metrics being no reason to stop a run."""
         found: dict[str, float] = {}
         for kind, group in self.roles.items():
             try:
@@ -306,9 +328,14 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
 
     # ----------------------------------------------------------------- eval and outputs
     def evaluate(self, step: int) -> dict[str, float]:
-        """The model family's held-out evaluation (rlft.families), by the generators when there are any."""
+        """Held-out evaluation by the run's source, the way it makes the training data (rlft.sources:
+        greedy answers or episodes by the generators, diffusion samples, or learner rank 0 when the
+        algorithm has no generators); then perf/time_eval, and ACT against the first evaluation."""
         started = time.perf_counter()
-        metrics = self.family.evaluate(self, step)
+        self.settle()  # the generators are free for evaluation: no batch is in generation beside it
+        metrics = self.source.evaluate(self.roles, self.eval_examples, step, family=self.family,
+                                       policy_version=self.policy_version, samples=self.samples,
+                                       show_progress=self.show_progress)
         if not metrics:
             return {}
         metrics["perf/time_eval"] = time.perf_counter() - started  # kept apart from the iterations' clocks
@@ -316,6 +343,34 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
             self.start_eval = metrics
         act = act_against(metrics, self.start_eval)  # reasoning modes: ACT against the start's high mode
         return {**metrics, **({"eval/act": act} if act is not None else {})}
+
+    def checkpoint(self, tag: str, iteration: int | None = None) -> Path:
+        """The policy as users load it (checkpoints/<tag>); with `iteration`, also everything exact
+        resume needs (rlft.control.resume.save_checkpoint)."""
+        def state_and_batch():  # asked for once the learner ranks wrote their state
+            return (self.resume_state(iteration),
+                    self._next_batch.result() if self._next_batch is not None else None)
+
+        return save_checkpoint(self.run_dir, self.learners, tag, self.cfg.train.keep_checkpoints,
+                               state_and_batch if iteration is not None else None)
+
+    def resume_state(self, iteration: int) -> dict[str, Any]:
+        """What the loop needs to continue after `iteration`: state.json of a step checkpoint."""
+        return {"iteration": iteration, "step": self.optimizer_steps_taken, "policy_version": self.policy_version,
+                "samples_seen": self.samples_seen, "source": self.source.state(), "start_eval": self.start_eval,
+                "initial": self.initial, "skipped_steps": self.skipped_steps,
+                "wandb_id": self.tracker.wandb_id if self.tracker else None}
+
+    def restore(self, point: ResumePoint) -> None:
+        """Continue from a step checkpoint: the freshly started roles get its state (the generators its
+        policy), the loop its counters and the batch generated ahead, if any."""
+        restore_roles(point, self.learners, self.source, self.sync)
+        state = point.state
+        self.optimizer_steps_taken, self.samples_seen = state["step"], state["samples_seen"]
+        self.start_eval, self.initial, self.skipped_steps = state["start_eval"], state["initial"], state["skipped_steps"]
+        if point.next_batch is not None:  # generated ahead before the stop: trained on next, as it would have been
+            self._next_batch = Future()
+            self._next_batch.set_result(point.next_batch)
 
     # ----------------------------------------------------------------- the loop
     def run(self) -> dict[str, Any]:
@@ -329,7 +384,9 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
         except RunFinished:
             raise
         except Exception as err:
-            failed = self.explain_fault(err)
+            failed = explain_fault(err, self.cfg, self.roles, self.run_dir)
+            # a member that raised or died: its log file and last lines (runtime.log_level quiet)
+            note_member_output(err, self.roles, target=failed)
             if self._log_handler is not None:  # the run folder keeps why it stopped (the console shows the error)
                 self._log_handler.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0,
                                                         f"run stopped by an error{f': {failed}' if failed else ''}",
@@ -347,7 +404,7 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
         start = time.time()
         first = self.resumed.state["iteration"] + 1 if self.resumed else 1
         if self.resumed is None:
-            self.initial = self.recovering(self.evaluate, 0)
+            self.initial = self.recovery.recovering(self.evaluate, 0)
             if self.sync is not None and cfg.sync.parity_every:
                 self.initial.update(self.sync.check_parity())
             self.tracker.log(self.initial, 0)
@@ -361,7 +418,7 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
                 if self.log_step(it, last=it == iterations) is not None:
                     self.tracker.log({**metrics, **self.memory()}, step)
                 if due(cfg.train.eval_every, step, per_iteration) and it != iterations:
-                    self.tracker.log(self.recovering(self.evaluate, step), step)
+                    self.tracker.log(self.recovery.recovering(self.evaluate, step), step)
                 saved = None
                 if due(cfg.train.save_every, step, per_iteration) or (self.stop.requested and it != iterations):
                     saved = self.checkpoint(f"step_{step}", it)
@@ -369,7 +426,7 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
                 if self.stop.requested and saved is not None:
                     raise RunStopped(f"stopped by SIGTERM after step {step} of {iterations * per_iteration}; checkpoint "
                                      f"{saved}. Continue with: rlft train <recipe> [overrides] resume=auto")
-        final_eval = self.recovering(self.evaluate, iterations * per_iteration)
+        final_eval = self.recovery.recovering(self.evaluate, iterations * per_iteration)
         self.tracker.log(final_eval, iterations * per_iteration)
         final = self.checkpoint("final")
         seconds = time.time() - start
@@ -410,8 +467,7 @@ class Controller(RoleStartup, FaultRecovery, ResumableRun):
             runtime.stop(self.cfg.runtime.mode)
             self._owns_ray = False
         if self._log_handler is not None:
-            logging.getLogger("rlft").removeHandler(self._log_handler)
-            self._log_handler.close()
+            detach_run_log(self._log_handler)
             self._log_handler = None
 
 

@@ -1,0 +1,208 @@
+"""Starting the roles (the controller's set-up, learners first): Ray resources per member, the
+learners' placement group and rendezvous, the engine arguments of each generator, and a record of
+where every member runs (placement.json).
+
+`RoleStarter` holds what starting any role needs (the config, the algorithm's spec, the PEFT
+method, the base model, the run folder) and what starting the learners found (their rendezvous
+and rank 0's report, which says the device the others follow). `STARTERS` maps each role kind to
+the function that starts its group; the set-up calls them learners first, then the kinds of
+`spec.roles` in their order. The memory check and the CPU count run before Ray starts, from the
+config alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from rlft import run_modes, runtime
+from rlft.cluster import role_bundles
+from rlft.data.models import resolve_dtype
+from rlft.errors import RunError
+from rlft.faults import arm_stack_dumps, note_member_output
+from rlft.footprint import GIB, ModelShape, RunDoesNotFit, check_fits, describe, estimate
+from rlft.logs import LOGS_FOLDER, plan
+from rlft.roles import ROLES
+from rlft.roles.generator import engine_cpu_bind
+from rlft.roles.learner import detect_device
+
+log = logging.getLogger("rlft.controller")  # the controller's parts log as the controller
+
+
+def learner_threads(learner, mode: str, *, synchronous: bool, cores: int, ranks: int) -> int | None:
+    """torch threads of each learner rank (None: leave torch's default, inline mode shares the driver's).
+    `auto` hands a local synchronous run's idle cores to the learners: the engine is bound to all of them
+    while it generates, and nothing else runs while the ranks train."""
+    if run_modes.one_process(mode):
+        return None
+    if isinstance(learner.threads_per_rank, int):
+        return learner.threads_per_rank
+    if learner.threads_per_rank == "auto" and run_modes.on_this_machine(mode) and synchronous:
+        return max(1, cores // ranks)
+    return max(1, int(learner.cpus_per_rank))
+
+
+def required_cpus(cfg, spec) -> float:
+    """CPUs the run's roles reserve in all (Ray is started with at least this many)."""
+    sizes = {"learner": cfg.learner.count * cfg.learner.cpus_per_rank,
+             "generator": cfg.generator.count * cfg.generator.cpus_per_actor,
+             "reward": cfg.reward.count * cfg.reward.cpus_per_actor,
+             "environment": cfg.environment.count * cfg.environment.cpus_per_actor}
+    return sum(sizes[kind] for kind in ("learner", *spec.roles))
+
+
+def learner_device(cfg, learner_info: dict[str, Any] | None = None) -> str:
+    """The device learner rank 0 reported (in cluster mode the driver may have no GPU while the
+    learners do); before the learners start, the one this process detects."""
+    info = learner_info or {}
+    return info.get("device") or detect_device(cfg.learner.device)
+
+
+def memory_check(cfg, spec, peft, model_path) -> list | None:
+    """Local and inline modes on CPU: every role's estimated memory (rlft.footprint), refused when it
+    exceeds what this machine offers (runtime.memory_check). None where it is not checked: in cluster
+    mode each node has its own memory, and on GPU the weights live on the devices. Runs before any
+    role starts, so the learners' device is the one this process detects."""
+    if cfg.runtime.memory_check == "off" or not run_modes.on_this_machine(cfg.runtime.mode) or learner_device(cfg) != "cpu":
+        return None
+    found = estimate(cfg, spec, ModelShape.from_folder(model_path),
+                     str(resolve_dtype(cfg.model.dtype, learner_device(cfg))), peft.payload_kind)
+    available, where = memory_budget(cfg)
+    log.info("memory estimate (%.1f GiB offered): %s", available / GIB, describe(found))
+    try:
+        check_fits(found, available, where)
+    except RunDoesNotFit as err:
+        if cfg.runtime.memory_check == "refuse":
+            raise RunError(str(err)) from None
+        log.warning("%s", err)
+    return found
+
+
+class RoleStarter:
+    """Starts the role groups of one run, once Ray runs (runtime.start); `STARTERS[kind](starter)`
+    starts one kind. Learners first: the generators follow the device learner rank 0 reports."""
+
+    def __init__(self, cfg, spec, peft, model_path: Path, run_dir: Path):
+        self.cfg, self.spec, self.peft, self.model_path, self.run_dir = cfg, spec, peft, model_path, run_dir
+        self.bundles: dict[str, list[dict[str, float]]] = {}  # Ray resources per member, by kind (remote modes)
+        self.rendezvous: dict[str, Any] | None = None  # where the learner ranks meet
+        self.learner_info: dict[str, Any] | None = None  # what learner rank 0 reported when it started
+
+    def placement_check(self) -> None:
+        """Remote modes: fail now, not by waiting forever, when the roles need more than the cluster has."""
+        if not run_modes.uses_ray(self.cfg.runtime.mode):
+            return
+        import ray
+
+        self.bundles = role_bundles(self.cfg, ("learner", *self.spec.roles), runtime.cluster_gpus(self.cfg.runtime.mode))
+        runtime.check_fits(self.bundles, ray.cluster_resources())
+        log.info("role resources per member: %s", {kind: b[0] for kind, b in self.bundles.items()})
+
+    def create(self, kind: str, kwargs_per_member: list[dict], placement=None) -> tuple[runtime.RoleGroup, list]:
+        """The group of `kind` (its class from runtime.roles), set up: (group, each member's setup report)."""
+        role_cls = ROLES[kind][getattr(self.cfg.runtime.roles, kind)]
+        bundle = self.bundles[kind][0] if run_modes.uses_ray(self.cfg.runtime.mode) else {"CPU": 1.0}
+        extra = {k: v for k, v in bundle.items() if k not in ("CPU", "GPU")}
+        log_level = self.cfg.runtime.log_level
+        group = runtime.RoleGroup.create(role_cls, self.cfg.runtime.mode, kwargs_per_member, num_cpus=bundle["CPU"],
+                                         num_gpus=bundle.get("GPU", 0.0), resources=extra, placement=placement, name=kind,
+                                         log_dir=self.run_dir / LOGS_FOLDER if plan(log_level).to_files else None,
+                                         log_level=log_level)
+        group.timeout_s = self.cfg.runtime.call_timeout_s
+        try:
+            arm_stack_dumps(group, self.run_dir / "stacks")
+            info = group.call("setup")
+        except Exception as err:  # the group is not the controller's yet: its members' output is named here
+            note_member_output(err, {kind: group})
+            raise
+        log.info("%s group ready: %s", kind, info[0])
+        return group, info
+
+    def learner_device(self) -> str:
+        """Learner rank 0's device once the learners started (see `learner_device`)."""
+        return learner_device(self.cfg, self.learner_info)
+
+    def dtype(self):
+        """The weights dtype of learners and generators: model.dtype resolved on the learners' device."""
+        return resolve_dtype(self.cfg.model.dtype, self.learner_device())
+
+    def record_placement(self, roles: dict[str, runtime.RoleGroup]) -> None:
+        """Where each role's members run and where the learners met: placement.json in the run folder."""
+        found = {"mode": self.cfg.runtime.mode, "rendezvous": self.rendezvous,
+                 **{kind: group.where() for kind, group in roles.items()}}
+        (self.run_dir / "placement.json").write_text(json.dumps(found, indent=1))
+        log.info("placement: %s", found)
+
+
+# ----------------------------------------------------------------- one starter per role kind
+def start_learners(starter: RoleStarter) -> runtime.RoleGroup:
+    """Ranks in a placement group (learner.placement); the rendezvous is on rank 0's node."""
+    cfg, mode = starter.cfg, starter.cfg.runtime.mode
+    ranks = runtime.collective_group_size(mode, cfg.learner.count)
+    placement = None if not run_modes.uses_ray(mode) else runtime.learner_placement_group(
+        starter.bundles["learner"], cfg.learner.placement, cfg.runtime.placement_timeout_s)
+    try:
+        starter.rendezvous = runtime.rendezvous(mode, placement)
+        threads = learner_threads(cfg.learner, mode, synchronous=cfg.rollout.max_staleness == 0,
+                                  cores=os.cpu_count() or 1, ranks=ranks)
+        kwargs = [dict(cfg=cfg, spec=starter.spec, rank=rank, world_size=ranks, model_path=str(starter.model_path),
+                       master_addr=starter.rendezvous["addr"], master_port=starter.rendezvous["port"],
+                       grad_accum=cfg.train.batch_size // (ranks * cfg.train.micro_batch_size),
+                       num_threads=threads) for rank in range(ranks)]
+        group, info = starter.create("learner", kwargs, placement)
+    except BaseException:
+        if placement is not None:  # the group owns it once created; before that, nobody does
+            from ray.util.placement_group import remove_placement_group
+
+            remove_placement_group(placement)
+        raise
+    starter.learner_info = info[0]
+    return group
+
+
+def start_generators(starter: RoleStarter) -> runtime.RoleGroup:
+    cfg, gen = starter.cfg, starter.cfg.generator
+    device = starter.learner_device()
+    dtype = str(starter.dtype()).removeprefix("torch.")
+    cores = os.cpu_count() or 1
+    # Core binding splits this machine's cores; in cluster mode engines run on other machines.
+    bind = device == "cpu" and gen.bind_cpus and run_modes.on_this_machine(cfg.runtime.mode)
+    kwargs = [dict(cfg=cfg, index=i, model_path=str(starter.model_path), dtype=dtype, seed=cfg.run.seed + i,
+                   lora_rank=starter.peft(cfg.peft).generator_lora_rank() if cfg.sync.weights == "adapter" else None,
+                   cpu_bind=engine_cpu_bind(i, gen.count, cores) if bind else None)
+              for i in range(gen.count)]
+    return starter.create("generator", kwargs)[0]
+
+
+def start_rewards(starter: RoleStarter) -> runtime.RoleGroup:
+    kwargs = [dict(cfg=starter.cfg, index=i) for i in range(starter.cfg.reward.count)]
+    return starter.create("reward", kwargs)[0]
+
+
+def start_environments(starter: RoleStarter) -> runtime.RoleGroup:
+    kwargs = [dict(cfg=starter.cfg, index=i) for i in range(starter.cfg.environment.count)]
+    return starter.create("environment", kwargs)[0]
+
+
+# Role kind -> the function that starts its group (a kind of spec.roles must have one).
+STARTERS: dict[str, Callable[[RoleStarter], runtime.RoleGroup]] = {
+    "learner": start_learners,
+    "generator": start_generators,
+    "reward": start_rewards,
+    "environment": start_environments,
+}
+
+
+def memory_budget(cfg) -> tuple[float, str]:
+    """(bytes the run may use, where they come from): runtime.memory_gb, else this machine's available
+    memory less the 5% of its total that Ray's memory monitor keeps free (it kills a worker above 95%)."""
+    if cfg.runtime.memory_gb is not None:
+        return cfg.runtime.memory_gb * GIB, "runtime.memory_gb"
+    import psutil
+
+    memory = psutil.virtual_memory()
+    reserve = 0.05 * memory.total if run_modes.uses_ray(cfg.runtime.mode) else 0.0
+    return max(0.0, memory.available - reserve), "this machine (available memory less Ray's 5% margin)"
