@@ -98,6 +98,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--skip-rlft", action="store_true")
     p.add_argument("--skip-trl", action="store_true")
     p.add_argument("--json", type=Path, help="raw results (default: bench/results/e2e_vs_trl_<model>.json)")
+    p.add_argument("--report-only", action="store_true",
+                   help="print the table and draw the PNG (beside --json) from the raw results, running nothing")
     p.add_argument("--worker", choices=["rlft", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--variant", choices=sorted(VARIANTS), default="sync", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
@@ -327,6 +329,54 @@ def print_table(results: dict, args) -> None:
             print(f"\n{name} could not run: {r['error']}\n{r.get('traceback', '')}")
 
 
+def plot_throughput(results: dict, path: Path, title: str, per_generation: int) -> None:
+    """Two panels: completions/s per system (whole loop and per-iteration median), and where an
+    iteration's seconds go (rlft: generate / train / sync medians; TRL: its median seconds per
+    generation cycle, generation and optimizer steps together)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = {n: r for n, r in results.items() if r.get("completions_per_s")}
+    names = list(rows)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13, 0.9 * len(names) + 2.2))
+    y = range(len(names))
+    left.barh([i - 0.2 for i in y], [rows[n]["completions_per_s"] for n in names], height=0.4, label="whole loop")
+    left.barh([i + 0.2 for i in y], [rows[n]["iter_completions_per_s"] for n in names], height=0.4,
+              label="per-iteration median (first skipped)")
+    left.set_yticks(list(y), names)
+    left.invert_yaxis()
+    left.set_xlabel("completions / s (higher is better)")
+    left.legend(loc="lower right")
+    colours = {"generate": "tab:blue", "train": "tab:orange", "sync": "tab:green", "generate + train": "tab:grey"}
+    for i, name in enumerate(names):
+        r, start = rows[name], 0.0
+        split = r.get("split") or {"generate + train": statistics.median(cycle_seconds(r, per_generation))}
+        for phase, seconds in split.items():
+            hidden = phase == "generate" and "overlapped" in name  # runs while the learners train
+            right.barh(i, seconds, left=start, color=colours.get(phase, "tab:red"), hatch="//" if hidden else None,
+                       alpha=0.5 if hidden else 1.0,
+                       label=phase if phase not in right.get_legend_handles_labels()[1] else None)
+            start += seconds
+    right.set_yticks(list(y), [""] * len(names))
+    right.invert_yaxis()
+    right.set_xlabel("median seconds per phase (hatched: overlapped with training, not on the clock)")
+    right.legend(loc="upper center", bbox_to_anchor=(0.5, -0.18), ncol=4)
+    for ax in (left, right):
+        ax.grid(axis="x", alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def cycle_seconds(result: dict, per_generation: int) -> list[float]:
+    """TRL's seconds per generation cycle (its optimizer steps summed per generation), the first skipped."""
+    steps = result["step_seconds"]
+    cycles = [sum(steps[i:i + per_generation]) for i in range(0, len(steps), per_generation)]
+    return cycles[1:] or cycles
+
+
 def main() -> None:
     if "--time-to-accuracy" in sys.argv[1:]:  # the learning race lives in its own script
         import time_to_accuracy
@@ -336,6 +386,13 @@ def main() -> None:
     if args.worker:
         return worker(args)
     os.chdir(ROOT)  # the recipe and runs/ are relative to the checkout
+    if args.report_only:
+        found = json.loads(Path(args.json).read_text())
+        print_table(found["results"], args)
+        plot = Path(args.json).with_suffix(".png")
+        plot_throughput(found["results"], plot, title_of(args), found["steps_per_generation"])
+        print(f"plot: {plot}")
+        return
     argv = [a for a in sys.argv[1:]]
     results: dict[str, dict] = {}
     if not args.skip_rlft:  # first: it creates the warm-start checkpoint TRL also uses
@@ -356,6 +413,12 @@ def main() -> None:
                         if best_trl and r.get("completions_per_s")},
         "results": results})
     print(f"raw results: {args.json}")
+    plot_throughput(results, Path(args.json).with_suffix(".png"), title_of(args), preset["mini_batches"])
+
+
+def title_of(args) -> str:
+    return (f"{args.model}: GPPO + LoRA, group {args.group_size}, {args.completions_per_step} completions per optimizer "
+            f"step, <= {args.max_tokens} tokens, rlft vs TRL GRPOTrainer")
 
 
 if __name__ == "__main__":
