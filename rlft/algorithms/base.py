@@ -1,7 +1,9 @@
 """What an algorithm declares, and what the learner gives it (docs/design.md#adding-an-algorithm).
 
 An algorithm is one file under rlft/algorithms/ with a config section, pure tensor functions for
-its loss (torch only), and `SPEC = AlgorithmSpec(...)` registered in rlft/algorithms/__init__.py.
+its loss (torch only; pieces several losses share live in rlft.ops), its row building (which may use
+the data helpers below it: rlft.data, rlft.rollouts; rows are not math), and `SPEC =
+AlgorithmSpec(...)` registered in rlft/algorithms/__init__.py.
 The spec says everything the controller needs, so the controller never branches on a name:
 
   * `source`: the registered data source it trains on (rlft.sources: "dataset" rows,
