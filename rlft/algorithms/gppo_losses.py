@@ -53,7 +53,7 @@ class CISPOFields(Section):
 
     cispo_eps_high: float = Field(
         4.0, gt=0.0, description="cispo: the importance weight is capped at 1 + cispo_eps_high. MiniMax-M1 tunes it "
-        "but publishes no value; 4.0 (cap 5) is ScaleRL's (arXiv 2510.13913).")
+        "but publishes no value; 4.0 (cap 5) is ScaleRL's (arXiv 2510.13786) as SkyRL reads it.")
     cispo_eps_low: float | None = Field(
         None, ge=0.0, le=1.0, description="cispo: lower bound 1 - cispo_eps_low of the weight (None: no lower bound, "
         "as in MiniMax-M1).")
