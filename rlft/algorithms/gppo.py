@@ -219,7 +219,8 @@ def validate(run_cfg, segments_from_turns: bool = False) -> None:
     if run_cfg.rollout.temperature <= 0:
         raise ValueError("rollout.temperature=0 samples greedily: a policy gradient needs sampled rollouts (T > 0)")
     if cfg.kl_coef > 0 and cfg.kl_placement == "reward":
-        raise ValueError("algorithm.kl_placement=reward is not wired into the RL loop yet; use kl_placement=loss")
+        raise ValueError("algorithm.kl_placement=reward is not wired into the RL loop yet (REINFORCE++'s token-level "
+                         "KL-in-reward included); use kl_placement=loss")
     if cfg.process_coef > 0:
         from rlft.rewards import REWARD_COMPONENTS
 
