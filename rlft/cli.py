@@ -73,6 +73,17 @@ def _cmd_algorithms(args: argparse.Namespace) -> int:
         spec = ALGORITHMS[name]
         table.add_row(name, spec.source, ", ".join(spec.roles) or "-", spec.summary)
     Console().print(table)
+    from rlft.algorithms.gppo_advantages import ADVANTAGE_ESTIMATORS
+    from rlft.algorithms.gppo_losses import POLICY_LOSSES
+
+    for registry, title in ((POLICY_LOSSES, "gppo policy losses (algorithm.clip_mode)"),
+                            (ADVANTAGE_ESTIMATORS, "gppo advantage estimators (algorithm.advantage)")):
+        table = Table(title=title)
+        for column in ("name", "fields", "what"):
+            table.add_column(column)
+        for name in registry.names():
+            table.add_row(name, ", ".join(registry[name].fields) or "-", registry[name].summary)
+        Console().print(table)
     return 0
 
 

@@ -53,6 +53,12 @@ def observation_mask(rollout: Rollout) -> list[bool]:
     return mask
 
 
+def trained_token_count(rollout: Rollout, max_length: int) -> int:
+    """The completion tokens `rollout_row` labels: the completion cut to max_length, less observations."""
+    kept = min(len(rollout.completion_ids), max(0, max_length - len(rollout.prompt_ids)))
+    return kept - sum(observation_mask(rollout)[:kept])
+
+
 def rollout_row(rollout: Rollout, advantage: float | list[float], positive: float, max_length: int) -> dict[str, Any]:
     """Training row of one rollout; the completion is cut (never the prompt) to max_length.
     `advantage`: one for every completion token (outcome), or one per completion token.

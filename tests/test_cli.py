@@ -48,3 +48,5 @@ def test_algorithms_command_lists_every_registered_algorithm(capsys):
         assert name in out, name
     assert "TPOTrainer" in out  # tpo says it is not TRL's (triple preference optimization)
     assert all(ALGORITHMS[name].summary for name in ALGORITHMS.names())
+    for name in ("gspo_token", "cispo", "rloo", "reinforce_pp_baseline"):  # gppo's losses and estimators
+        assert name in out, name

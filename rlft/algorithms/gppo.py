@@ -1,43 +1,35 @@
-"""Clipped policy-gradient family: GPPO (Klear-Reasoner), PPO/GRPO, DAPO clip-higher (docs/algorithms.md#gppo).
+"""The clipped policy-gradient family: GPPO (Klear-Reasoner), PPO/GRPO, DAPO, GSPO, CISPO (docs/algorithms.md#gppo).
 
-Importance ratio delta = pi_theta / pi_old, advantage A, sg = stop-gradient. GPPO keeps the PPO
-clip *values* but lets the clipped tokens carry a bounded gradient:
+Two choices make a variant, each a registry of pure-torch math in rlft.ops:
 
-    J_GPPO = 1/sum_j T_j sum_{j,t} min(delta A, clip(delta, b1 (1-eps_l) delta/sg(delta),
-                                                           b2 (1+eps_h) delta/sg(delta)) A)
+* `clip_mode`, the policy loss (rlft.algorithms.gppo_losses): gppo (the default) keeps PPO's clip
+  *values* but lets clipped tokens carry a bounded gradient through delta / sg(delta), delta =
+  pi_theta / pi_old (its case table: rlft.ops.surrogates and the docs); ppo is the ordinary clip
+  (symmetric PPO/GRPO, DAPO clip-higher with eps_high > eps_low); gspo and gspo_token clip one
+  length-normalised ratio per sequence; cispo clips a detached importance weight on log pi_theta.
+* `advantage`, the estimator (rlft.algorithms.gppo_advantages): grpo (the default; Dr.GRPO with
+  scale_by_std False), rloo, reinforce_pp, reinforce_pp_baseline.
 
-Per-token loss L = -(.) (gradients w.r.t. log pi_theta):
-
-    region                       value                    gradient             (PPO gradient)
-    A > 0, delta > 1 + eps_h     -b2 (1 + eps_h) A         -b2 (1 + eps_h) A    (0)
-    A < 0, delta < 1 - eps_l     -b1 (1 - eps_l) A         -b1 (1 - eps_l) A    (0)
-    otherwise                    -delta A                  -delta A
-    A < 0 and loss > -c A        -c A  (dual clip)         0
-
-With b1 = b2 = 1 the forward value equals PPO with clip-higher; only the backward differs
-(the per-token surrogates: rlft.ops.surrogates).
-clip_mode="ppo" is the ordinary clipped surrogate: symmetric PPO/GRPO when eps_low == eps_high,
-DAPO clip-higher when eps_high > eps_low. Original GRPO = ppo + seq-mean-token-mean + KL in the
-loss (k3); Dr.GRPO = scale_by_std False + seq-mean-token-sum-norm.
+Original GRPO = ppo + seq-mean-token-mean + KL in the loss (k3); Dr.GRPO = scale_by_std False +
+seq-mean-token-sum-norm.
 
 KL. kl_placement="loss": + kl_coef * reduce(k) with k from rlft.ops.kl against
-model.reference_logits (only called when kl_coef > 0). kl_placement="reward" (InstructGPT): the
-loss never sees the reference; the rollout stage must shape batch['advantages'] with
-rlft.ops.advantages.kl_in_reward_advantages (A_t - kl_coef * sum_{s>=t} k_s, behaviour log-probs).
+model.reference_logits (only called when kl_coef > 0). kl_placement="reward" (InstructGPT, and
+REINFORCE++'s token-level KL) would shape batch['advantages'] at rollout time with
+rlft.ops.advantages.kl_in_reward_advantages; the loop does not wire it yet, so `validate` refuses it.
 
 pi_old. old_logprobs="sampler": the generators' sampling log-probs. old_logprobs="learner": the
 learners first score each batch under the weights they hold (pi_prox, `proximal_logprobs`), the
-clipped ratio is pi_theta / pi_prox, and the behaviour weight w = pi_prox / pi_sampler (tis/mis,
-per token or sequence: rlft.ops.mismatch) multiplies each token's policy-gradient loss. Tokens
-that mis zeroes still count in the token-mean normaliser (zero loss, as in veRL and slime), so the
-loss of the other tokens does not grow when many are dropped.
+ratio is pi_theta / pi_prox, and the behaviour weight w = pi_prox / pi_sampler (tis/mis, per token
+or sequence: rlft.ops.mismatch) multiplies each token's policy loss, whatever the loss. Tokens that
+mis zeroes still count in the token-mean normaliser (zero loss, as in veRL and slime).
 
 Normalisers. Every term uses the step-global `StepCounts`, so micro-batches and ranks sum to the
-full-batch loss. The auxiliary NLL on fully-correct responses (Klear's `positive_loss_coeff`) is
-a token sum over positive sequences divided by the step's *total* token count `num_tokens`
-(StepCounts carries no global count of positive tokens); relative to Klear's token-mean over
-positive tokens only, this scales the term by (positive tokens / all tokens) — tune aux_nll_coef
-accordingly.
+full-batch loss (a sequence-level loss puts its value on each of the sequence's tokens, and a
+sequence is never split). The auxiliary NLL on fully-correct responses (Klear's
+`positive_loss_coeff`) is a token sum over positive sequences divided by the step's *total* token
+count; relative to Klear's token-mean over positive tokens only, this scales the term by (positive
+tokens / all tokens): tune aux_nll_coef accordingly.
 """
 
 from __future__ import annotations
@@ -45,31 +37,34 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from rlft.algorithms.base import AlgorithmSpec, PolicyModel, RowContext, StepCounts, rollout_passes
-from rlft.ops.advantages import broadcast_to_tokens, dynamic_sampling_keep, group_relative_advantages
+from rlft.algorithms.gppo_advantages import ADVANTAGE_ESTIMATORS, GRPOFields, check_advantage
+from rlft.algorithms.gppo_losses import POLICY_LOSSES, CISPOFields, ClipFields, GSPOFields, check_policy_loss
+from rlft.ops.advantages import broadcast_to_tokens, dynamic_sampling_keep
 from rlft.ops.kl import kl_penalty
 from rlft.ops.logprobs import token_entropy, token_logprobs
 from rlft.ops.mismatch import MISMATCH_KEYS, behaviour_weights, mismatch_metrics, mismatch_sums
 from rlft.ops.reductions import aggregate, token_mean
-from rlft.ops.surrogates import ClipRegions, gppo_token_loss, ppo_token_loss
-from rlft.rollouts import filler_row, pad_rollout_rows, process_token_advantages, rollout_row
-from rlft.schema import Section
+from rlft.ops.surrogates import ClipRegions, gppo_token_loss, ppo_token_loss  # noqa: F401 (re-exported)
+from rlft.registry import UnknownName
+from rlft.rollouts import filler_row, pad_rollout_rows, process_token_advantages, rollout_row, trained_token_count
 from rlft.types import Rollout
 
 
-class GPPOConfig(Section):
+class GPPOConfig(ClipFields, GSPOFields, CISPOFields, GRPOFields):
     name: Literal["gppo"] = "gppo"
-    clip_mode: Literal["gppo", "ppo"] = Field(
-        "gppo", description="gppo: gradient-preserving clip; ppo: ordinary clip (zero gradient outside the bounds)."
+    clip_mode: str = Field(
+        "gppo", description="The policy loss (rlft.algorithms.gppo_losses.POLICY_LOSSES): gppo (gradient-preserving "
+        "clip), ppo (ordinary clip, zero gradient outside the bounds), gspo (sequence ratio and clip), gspo_token "
+        "(GSPO with per-token advantages), cispo (clipped detached importance weight on a REINFORCE term)."
     )
-    eps_low: float = Field(0.2, ge=0.0, lt=1.0, description="Lower clip range: ratio bound 1 - eps_low.")
-    eps_high: float = Field(0.28, ge=0.0, description="Upper clip range: ratio bound 1 + eps_high (clip-higher).")
-    beta1: float = Field(1.0, ge=0.0, description="GPPO weight of the low-side bound (A < 0, ratio < 1 - eps_low).")
-    beta2: float = Field(1.0, ge=0.0, description="GPPO weight of the high-side bound (A > 0, ratio > 1 + eps_high).")
-    dual_clip_c: float | None = Field(
-        10.0, gt=1.0, description="Dual-clip constant c: for A < 0 the loss is capped at -c*A (None: off)."
+    advantage: str = Field(
+        "grpo", description="The advantage estimator (rlft.algorithms.gppo_advantages.ADVANTAGE_ESTIMATORS): grpo "
+        "(group mean and std), rloo (leave-one-out group mean), reinforce_pp (whitened over the batch; REINFORCE++'s "
+        "KL-in-reward is not wired: a KL stays in the loss), reinforce_pp_baseline (group mean removed, then "
+        "whitened over the batch)."
     )
     reduction: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = Field(
         "token-mean",
@@ -84,19 +79,20 @@ class GPPOConfig(Section):
         10.0, gt=0.0, description="Clamp k3 to [-c, c] as veRL's low_var_kl (None: unclamped)."
     )
     kl_placement: Literal["loss", "reward"] = Field(
-        "loss", description="loss: beta*KL term in the loss (GRPO); reward: shaped into advantages at rollout time."
+        "loss", description="loss: beta*KL term in the loss (GRPO); reward: shaped into advantages at rollout time "
+        "(InstructGPT, REINFORCE++), not wired into the loop yet: refused with kl_coef > 0."
     )
     aux_nll_coef: float = Field(
         0.0, ge=0.0, description="Weight of the auxiliary NLL on fully-correct responses (Klear uses 0.1)."
     )
     group_size: int = Field(8, ge=1, description="Rollouts per prompt (the GRPO group).")
-    outcome_coef: float = Field(1.0, ge=0.0, description="Weight of the outcome advantage (group-normalised sequence reward).")
+    outcome_coef: float = Field(
+        1.0, ge=0.0, description="Weight of the outcome advantage (the `advantage` estimator's, per sequence).")
     process_coef: float = Field(
         0.0, ge=0.0, description="Weight of the process advantage (group-normalised step rewards summed from each "
         "token's step on, docs/algorithms.md#process-advantages); needs rollout.step_delimiter and a reward "
         "component that scores steps (progress)."
     )
-    scale_by_std: bool = Field(True, description="Divide group advantages by their std (False: Dr.GRPO).")
     dynamic_sampling: bool = Field(False, description="Drop groups whose rewards are all equal (DAPO).")
     positive_reward_threshold: float = Field(
         1.0, description="A response is fully correct (aux NLL target) when its reward is >= this."
@@ -111,8 +107,18 @@ class GPPOConfig(Section):
         "token", description="w per token, or per sequence (the geometric mean of its token ratios).")
     correction_cap: float = Field(2.0, gt=1.0, description="C of the correction: tis caps w at C, mis keeps [1/C, C].")
 
+    @field_validator("clip_mode")
+    @classmethod
+    def _known_loss(cls, name: str) -> str:
+        return _registered(POLICY_LOSSES, name)
+
+    @field_validator("advantage")
+    @classmethod
+    def _known_estimator(cls, name: str) -> str:
+        return _registered(ADVANTAGE_ESTIMATORS, name)
+
     @model_validator(mode="after")
-    def _max_len_for_sum_norm(self) -> "GPPOConfig":
+    def _consistent(self) -> "GPPOConfig":
         if self.reduction == "seq-mean-token-sum-norm" and self.max_len is None:
             raise ValueError("reduction 'seq-mean-token-sum-norm' needs max_len (the constant T_max)")
         if self.outcome_coef == 0 and self.process_coef == 0:
@@ -120,28 +126,41 @@ class GPPOConfig(Section):
         if self.correction != "none" and self.old_logprobs == "sampler":
             raise ValueError(f"algorithm.correction={self.correction} needs algorithm.old_logprobs=learner: with the "
                              "sampler's log-probs as pi_old the weight pi_prox / pi_sampler is 1 on every token")
+        check_policy_loss(self)
+        check_advantage(self)
         return self
 
 
-def policy_token_loss(
-    cfg: GPPOConfig, logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor
-) -> tuple[torch.Tensor, ClipRegions]:
-    """The configured surrogate (gppo or ppo)."""
-    if cfg.clip_mode == "gppo":
-        return gppo_token_loss(
-            logprobs, old_logprobs, advantages, cfg.eps_low, cfg.eps_high, cfg.beta1, cfg.beta2, cfg.dual_clip_c
-        )
-    return ppo_token_loss(logprobs, old_logprobs, advantages, cfg.eps_low, cfg.eps_high, cfg.dual_clip_c)
+def _registered(registry, name: str) -> str:
+    """name, or a ValueError (which pydantic reports with the key) naming the valid ones."""
+    try:
+        registry.get(name)
+    except UnknownName as err:
+        raise ValueError(str(err)) from None
+    return name
+
+
+def policy_token_loss(cfg: GPPOConfig, logprobs: torch.Tensor, old_logprobs: torch.Tensor, advantages: torch.Tensor,
+                      mask: torch.Tensor) -> tuple[torch.Tensor, ClipRegions]:
+    """The configured policy loss per token [B, T] (`clip_mode`; mask: the sampled response tokens)."""
+    return POLICY_LOSSES[cfg.clip_mode].token_loss(cfg, logprobs, old_logprobs, advantages, mask)
 
 
 # ---- rollout-side helpers (pure): what the learner puts into the batch -------------------------
 
 
+def outcome_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: GPPOConfig,
+                       token_counts: torch.Tensor | None = None) -> torch.Tensor:
+    """The configured estimator's advantage per sequence [N] (`advantage`). token_counts [N]: the tokens
+    each sequence trains, the weights of batch statistics (None: 1 each)."""
+    counts = torch.ones_like(rewards, dtype=torch.float64) if token_counts is None else token_counts
+    return ADVANTAGE_ESTIMATORS[cfg.advantage].advantages(cfg, rewards, group_ids, counts)
+
+
 def token_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, token_mask: torch.Tensor,
                      cfg: GPPOConfig) -> torch.Tensor:
-    """GRPO / Dr.GRPO advantages within each group id, broadcast to tokens [N, T]."""
-    advantages = group_relative_advantages(rewards, group_ids=group_ids, scale_by_std=cfg.scale_by_std)
-    return broadcast_to_tokens(advantages, token_mask)
+    """The configured outcome advantages, broadcast to tokens [N, T]."""
+    return broadcast_to_tokens(outcome_advantages(rewards, group_ids, cfg, token_mask.sum(-1)), token_mask)
 
 
 def positive_sequences(rewards: torch.Tensor, cfg: GPPOConfig) -> torch.Tensor:
@@ -149,12 +168,15 @@ def positive_sequences(rewards: torch.Tensor, cfg: GPPOConfig) -> torch.Tensor:
     return (rewards >= cfg.positive_reward_threshold).to(torch.float32)
 
 
-def sequence_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: GPPOConfig) -> dict[str, torch.Tensor]:
-    """Rollout-stage quantities per sequence: group-relative advantages, positives, groups kept."""
+def sequence_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, cfg: GPPOConfig,
+                        token_counts: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Rollout-stage quantities per sequence: outcome advantages, positives, groups kept (batch
+    statistics count only the kept sequences' tokens)."""
     keep = torch.ones_like(rewards, dtype=torch.bool)
     if cfg.dynamic_sampling:
         keep = dynamic_sampling_keep(rewards, group_ids=group_ids)
-    advantages = group_relative_advantages(rewards, group_ids=group_ids, scale_by_std=cfg.scale_by_std)
+    counts = torch.ones_like(rewards, dtype=torch.float64) if token_counts is None else token_counts
+    advantages = outcome_advantages(rewards, group_ids, cfg, counts * keep)
     return {"advantages": advantages, "positive": positive_sequences(rewards, cfg), "keep": keep}
 
 
@@ -164,7 +186,8 @@ def build_rows(rollouts: list[Rollout], ctx: RowContext) -> tuple[list[dict], di
     cfg = ctx.algorithm
     rewards = torch.tensor([r.reward for r in rollouts], dtype=torch.float32)
     groups = torch.tensor([r.group for r in rollouts])
-    seq = sequence_advantages(rewards, groups, cfg)
+    counts = torch.tensor([trained_token_count(r, ctx.max_length) for r in rollouts], dtype=torch.float64)
+    seq = sequence_advantages(rewards, groups, cfg, counts)
     advantages: list = [cfg.outcome_coef * float(a) for a in seq["advantages"]]
     if cfg.process_coef:  # per token: outcome + process (mixed by the two weights)
         advantages = [[a + cfg.process_coef * p for p in per_token]
@@ -196,7 +219,8 @@ def validate(run_cfg, segments_from_turns: bool = False) -> None:
     if run_cfg.rollout.temperature <= 0:
         raise ValueError("rollout.temperature=0 samples greedily: a policy gradient needs sampled rollouts (T > 0)")
     if cfg.kl_coef > 0 and cfg.kl_placement == "reward":
-        raise ValueError("algorithm.kl_placement=reward is not wired into the RL loop yet; use kl_placement=loss")
+        raise ValueError("algorithm.kl_placement=reward is not wired into the RL loop yet (REINFORCE++'s token-level "
+                         "KL-in-reward included); use kl_placement=loss")
     if cfg.process_coef > 0:
         from rlft.rewards import REWARD_COMPONENTS
 
@@ -333,7 +357,8 @@ def policy_loss(
     sampler_logprobs = torch.where(mask > 0, batch["old_logprobs"].to(logprobs.dtype), 0.0)
     advantages = batch["advantages"].to(logprobs.dtype) * mask
     old_logprobs, w, mismatch = behaviour(batch, sampler_logprobs, mask, cfg, unsampled)
-    token_loss, regions = policy_token_loss(cfg, logprobs, old_logprobs, advantages)
+    sampled = mask if unsampled is None else mask * (1.0 - unsampled.to(mask.dtype))
+    token_loss, regions = policy_token_loss(cfg, logprobs, old_logprobs, advantages, sampled)
     token_loss = w * token_loss  # w is a constant: it scales each token's gradient
     loss = _reduce(token_loss, mask, cfg, counts)
     kl_sum = torch.zeros((), device=logprobs.device)

@@ -1,8 +1,20 @@
 """Per-token clipped surrogates of the policy-gradient family: PPO (clip-higher, dual clip) and GPPO.
 
-delta = pi_theta / pi_old, A the advantage; each function returns the per-token loss L = -(.) and
-the tokens in each clipped region (the case table, with gradients, is in rlft.algorithms.gppo and
-docs/algorithms.md#gppo). Shapes: every tensor [B, T] (or any shape, elementwise).
+delta = pi_theta / pi_old, A the advantage, sg = stop-gradient; each function returns the per-token
+loss L = -(.) and the tokens in each clipped region. GPPO keeps PPO's clip *values* but lets the
+clipped tokens carry a bounded gradient:
+
+    J_GPPO = 1/sum_j T_j sum_{j,t} min(delta A, clip(delta, b1 (1-eps_l) delta/sg(delta),
+                                                           b2 (1+eps_h) delta/sg(delta)) A)
+
+    region                       value                    gradient w.r.t. log pi_theta   (PPO gradient)
+    A > 0, delta > 1 + eps_h     -b2 (1 + eps_h) A         -b2 (1 + eps_h) A              (0)
+    A < 0, delta < 1 - eps_l     -b1 (1 - eps_l) A         -b1 (1 - eps_l) A              (0)
+    otherwise                    -delta A                  -delta A
+    A < 0 and loss > -c A        -c A  (dual clip)         0
+
+With b1 = b2 = 1 the forward value equals PPO with clip-higher; only the backward differs
+(docs/algorithms.md#gppo). Shapes: every tensor [B, T] (or any shape, elementwise).
 """
 
 from __future__ import annotations
