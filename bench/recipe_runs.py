@@ -105,6 +105,9 @@ def mean_std(values: list[float], scale: float = 1.0, fmt: str = "{:.3f}") -> st
     return f"{fmt.format(statistics.mean(values) * scale)} ({fmt.format(spread)})"
 
 
+SERIES_COLOURS = ("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:grey")
+
+
 def plot_seed_curves(panels: list[tuple[str, str, dict[str, dict[int, list[tuple[int, float]]]]]], path: Path) -> None:
     """One panel per (y label, title, {series: {seed: [(step, value)]}}): every seed's curve thin, the
     mean over seeds thick, one colour per series."""
@@ -115,7 +118,7 @@ def plot_seed_curves(panels: list[tuple[str, str, dict[str, dict[int, list[tuple
 
     fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 4), squeeze=False)
     for ax, (ylabel, title, series) in zip(axes[0], panels):
-        for (label, seeds), color in zip(series.items(), ("tab:blue", "tab:orange", "tab:green", "tab:red")):
+        for (label, seeds), color in zip(series.items(), SERIES_COLOURS):
             for points in seeds.values():
                 ax.plot(*zip(*points), color=color, alpha=0.3, linewidth=1)
             steps = sorted({s for points in seeds.values() for s, _ in points})
