@@ -120,6 +120,13 @@ def test_config_errors_name_the_key_and_the_fix(tmp_path, algorithm, over, messa
     assert ctl.learners is None
 
 
+def test_rlft_eval_refuses_a_reward_model_recipe(tmp_path):
+    from rlft.control.evaluate import evaluate_checkpoint
+
+    with pytest.raises(ValueError, match="trains a 'score'-head model, which its run evaluates itself"):
+        evaluate_checkpoint(_rm(tmp_path), None)
+
+
 def test_reward_component_config_errors(tmp_path):
     with pytest.raises(ConfigError, match="offset=1.0 applies to transform=sigmoid"):
         tiny_config(tmp_path, reward={"components": [{"name": "reward_model", "path": "x", "offset": 1.0}]})
@@ -245,3 +252,17 @@ def test_reward_model_run_raises_held_out_pair_accuracy_and_saves_a_loadable_cla
     assert sum(c > r for c, r in zip(chosen, rejected)) / len(pairs) == pytest.approx(accuracy[-1])
     assert sum(c - r for c, r in zip(chosen, rejected)) / len(pairs) == pytest.approx(evals[-1]["eval/reward_margin"],
                                                                                      rel=1e-3, abs=1e-4)
+
+
+def test_pair_maker_takes_several_distinct_pairs_per_prompt_for_reward_models():
+    import random
+
+    from rlft.make_pairs import preference_rows
+
+    examples = [Example("Q: 1+1\n", None, "2"), Example("Q: 2+2\n", None, "4")]
+    completions = [["A: 2", "A: 3", "A: 2", "A: 5"], ["A: 4", "A: 1", "A: 4", "A: 4"]]
+    rows = preference_rows(examples, completions, lambda ex, text: float(text == f"A: {ex.answer}"),
+                           random.Random(0), per_prompt=4)
+    # distinct texts: prompt 1 has 1 correct x 2 wrong = 2 pairs (under the cap of 4), prompt 2 has 1 x 1
+    assert sorted((r["prompt"], r["chosen"], r["rejected"]) for r in rows) == [
+        ("Q: 1+1\n", "A: 2", "A: 3"), ("Q: 1+1\n", "A: 2", "A: 5"), ("Q: 2+2\n", "A: 4", "A: 1")]
