@@ -140,8 +140,8 @@ def test_reward_component_config_errors(tmp_path):
 # ---- the reward component on a hand-built classifier --------------------------------------------------
 
 
-def hand_scorer(folder, values: dict[int, float]):
-    """The tiny Llama as a classifier whose score is values[last real token] (0 for others): attention
+def hand_scorer(folder, values: dict[str, float]):
+    """The tiny Llama as a classifier whose score is values[last real character] (0 for others): attention
     and MLP outputs zeroed (o_proj, down_proj = 0), so the last position's hidden state is its own token
     embedding; embedding row t = sqrt(H) e_t, whose RMS norm is itself (final norm weight 1); head
     w = values / sqrt(H). pad = EOS, so the score is read at the completion's last character."""
@@ -161,11 +161,10 @@ def hand_scorer(folder, values: dict[int, float]):
         model.model.norm.weight.fill_(1.0)
         model.model.embed_tokens.weight.copy_(math.sqrt(hidden) * torch.eye(model.config.vocab_size, hidden))
         model.score.weight.zero_()
-        for token, value in values.items():
-            model.score.weight[0, token] = value / math.sqrt(hidden)
+        for char, value in values.items():
+            model.score.weight[0, tokenizer.convert_tokens_to_ids(char)] = value / math.sqrt(hidden)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    return tokenizer
 
 
 def _rollout(prompt: str, text: str, group: int = 0) -> Rollout:
@@ -178,9 +177,7 @@ def test_reward_component_scores_a_saved_classifier(tmp_path, transform):
     from rlft.rewards import REWARD_COMPONENTS
     from rlft.rewards.base import component_values
 
-    tokenizer = hand_scorer(tmp_path / "rm", {})
-    token = {c: tokenizer.convert_tokens_to_ids(c) for c in "257"}
-    hand_scorer(tmp_path / "rm", {token["2"]: 1.5, token["5"]: -2.0, token["7"]: 0.25})
+    hand_scorer(tmp_path / "rm", {"2": 1.5, "5": -2.0, "7": 0.25})
     spec = REWARD_COMPONENTS["reward_model"]
     cfg = spec.config_cls(path=str(tmp_path / "rm"), batch_size=2, transform=transform,
                           **({"offset": 0.5} if transform == "sigmoid" else {}))

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from rlft.algorithms.base import AlgorithmSpec, PolicyModel, StepCounts, single_pass
-from rlft.algorithms.dpo import _check_even_rows, count_pair_rows, file_pair_rows, pad_pair_rows
+from rlft.algorithms.dpo import check_even_rows, count_pair_rows, file_pair_rows, pad_pair_rows
 from rlft.schema import Section
 from rlft.sources.pairs import split_pairs
 
@@ -96,7 +96,7 @@ def log_metrics(sums: dict[str, float], steps: int) -> dict[str, float]:
 
 def validate(run_cfg) -> None:
     """Even rows; the pairs files well-formed; something held out when the run evaluates."""
-    _check_even_rows(run_cfg)
+    check_even_rows(run_cfg)
     _, held_out = split_pairs(run_cfg.algorithm)
     if run_cfg.train.eval_every and not held_out:
         raise ValueError(f"train.eval_every={run_cfg.train.eval_every}: a reward model is evaluated on held-out "
