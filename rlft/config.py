@@ -148,7 +148,8 @@ class RewardConfig(Section):
         [{"name": "answer", "weight": 1.0}],
         description="Weighted reward components (rlft.rewards): answer = the task's answer checker, "
         "steps = mean of its per-step checker, progress = mid-step rewards from a progress tracker (needs "
-        "rollout.step_delimiter); reward = sum of weight x value.",
+        "rollout.step_delimiter), reward_model = a trained reward model's score (rlft.rewards.reward_model); "
+        "reward = sum of weight x value.",
     )
 
 

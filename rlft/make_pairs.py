@@ -7,7 +7,8 @@ else model.name), and samples `--samples` completions (temperature `--temperatur
 `--prompts` distinct train prompts, skipping the first `--start`. The task's answer checker splits
 each group into correct and incorrect completions; every prompt with both gives one row
 {"prompt", "chosen": a correct completion, "rejected": an incorrect one} (picked at random,
-seeded), written to the recipe's `algorithm.path` (or `--out`). Prompts whose samples are all
+seeded), or up to `--pairs-per-prompt` rows of distinct (correct, wrong) texts, written to the
+recipe's `algorithm.path` (or `--out`). Prompts whose samples are all
 correct or all wrong give no pair. Sampling uses transformers on the CPU, one process.
 """
 
@@ -40,15 +41,24 @@ def sample(model, tokenizer, prompts: list[list[int]], n: int, max_new_tokens: i
     return out
 
 
-def preference_rows(examples, completions: list[list[str]], score, rng: random.Random) -> list[dict]:
-    """One {"prompt", "chosen", "rejected"} per example with both a correct and an incorrect completion."""
+def preference_rows(examples, completions: list[list[str]], score, rng: random.Random,
+                    per_prompt: int = 1) -> list[dict]:
+    """{"prompt", "chosen", "rejected"} rows for each example with both a correct and an incorrect
+    completion: one (a random correct, a random wrong), or with per_prompt > 1 up to that many distinct
+    (correct text, wrong text) pairs drawn without replacement."""
     rows = []
     for example, texts in zip(examples, completions):
         verdicts = [score(example, t) >= 1.0 for t in texts]
         good = [t for t, ok in zip(texts, verdicts) if ok]
         bad = [t for t, ok in zip(texts, verdicts) if not ok]
-        if good and bad:
+        if not (good and bad):
+            continue
+        if per_prompt == 1:
             rows.append({"prompt": example.prompt, "chosen": rng.choice(good), "rejected": rng.choice(bad)})
+            continue
+        grid = [(g, b) for g in dict.fromkeys(good) for b in dict.fromkeys(bad)]
+        for g, b in rng.sample(grid, min(per_prompt, len(grid))):
+            rows.append({"prompt": example.prompt, "chosen": g, "rejected": b})
     return rows
 
 
@@ -63,6 +73,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pairs-per-prompt", type=int, default=1,
+                        help="up to this many distinct (correct, wrong) pairs per prompt (reward-model data)")
     args = parser.parse_args(argv)
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -83,7 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     completions = sample(model, tokenizer, [encode_prompt(tokenizer, ex.prompt, chat) for ex in distinct],
                          args.samples, args.max_new_tokens, args.temperature)
-    rows = preference_rows(distinct, completions, task.score, random.Random(args.seed))
+    if args.pairs_per_prompt < 1:
+        parser.error(f"--pairs-per-prompt={args.pairs_per_prompt}: give 1 or more")
+    rows = preference_rows(distinct, completions, task.score, random.Random(args.seed), args.pairs_per_prompt)
     correct = sum(task.score(ex, t) >= 1.0 for ex, texts in zip(distinct, completions) for t in texts)
     out = Path(args.out or cfg.algorithm.path)
     out.parent.mkdir(parents=True, exist_ok=True)

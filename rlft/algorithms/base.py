@@ -22,6 +22,10 @@ The spec says everything the controller needs, so the controller never branches 
   * `log_metrics(sums, steps)`: summed metric sums -> logged `train/...` metrics (sums add over
     micro-batches, ranks and passes; a key ending in `_max` keeps the largest value: `add_metric_sums`);
   * `validate(run_cfg)`: its own checks of the whole config (ValueError before any role starts);
+  * `model_head`: which model the learners load from the base folder: "lm" (the family's own model,
+    a causal LM's next-token head) or "score" (one scalar per sequence: a reward model,
+    `AutoModelForSequenceClassification` with num_labels=1); the family and the PEFT method must
+    offer it (their `heads`, checked before any role starts);
   * `summary`: what it is, in one line (`rlft algorithms` lists them).
 
 The learner knows nothing about any algorithm: for each micro-batch it calls
@@ -161,6 +165,7 @@ class AlgorithmSpec:
     proximal_logprobs: Callable[[PolicyModel, dict[str, torch.Tensor], Any], torch.Tensor] | None = None
     validate: Callable[[Any], None] = no_checks
     log_metrics: Callable[[dict[str, float], int], dict[str, float]] = loss_only
+    model_head: str = "lm"  # "lm": the family's model; "score": a scalar sequence-score head (reward models)
     summary: str = ""  # what it is, in one line (`rlft algorithms`)
 
     def optimizer_steps(self, run_cfg) -> int:

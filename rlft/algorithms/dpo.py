@@ -261,7 +261,7 @@ def rollout_pair_rows(rollouts: list[Rollout], ctx: RowContext) -> tuple[list[di
 # ---- config checks and the two specs ----------------------------------------------------------------
 
 
-def _check_even_rows(run_cfg) -> None:
+def check_even_rows(run_cfg) -> None:
     train = run_cfg.train
     if train.micro_batch_size % 2 or train.batch_size % 2:
         raise ValueError(f"train.micro_batch_size={train.micro_batch_size} and train.batch_size={train.batch_size} "
@@ -270,7 +270,7 @@ def _check_even_rows(run_cfg) -> None:
 
 def validate_offline(run_cfg) -> None:
     """Even rows, and every row of the pairs file well-formed (a DataError names its file:line)."""
-    _check_even_rows(run_cfg)
+    check_even_rows(run_cfg)
     path = run_cfg.algorithm.path
     try:
         pairs = read_preference_pairs(path)
@@ -281,7 +281,7 @@ def validate_offline(run_cfg) -> None:
 
 
 def validate_online(run_cfg) -> None:
-    _check_even_rows(run_cfg)
+    check_even_rows(run_cfg)
     cfg, rows = run_cfg.algorithm, run_cfg.train.batch_size * run_cfg.rollout.mini_batches
     if cfg.group_size % 2:
         raise ValueError(f"algorithm.group_size={cfg.group_size} must be even: a group fills group_size/2 pair slots")

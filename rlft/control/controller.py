@@ -139,7 +139,7 @@ class Controller:
         self.eval_examples = self.task.split("eval")[: cfg.eval.num_examples]
         check_run(cfg, self.spec, self.peft, data=(self.model_path, self.tokenizer, self.chat,
                                                    self.train_examples, self.eval_examples),
-                  check_data=self.family.check_data)
+                  check_data=self.family.check_data, family=self.family)
         memory = memory_check(cfg, self.spec, self.peft, self.model_path)
         # The source reads and checks its data now, before any role starts; it reaches the roles
         # through self.roles, filled below.

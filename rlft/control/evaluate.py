@@ -55,12 +55,19 @@ def load_for_eval(cfg: RLFTConfig, checkpoint: str | None):
 def evaluate_checkpoint(cfg: RLFTConfig, checkpoint: str | None, show_progress: bool = True) -> dict[str, Any]:
     from rlft.algorithms import ALGORITHMS
 
+    spec = ALGORITHMS[cfg.algorithm.name]
+    if spec.model_head != "lm":
+        from rlft.errors import RunError
+
+        raise RunError(f"rlft eval scores a policy's greedy answers; algorithm {spec.name!r} trains a "
+                       f"{spec.model_head!r}-head model, which its run evaluates itself (its held-out metrics are in "
+                       "the run's metrics.jsonl)")
     cfg = resolve_storage(cfg)  # the run's own paths, so its warm start is found as the run recorded it
     model, tokenizer = load_for_eval(cfg, checkpoint)
     task = build_task(cfg.task)
     examples = task.split("eval")[: cfg.eval.num_examples]
     chat = uses_chat_template(tokenizer, cfg.data.chat_template)
-    if "environment" in ALGORITHMS[cfg.algorithm.name].roles:  # multi-turn episodes with the task's retriever
+    if "environment" in spec.roles:  # multi-turn episodes with the task's retriever
         metrics = greedy_episodes(model, tokenizer, task, examples, chat, cfg.eval, cfg.rollout.max_turns, show_progress)
         return {"checkpoint": checkpoint or "(base model)", **metrics}
     scores, lengths = score_greedy(

@@ -35,6 +35,10 @@ def check_config(cfg, spec, peft_cls) -> None:
         raise ValueError(f"rollout.max_staleness={cfg.rollout.max_staleness}: algorithm {spec.name!r} generates "
                          "nothing, so there is no generation to overlap with training; set it to 0")
     peft_cls.validate(cfg)
+    if spec.model_head not in peft_cls.heads:
+        offer = ", ".join(name for name in PEFT_METHODS if spec.model_head in PEFT_METHODS[name].heads)
+        raise ValueError(f"algorithm {spec.name!r} trains a {spec.model_head!r}-head model, which "
+                         f"peft.method={cfg.peft.method} cannot train; use one that can ({offer})")
     if spec.needs_reference(cfg) and not peft_cls.has_reference:
         raise ValueError(f"algorithm {spec.name!r} needs a reference policy, which peft.method={cfg.peft.method} "
                          f"does not keep; use one that does ({_methods('has_reference')}), or turn the KL term off")
@@ -57,12 +61,16 @@ def check_data_lengths(cfg, spec, model_path, tokenizer, chat: bool, train_examp
                   sampled_tokens=SOURCES[spec.source].sampled_tokens(cfg))
 
 
-def check_run(cfg, spec, peft_cls, data: tuple | None = None, check_data=None) -> None:
+def check_run(cfg, spec, peft_cls, data: tuple | None = None, check_data=None, family=None) -> None:
     """RunError (a ValueError) naming what is wrong, before any role starts. `data`: (model path,
     tokenizer, chat template used, train examples, eval examples); `check_data` is the model family's
-    own check of them (rlft.families), None for the prompt lengths (`check_data_lengths`)."""
+    own check of them (rlft.families), None for the prompt lengths (`check_data_lengths`); `family`:
+    the base model's family, which must offer the algorithm's model head."""
     try:
         check_config(cfg, spec, peft_cls)
+        if family is not None and spec.model_head not in family.heads:
+            raise ValueError(f"algorithm {spec.name!r} trains a {spec.model_head!r}-head model; the base model "
+                             f"is a {family.name} model, which has only {', '.join(family.heads)}")
         if data is not None:
             if check_data is None:
                 check_data_lengths(cfg, spec, *data)

@@ -11,6 +11,9 @@ from rlft.ops.logprobs import IGNORE_INDEX, token_logprobs
 
 class CausalLM:
     name = "causal_lm"
+    # What `load_model` can put on the network (AlgorithmSpec.model_head): the next-token head, or one
+    # scalar per sequence read at the last non-pad token (a reward model).
+    heads = ("lm", "score")
     # No check of its own: the run's check of prompt lengths against train.max_length and the
     # model's context (rlft.data.lengths, by rlft.control.validation) is the one a text model needs.
     check_data = None
@@ -24,10 +27,30 @@ class CausalLM:
     def uses_chat(self, tokenizer, mode: str) -> bool:
         return uses_chat_template(tokenizer, mode)
 
-    def load_model(self, model_path, dtype: torch.dtype) -> torch.nn.Module:
-        from transformers import AutoModelForCausalLM
+    def load_model(self, model_path, dtype: torch.dtype, head: str = "lm") -> torch.nn.Module:
+        """The causal LM, or with head="score" the same body under a new scalar head
+        (AutoModelForSequenceClassification, num_labels=1; a score folder loads its trained head). The
+        score is read at the last token that is not the pad token, so the config's pad id is the one
+        batches are padded with (the tokenizer's, else EOS: Controller.pad_id)."""
+        if head == "lm":
+            from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+            return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        if head != "score":
+            raise ValueError(f"model head {head!r}: the causal_lm family has {', '.join(self.heads)}")
+        from transformers import AutoModelForSequenceClassification
+
+        tokenizer = self.load_tokenizer(model_path)
+        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        return AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1, dtype=dtype,
+                                                                  pad_token_id=pad_id)
+
+    @staticmethod
+    def sequence_scores(module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Scalar scores [B] of a "score"-head model for padded rows (learner side, eval mode, no grad)."""
+        device = next(module.parameters()).device
+        out = module(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device))
+        return out.logits[:, 0].float().cpu()
 
     # ----------------------------------------------------------------- the parity probe
     def probe(self, ctrl) -> dict[str, torch.Tensor]:

@@ -29,6 +29,7 @@ NELBO_EVAL_SEQUENCES = 256
 
 class MaskedDiffusion:
     name = "mdlm"
+    heads = ("lm",)  # the denoiser only (AlgorithmSpec.model_head)
 
     def __init__(self):
         self._references: list[str] | None = None
@@ -40,8 +41,11 @@ class MaskedDiffusion:
     def uses_chat(self, tokenizer, mode: str) -> bool:
         return False
 
-    def load_model(self, model_path, dtype: torch.dtype) -> torch.nn.Module:
+    def load_model(self, model_path, dtype: torch.dtype, head: str = "lm") -> torch.nn.Module:
         from rlft.diffusion.model import MDLM
+
+        if head not in self.heads:
+            raise ValueError(f"model head {head!r}: the mdlm family has only the denoiser ({', '.join(self.heads)})")
 
         return MDLM.from_pretrained(model_path).to(dtype)
 

@@ -68,6 +68,9 @@ class PeftMethod:
     # warm start (warm_start.recipe) hands to the next run as its base model. (LIFT and HFT save whole
     # model folders too, but as partial fine-tunes they are not offered as warm starts.)
     produces_full_model = False
+    # The model heads (AlgorithmSpec.model_head) it can train: "lm" always; "score" (a reward model's
+    # scalar head, trained along with the method's own weights) where `wrap` and `save` handle it.
+    heads: tuple[str, ...] = ("lm",)
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -153,6 +156,12 @@ class PeftMethod:
     def mark_all_changed(self, model: torch.nn.Module) -> None:
         """Make the next `export` carry every change since the base model, not only those since the
         last export (a generator that restarts, or a resumed run, starts from the base)."""
+
+
+def is_sequence_scorer(model: torch.nn.Module) -> bool:
+    """Whether `model` is a Hugging Face sequence-classification model (a "score" head), by the
+    transformers naming convention `<Arch>ForSequenceClassification`."""
+    return type(model).__name__.endswith("ForSequenceClassification")
 
 
 def torch_optimizer(optimizer) -> torch.optim.Optimizer | None:

@@ -3,6 +3,11 @@
 The reference policy is the same model with the adapter disabled (no second copy). Generators
 get the A/B tensors in PEFT naming; checkpoints are the same tensors as a PEFT adapter folder,
 loadable by `PeftModel.from_pretrained(base, folder)` and by vLLM.
+
+A "score" model (a reward model, AlgorithmSpec.model_head) gets PEFT's SEQ_CLS task type: the
+new scalar head is a module PEFT trains whole (`modules_to_save`) beside the adapters. Its
+checkpoint is the merged model, an HF folder `AutoModelForSequenceClassification.from_pretrained`
+loads, with the adapter folder (adapters and head) in `adapter/` beneath it.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from rlft.peft.base import AdapterConfig, PeftMethod, adapter_parameters
+from rlft.peft.base import AdapterConfig, PeftMethod, adapter_parameters, is_sequence_scorer
 from rlft.sync.payload import LoraPayload, adapter_config_dict
 
 
@@ -55,24 +60,27 @@ class LoRA(PeftMethod):
     config_cls = LoRAConfig
     payload_kind = "lora"
     has_reference = True
+    heads = ("lm", "score")
 
     @classmethod
     def trained_parameters(cls, cfg, shape):
         return adapter_parameters(cfg, shape, lambda inp, out: inp + out)  # A (r x in) and B (out x r)
 
-    def lora_config(self, init_lora_weights: bool | str = True):
+    def lora_config(self, init_lora_weights: bool | str = True, task_type: str = "CAUSAL_LM"):
         from peft import LoraConfig
 
         cfg = self.cfg
         return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
                           target_modules=list(cfg.target_modules), init_lora_weights=init_lora_weights,
-                          task_type="CAUSAL_LM")
+                          task_type=task_type)
 
     def wrap(self, model, seed, with_reference):
         from peft import get_peft_model
 
         torch.manual_seed(seed)  # identical adapters on every rank
-        return get_peft_model(model, self.lora_config())
+        # SEQ_CLS: PEFT also trains the classifier head whole (modules_to_save: "score", "classifier")
+        task_type = "SEQ_CLS" if is_sequence_scorer(model) else "CAUSAL_LM"
+        return get_peft_model(model, self.lora_config(task_type=task_type))
 
     @contextmanager
     def reference(self, model):
@@ -94,7 +102,24 @@ class LoRA(PeftMethod):
         return LoraPayload.build(version, tensors, adapter_config_dict(model.peft_config["default"], rank, alpha))
 
     def save(self, model, tokenizer, out_dir):
+        if is_sequence_scorer(model.get_base_model()):
+            return save_merged_scorer(model, tokenizer, Path(out_dir))
         return save_adapter_folder(self.export(model, version=0), tokenizer, out_dir)
+
+
+def save_merged_scorer(model, tokenizer, out_dir: Path) -> Path:
+    """A LoRA sequence-score model as the merged HF folder `out_dir` (AutoModelForSequenceClassification
+    loads it) with its PEFT adapter folder (adapters and the trained head) in `out_dir/adapter`. The merge
+    runs on a copy (the trained model keeps its adapters), so saving briefly holds the model twice."""
+    import copy
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(out_dir / "adapter"), safe_serialization=True)
+    merged = copy.deepcopy(model).merge_and_unload()
+    merged.save_pretrained(str(out_dir), safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out_dir))
+    return out_dir
 
 
 def save_adapter_folder(payload: LoraPayload, tokenizer, out_dir) -> Path:

@@ -49,6 +49,7 @@ def tuner_layers(model):
 class PiSSA(LoRA):
     name = "pissa"
     config_cls = PiSSAConfig
+    heads = ("lm",)  # its reference adapter and saved factors assume a causal LM
 
     def wrap(self, model, seed, with_reference):
         from peft import get_peft_model, set_peft_model_state_dict

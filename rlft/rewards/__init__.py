@@ -17,4 +17,5 @@ REWARD_COMPONENTS: Registry = Registry("reward component", {
     "dna_oracle": "rlft.rewards.dna_oracle:SPEC",
     "retrieval_progress": "rlft.rewards.retrieval_progress:SPEC",
     "answer_f1": "rlft.rewards.answer_f1:SPEC",
+    "reward_model": "rlft.rewards.reward_model:SPEC",
 })

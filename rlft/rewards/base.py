@@ -37,7 +37,9 @@ class ComponentValue:
 class RewardComponent(Protocol):
     def __call__(self, rollout: Rollout) -> ComponentValue:
         """Score one rollout. A component with `per_group = True` is instead called with the rollouts
-        of one group (one prompt) and returns one value each: group-relative rewards (length shaping)."""
+        of one group (one prompt) and returns one value each: group-relative rewards (length shaping);
+        one with `batched = True` is called once with every rollout of the batch and returns one value
+        each (a model that scores in batches)."""
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,13 @@ class ComponentSpec:
 
 
 def component_values(rollouts: list[Rollout], component: RewardComponent) -> list[ComponentValue]:
-    """One value per rollout: rollout by rollout, or group by group for a per-group component."""
+    """One value per rollout: rollout by rollout, group by group for a per-group component, or all at
+    once for a batched one."""
+    if getattr(component, "batched", False):
+        found = component(rollouts)
+        if len(found) != len(rollouts):
+            raise ValueError(f"a batched reward component returned {len(found)} values for {len(rollouts)} rollouts")
+        return list(found)
     if not getattr(component, "per_group", False):
         return [component(r) for r in rollouts]
     groups: dict[int, list[int]] = {}

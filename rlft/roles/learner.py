@@ -193,7 +193,7 @@ class LearnerActor:
         self.dtype = resolve_dtype(self.cfg.model.dtype, self.device)
         self.family = family_for(self.model_path)
         self.tokenizer = self.family.load_tokenizer(self.model_path)
-        model = self.family.load_model(self.model_path, self.dtype)
+        model = self.family.load_model(self.model_path, self.dtype, head=self.spec.model_head)
         return self.peft.wrap(model, self.cfg.run.seed, with_reference=self.spec.needs_reference(self.cfg))
 
     def setup(self) -> dict[str, Any]:

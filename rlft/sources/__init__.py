@@ -13,6 +13,7 @@ Registered by name:
   rollouts  prompts from the train split, sampled by the generator roles and scored by the
             reward roles (policy-gradient algorithms)
   pairs     preference pairs (prompt, chosen, rejected) from the JSONL file `algorithm.path`
+  reward_pairs  the same, less held-out pairs that evaluation scores with the score head (reward models)
   lists     ranked lists (prompt, responses, scores) from the JSONL file `algorithm.path`
 
   trees     preference trees grown by the generators
@@ -20,7 +21,8 @@ Registered by name:
   episodes  multi-turn retrieval episodes: generators write turns, the environment role answers
             searches, reward roles score (IM-RAG)
 
-How each evaluates: dataset, pairs and lists on learner rank 0 (the family's `evaluate_on_learner`:
+How each evaluates: reward_pairs by learner rank 0's scores of its held-out pairs; dataset, pairs
+and lists on learner rank 0 (the family's `evaluate_on_learner`:
 greedy answers checked by the task, or a diffusion model's held-out NELBO and samples); rollouts
 and trees by one greedy answer per example from the generators, scored by the reward roles;
 episodes by one greedy episode per example; sampling by diffusion samples from the generators,
@@ -38,6 +40,7 @@ SOURCES: Registry = Registry("data source", {
     "dataset": "rlft.sources.dataset:DatasetSource",
     "rollouts": "rlft.sources.rollouts:RolloutSource",
     "pairs": "rlft.sources.pairs:PairSource",
+    "reward_pairs": "rlft.sources.pairs:RewardPairSource",
     "lists": "rlft.sources.lists:ListSource",
     "trees": "rlft.sources.trees:TreeSource",
     "sampling": "rlft.sources.sampling:SamplingSource",
