@@ -197,6 +197,18 @@ def assert_same_weights(a, b) -> None:
         assert torch.equal(wa[name], wb[name]), name
 
 
+class Bigram(torch.nn.Module):
+    """A policy whose logits depend on the current token only (embedding -> linear): tiny and differentiable."""
+
+    def __init__(self, vocab: int = 11, dim: int = 8):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.head = torch.nn.Embedding(vocab, dim), torch.nn.Linear(dim, vocab)
+
+    def logits(self, batch):
+        return self.head(self.emb(batch["input_ids"]))
+
+
 def response_batch(model, gen: torch.Generator) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
     """4 random sequences of 7 tokens from `gen`: 2 prompt tokens, responses of lengths 5, 3, 4, 2
     (the rest padding); with the model's per-token log-probs [4, 6] and label mask [4, 6]."""

@@ -22,7 +22,7 @@ from rlft.data.collate import encode_prompt
 from rlft.ops.logprobs import IGNORE_INDEX, token_logprobs
 from rlft.ops.mismatch import MISMATCH_KEYS, behaviour_weights, mismatch_metrics, mismatch_sums
 from rlft.types import Rollout, Score
-from tests.helpers import LEARNER_ONLY_GPPO, response_batch, rl_config, tiny_config
+from tests.helpers import LEARNER_ONLY_GPPO, Bigram, response_batch, rl_config, tiny_config
 
 LN = math.log
 
@@ -152,16 +152,6 @@ def test_sampler_mode_is_unchanged_and_reports_no_mismatch():
     with pytest.raises(KeyError, match="no prox_logprobs"):
         micro_batch_loss(policy, {k: v for k, v in batch.items() if k != "prox_logprobs"},
                          GPPOConfig(old_logprobs="learner"), counts)
-
-
-class Bigram(torch.nn.Module):
-    def __init__(self, vocab: int = 11, dim: int = 8):
-        super().__init__()
-        torch.manual_seed(0)
-        self.emb, self.head = torch.nn.Embedding(vocab, dim), torch.nn.Linear(dim, vocab)
-
-    def logits(self, batch):
-        return self.head(self.emb(batch["input_ids"]))
 
 
 def _mismatched_batch(model: Bigram, per_token_advantages: bool) -> dict[str, torch.Tensor]:

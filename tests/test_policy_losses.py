@@ -18,7 +18,7 @@ from rlft.ops.gspo import gspo_loss, gspo_token_loss
 from rlft.ops.mismatch import MISMATCH_KEYS
 from rlft.ops.reductions import aggregate
 from rlft.ops.surrogates import ppo_token_loss
-from tests.helpers import response_batch
+from tests.helpers import Bigram, response_batch
 
 F64 = torch.float64
 E = math.e
@@ -160,16 +160,6 @@ def test_cispo_weight_carries_no_gradient_and_clipped_tokens_keep_theirs():
 
 
 # ---------------------------------------------------------------- through micro_batch_loss
-
-
-class Bigram(torch.nn.Module):
-    def __init__(self, vocab: int = 11, dim: int = 8):
-        super().__init__()
-        torch.manual_seed(0)
-        self.emb, self.head = torch.nn.Embedding(vocab, dim), torch.nn.Linear(dim, vocab)
-
-    def logits(self, batch):
-        return self.head(self.emb(batch["input_ids"]))
 
 
 def _batch(model: Bigram, per_token: bool) -> dict[str, torch.Tensor]:

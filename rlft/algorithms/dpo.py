@@ -51,9 +51,10 @@ from rlft.algorithms.base import (
     single_pass,
 )
 from rlft.data.collate import encode_sft, pad_rows
-from rlft.data.jsonl import PreferencePair, read_preference_pairs
+from rlft.data.jsonl import PreferencePair
 from rlft.ops.logprobs import IGNORE_INDEX, token_logprobs
 from rlft.schema import Section
+from rlft.sources.pairs import read_pairs_file
 from rlft.types import Rollout
 
 
@@ -271,13 +272,7 @@ def check_even_rows(run_cfg) -> None:
 def validate_offline(run_cfg) -> None:
     """Even rows, and every row of the pairs file well-formed (a DataError names its file:line)."""
     check_even_rows(run_cfg)
-    path = run_cfg.algorithm.path
-    try:
-        pairs = read_preference_pairs(path)
-    except FileNotFoundError:
-        raise ValueError(f"algorithm.path={path}: no such file") from None
-    if not pairs:
-        raise ValueError(f"algorithm.path={path}: the file holds no pairs")
+    read_pairs_file("path", run_cfg.algorithm.path)
 
 
 def validate_online(run_cfg) -> None:

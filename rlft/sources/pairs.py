@@ -36,7 +36,8 @@ class PairSource(SampledSource):
         return pairs, {"train/epoch": self.sampler.epoch + self.sampler.position / len(self.pairs)}
 
 
-def _read(key: str, path: str) -> list[PreferencePair]:
+def read_pairs_file(key: str, path: str) -> list[PreferencePair]:
+    """The pairs of `algorithm.<key>`'s file, or a ValueError naming the key when it is missing or empty."""
     try:
         pairs = read_preference_pairs(path)
     except FileNotFoundError:
@@ -49,12 +50,12 @@ def _read(key: str, path: str) -> list[PreferencePair]:
 def split_pairs(cfg) -> tuple[list[PreferencePair], list[PreferencePair]]:
     """(training pairs, held-out pairs) of an algorithm section with `path`, `eval_path` and `eval_pairs`
     (ValueError naming the key; a DataError names a bad row's file:line)."""
-    pairs = _read("path", cfg.path)
+    pairs = read_pairs_file("path", cfg.path)
     if cfg.eval_path is not None:
         if cfg.eval_pairs:
             raise ValueError(f"algorithm.eval_pairs={cfg.eval_pairs} and algorithm.eval_path={cfg.eval_path}: "
                              "the held-out pairs come from one of them; drop one")
-        return pairs, _read("eval_path", cfg.eval_path)
+        return pairs, read_pairs_file("eval_path", cfg.eval_path)
     if cfg.eval_pairs >= len(pairs):
         raise ValueError(f"algorithm.eval_pairs={cfg.eval_pairs} holds out every one of the {len(pairs)} pairs of "
                          f"{cfg.path}, leaving none to train on; lower it")
