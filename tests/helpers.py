@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+import pytest
 import torch
 
 from rlft.algorithms import ALGORITHMS
@@ -124,8 +125,6 @@ def moving_rows(ctl, n_examples: int = 2):
 def assert_probe_catches_a_skipped_load(ctl, rows, monkeypatch) -> None:
     """One more update, which generator 0 reports as loaded (the right fingerprint) without loading
     it: the parity probe must stop the publish."""
-    import pytest
-
     from rlft.sync.protocol import SyncError
 
     ctl.optimize(rows)
@@ -223,3 +222,42 @@ def response_batch(model, gen: torch.Generator) -> tuple[dict[str, torch.Tensor]
     with torch.no_grad():
         logprobs, mask = token_logprobs(model.logits(batch), labels)
     return batch, logprobs, mask
+
+
+def mismatched_batch(model, per_token_advantages: bool, prox_noise: float,
+                     sampler_shift: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """`response_batch` (seed 1) with pi_prox = pi_theta + prox_noise * N(0, 1) and pi_sampler = pi_theta +
+    0.8 * N(0, 1) (+ a shift per sequence), advantages per token or per sequence, and positives."""
+    gen = torch.Generator().manual_seed(1)
+    batch, logprobs, mask = response_batch(model, gen)
+    batch["prox_logprobs"] = (logprobs + prox_noise * torch.randn(logprobs.shape, generator=gen)) * mask
+    sampler = logprobs + 0.8 * torch.randn(logprobs.shape, generator=gen)
+    batch["old_logprobs"] = (sampler if sampler_shift is None else sampler + sampler_shift) * mask
+    if per_token_advantages:  # process advantages: a different value on every token
+        batch["advantages"] = torch.randn(logprobs.shape, generator=gen) * mask
+    else:
+        batch["advantages"] = torch.tensor([[1.5], [-0.5], [-0.5], [0.5]]) * mask
+    batch["positive"] = torch.tensor([1.0, 0.0, 0.0, 1.0])
+    return batch
+
+
+def assert_micro_batches_sum_to_full_batch(model, batch, cfg, metric_keys) -> tuple[tuple, dict]:
+    """Step-global normalisers: micro-batches [0:1] + [1:4] give the full batch's loss, gradients and the
+    sums of `metric_keys`; returns (the full batch's gradients, its metrics) for further checks."""
+    from rlft.algorithms.base import StepCounts, add_metric_sums, count_label_tokens
+    from rlft.algorithms.gppo import micro_batch_loss
+
+    counts = StepCounts(*count_label_tokens(batch))
+    full, m_full = micro_batch_loss(model, batch, cfg, counts)
+    parts = [micro_batch_loss(model, {k: v[s] for k, v in batch.items()}, cfg, counts)
+             for s in (slice(0, 1), slice(1, 4))]
+    total = parts[0][0] + parts[1][0]
+    torch.testing.assert_close(total, full)
+    params = list(model.parameters())
+    got, want = torch.autograd.grad(total, params), torch.autograd.grad(full, params)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w)
+    summed = add_metric_sums(add_metric_sums({}, parts[0][1]), parts[1][1])
+    for key in metric_keys:
+        assert summed[key] == pytest.approx(m_full[key], rel=1e-5, abs=1e-6), key
+    return want, m_full

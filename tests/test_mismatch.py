@@ -12,7 +12,7 @@ import torch
 from pydantic import ValidationError
 
 from rlft.algorithms import ALGORITHMS
-from rlft.algorithms.base import StepCounts, add_metric_sums, count_label_tokens
+from rlft.algorithms.base import StepCounts, count_label_tokens
 from rlft.algorithms.gppo import METRIC_KEYS, GPPOConfig, log_metrics, micro_batch_loss
 from rlft.algorithms.gppo_episodes import GPPOEpisodesConfig
 from rlft.algorithms.gppo_episodes import micro_batch_loss as episode_loss
@@ -22,7 +22,8 @@ from rlft.data.collate import encode_prompt
 from rlft.ops.logprobs import IGNORE_INDEX, token_logprobs
 from rlft.ops.mismatch import MISMATCH_KEYS, behaviour_weights, mismatch_metrics, mismatch_sums
 from rlft.types import Rollout, Score
-from tests.helpers import LEARNER_ONLY_GPPO, Bigram, response_batch, rl_config, tiny_config
+from tests.helpers import (LEARNER_ONLY_GPPO, Bigram, assert_micro_batches_sum_to_full_batch, mismatched_batch,
+                           rl_config, tiny_config)
 
 LN = math.log
 
@@ -158,17 +159,8 @@ def _mismatched_batch(model: Bigram, per_token_advantages: bool) -> dict[str, to
     """4 sequences of 7 tokens (2 prompt tokens; responses of 5, 3, 4, 2); pi_prox and pi_sampler are
     pi_theta moved by independent noise (the sampler also by a shift per sequence), so the ratio clips
     and the weights are truncated or masked at token and at sequence level."""
-    gen = torch.Generator().manual_seed(1)
-    batch, logprobs, mask = response_batch(model, gen)
-    batch["prox_logprobs"] = (logprobs + 0.4 * torch.randn(logprobs.shape, generator=gen)) * mask
-    shift = torch.tensor([[0.9], [-0.1], [0.0], [-0.9]])
-    batch["old_logprobs"] = (logprobs + 0.8 * torch.randn(logprobs.shape, generator=gen) + shift) * mask
-    if per_token_advantages:  # process advantages: a different value on every token
-        batch["advantages"] = torch.randn(logprobs.shape, generator=gen) * mask
-    else:
-        batch["advantages"] = torch.tensor([[1.5], [-0.5], [-0.5], [0.5]]) * mask
-    batch["positive"] = torch.tensor([1.0, 0.0, 0.0, 1.0])
-    return batch
+    return mismatched_batch(model, per_token_advantages, prox_noise=0.4,
+                            sampler_shift=torch.tensor([[0.9], [-0.1], [0.0], [-0.9]]))
 
 
 @pytest.mark.parametrize("cfg, per_token", [
@@ -185,18 +177,7 @@ def test_micro_batch_split_equals_full_batch(cfg, per_token):
     loss, gradients and metric sums (the max by max), for every variant of the family."""
     model = Bigram()
     batch = _mismatched_batch(model, per_token)
-    counts = StepCounts(*count_label_tokens(batch))
-    full, m_full = micro_batch_loss(model, batch, cfg, counts)
-    parts = [micro_batch_loss(model, {k: v[s] for k, v in batch.items()}, cfg, counts)
-             for s in (slice(0, 1), slice(1, 4))]
-    total = parts[0][0] + parts[1][0]
-    torch.testing.assert_close(total, full)
-    params = list(model.parameters())
-    for got, want in zip(torch.autograd.grad(total, params), torch.autograd.grad(full, params)):
-        torch.testing.assert_close(got, want)
-    summed = add_metric_sums(add_metric_sums({}, parts[0][1]), parts[1][1])
-    for key in METRIC_KEYS + MISMATCH_KEYS:
-        assert summed[key] == pytest.approx(m_full[key], rel=1e-5, abs=1e-6), key
+    _, m_full = assert_micro_batches_sum_to_full_batch(model, batch, cfg, METRIC_KEYS + MISMATCH_KEYS)
     assert 0 < m_full["corrected_tokens"] < m_full["tokens"], "the noise should make the correction act"
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from rlft.algorithms.base import StepCounts, add_metric_sums, count_label_tokens
+from rlft.algorithms.base import StepCounts, count_label_tokens
 from rlft.algorithms.gppo import METRIC_KEYS, GPPOConfig, micro_batch_loss
 from rlft.algorithms.gppo_losses import POLICY_LOSSES
 from rlft.ops.cispo import cispo_token_loss
@@ -18,7 +18,7 @@ from rlft.ops.gspo import gspo_loss, gspo_token_loss
 from rlft.ops.mismatch import MISMATCH_KEYS
 from rlft.ops.reductions import aggregate
 from rlft.ops.surrogates import ppo_token_loss
-from tests.helpers import Bigram, response_batch
+from tests.helpers import Bigram, assert_micro_batches_sum_to_full_batch, mismatched_batch
 
 F64 = torch.float64
 E = math.e
@@ -164,16 +164,7 @@ def test_cispo_weight_carries_no_gradient_and_clipped_tokens_keep_theirs():
 
 def _batch(model: Bigram, per_token: bool) -> dict[str, torch.Tensor]:
     """4 sequences (responses of 5, 3, 4, 2 tokens); pi_prox and pi_sampler are pi_theta moved by noise."""
-    gen = torch.Generator().manual_seed(1)
-    batch, logprobs, mask = response_batch(model, gen)
-    batch["prox_logprobs"] = (logprobs + 0.2 * torch.randn(logprobs.shape, generator=gen)) * mask
-    batch["old_logprobs"] = (logprobs + 0.8 * torch.randn(logprobs.shape, generator=gen)) * mask
-    if per_token:
-        batch["advantages"] = torch.randn(logprobs.shape, generator=gen) * mask
-    else:
-        batch["advantages"] = torch.tensor([[1.5], [-0.5], [-0.5], [0.5]]) * mask
-    batch["positive"] = torch.tensor([1.0, 0.0, 0.0, 1.0])
-    return batch
+    return mismatched_batch(model, per_token, prox_noise=0.2)
 
 
 @pytest.mark.parametrize("cfg, per_token", [
@@ -194,20 +185,9 @@ def test_micro_batches_sum_to_the_full_batch(cfg, per_token):
     batch = _batch(model, per_token)
     if cfg.old_logprobs == "sampler":
         del batch["prox_logprobs"]
-    counts = StepCounts(*count_label_tokens(batch))
-    full, m_full = micro_batch_loss(model, batch, cfg, counts)
-    parts = [micro_batch_loss(model, {k: v[s] for k, v in batch.items()}, cfg, counts)
-             for s in (slice(0, 1), slice(1, 4))]
-    total = parts[0][0] + parts[1][0]
-    torch.testing.assert_close(total, full)
-    params = list(model.parameters())
-    got, want = torch.autograd.grad(total, params), torch.autograd.grad(full, params)
-    for g, w in zip(got, want):
-        torch.testing.assert_close(g, w)
+    want, _ = assert_micro_batches_sum_to_full_batch(
+        model, batch, cfg, METRIC_KEYS + (MISMATCH_KEYS if cfg.old_logprobs == "learner" else ()))
     assert any(w.abs().sum() > 0 for w in want)
-    summed = add_metric_sums(add_metric_sums({}, parts[0][1]), parts[1][1])
-    for key in METRIC_KEYS + (MISMATCH_KEYS if cfg.old_logprobs == "learner" else ()):
-        assert summed[key] == pytest.approx(m_full[key], rel=1e-5, abs=1e-6), key
 
 
 def test_gspo_on_policy_is_reinforce_with_the_sequence_token_mean():
