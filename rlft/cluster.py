@@ -51,6 +51,8 @@ def resolve_storage(cfg):
         "model": model,
         "warm_start": cfg.warm_start.model_copy(update={"overrides": [
             *cfg.warm_start.overrides, *warm_start_runtime_overrides(cfg.runtime)]}),
+        "teacher": cfg.teacher.model_copy(update={"overrides": [
+            *cfg.teacher.overrides, *warm_start_runtime_overrides(cfg.runtime)]}),
     })
 
 
@@ -77,6 +79,8 @@ def role_bundles(cfg, kinds, cluster_gpus: float) -> dict[str, list[dict[str, fl
                       member_gpus(cfg.generator.gpus_per_actor, cluster_gpus), cfg.generator.resources),
         "reward": (cfg.reward.count, cfg.reward.cpus_per_actor, 0.0, cfg.reward.resources),
         "environment": (cfg.environment.count, cfg.environment.cpus_per_actor, 0.0, cfg.environment.resources),
+        "teacher": (cfg.teacher.count, cfg.teacher.cpus_per_actor,
+                    member_gpus(cfg.teacher.gpus_per_actor, cluster_gpus), cfg.teacher.resources),
     }
     return {kind: [member_resources(cpus, gpus, extra)] * count
             for kind, (count, cpus, gpus, extra) in sizes.items() if kind in kinds}

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
 from rlft.algorithms import ALGORITHMS
 from rlft.data.model_config import KNOWN_MODEL_NAMES, ModelConfig
@@ -48,6 +48,7 @@ class RolesConfig(Section):
     generator: str = Field("vllm", description="Generator role class (rlft.roles.ROLES['generator']).")
     reward: str = Field("checker", description="Reward role class (rlft.roles.ROLES['reward']).")
     environment: str = Field("bm25", description="Environment role class (rlft.roles.ROLES['environment']).")
+    teacher: str = Field("hf", description="Teacher role class (rlft.roles.ROLES['teacher']).")
 
 
 class RuntimeConfig(Section):
@@ -265,6 +266,28 @@ class WarmStartConfig(Section):
     reuse: bool = Field(True, description="Reuse an earlier warm start with the same recipe and overrides.")
 
 
+class TeacherConfig(WarmStartConfig):
+    """The teacher of on-policy distillation (algorithm `distill`): a model folder (`model`), or a recipe run
+    first whose final checkpoint is the teacher (`recipe`, `overrides`, `reuse`: as a warm start's)."""
+
+    recipe: str | None = Field(None, description="Recipe run first (when no finished run of it with the same "
+                                                 "overrides exists); its final checkpoint is the teacher.")
+    model: str | None = Field(None, description="The teacher's model folder, or a model name as model.name takes "
+                                                "(instead of `recipe`); it must share the student's tokenizer.")
+    count: int = Field(1, ge=1, description="Number of teacher actors (rollouts are split among them).")
+    cpus_per_actor: float = Field(1.0, gt=0, description="Ray CPUs reserved per teacher actor.")
+    gpus_per_actor: float | None = Field(
+        None, ge=0, description="Ray GPUs reserved per teacher (None: 1 when the Ray cluster has GPUs, else 0).")
+    resources: dict[str, float] = Field({}, description="Extra Ray resources per teacher actor (see learner.resources).")
+    micro_batch_size: int = Field(64, ge=1, description="Rollouts the teacher scores in one forward pass.")
+
+    @model_validator(mode="after")
+    def _one_teacher(self) -> "TeacherConfig":
+        if self.recipe is not None and self.model is not None:
+            raise ValueError("teacher.recipe and teacher.model are both set: the teacher is one or the other")
+        return self
+
+
 class TrackingConfig(Section):
     wandb: Literal["auto", "online", "offline", "disabled"] = Field(
         "auto", description="auto: online when wandb is logged in, else offline."
@@ -292,6 +315,7 @@ class RLFTConfig(Section):
     data: DataConfig = DataConfig()
     tracking: TrackingConfig = TrackingConfig()
     warm_start: WarmStartConfig = WarmStartConfig()
+    teacher: TeacherConfig = TeacherConfig()
     resume: str = Field(
         "never", description="never: start a new run. auto: continue the newest run of this name from its newest "
         "complete checkpoint (start a new run when it has none; do nothing when it finished). Or the path of a "

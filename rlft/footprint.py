@@ -254,9 +254,21 @@ def generator_processes(cfg, shape: ModelShape, weight_bytes: int, payload: tupl
     return processes
 
 
-def estimate(cfg, spec, shape: ModelShape, dtype: str, payload_kind: str | None) -> list[RoleEstimate]:
+def teacher_process(cfg, shape: ModelShape, weight_bytes: int, inline: bool) -> Process:
+    """A teacher: its weights and one forward pass (no gradient) of teacher.micro_batch_size rollouts."""
+    proc = Process("actor")
+    proc.add("process", 0 if inline else BASELINE_MIB["learner"] * MIB, "-")
+    proc.add("weights", shape.params * weight_bytes, "model.dtype")
+    tokens = cfg.teacher.micro_batch_size * cfg.train.max_length
+    proc.add("logits", tokens * (shape.vocab or 0) * 4 * 2, "teacher.micro_batch_size")  # logits, log-softmax
+    return proc
+
+
+def estimate(cfg, spec, shape: ModelShape, dtype: str, payload_kind: str | None,
+             role_shapes: dict[str, ModelShape] | None = None) -> list[RoleEstimate]:
     """Per-role host memory of a run in local or inline mode on CPU; `dtype` is the resolved weights dtype
-    ("float32", "bfloat16", ...), `payload_kind` the PEFT method's (rlft.peft)."""
+    ("float32", "bfloat16", ...), `payload_kind` the PEFT method's (rlft.peft); `role_shapes`: the models
+    of roles other than the policy's, by kind (a distillation teacher)."""
     weight_bytes = DTYPE_BYTES.get(dtype.removeprefix("torch."), 4)
     inline = run_modes.one_process(cfg.runtime.mode)
     generates = "generator" in spec.roles
@@ -281,6 +293,9 @@ def estimate(cfg, spec, shape: ModelShape, dtype: str, payload_kind: str | None)
             proc = Process("actor")
             proc.add("process", BASELINE_MIB[kind] * MIB, "-")
             found.append(RoleEstimate(kind, getattr(cfg, kind).count, f"{kind}.count", [proc]))
+    if "teacher" in spec.roles and role_shapes and "teacher" in role_shapes:
+        found.append(RoleEstimate("teacher", cfg.teacher.count, "teacher.count",
+                                  [teacher_process(cfg, role_shapes["teacher"], weight_bytes, inline)]))
     return merge_ranks(found)
 
 

@@ -279,7 +279,8 @@ def test_each_source_says_how_many_tokens_a_training_prompt_must_leave_room_for(
 
     cfg = SimpleNamespace(rollout=SimpleNamespace(max_new_tokens=9))
     assert {name: SOURCES[name].sampled_tokens(cfg) for name in SOURCES.names()} == {
-        "dataset": 1, "rollouts": 9, "pairs": 1, "reward_pairs": 1, "lists": 1, "trees": 1, "sampling": 1, "episodes": 1}
+        "dataset": 1, "rollouts": 9, "pairs": 1, "reward_pairs": 1, "lists": 1, "trees": 1, "sampling": 1, "episodes": 1,
+        "teacher_rollouts": 9}
 
 
 def test_import_config_loads_no_heavy_dependency():
@@ -321,7 +322,7 @@ def test_every_role_kind_has_a_starter():
     names needs one (learners first, then the algorithm's kinds in their order)."""
     from rlft.control.startup import STARTERS
 
-    assert list(STARTERS) == list(ROLES) == ["learner", "generator", "reward", "environment"]
+    assert list(STARTERS) == list(ROLES) == ["learner", "generator", "reward", "environment", "teacher"]
     assert all(kind in STARTERS for name in ALGORITHMS.names() for kind in ALGORITHMS[name].roles)
 
 

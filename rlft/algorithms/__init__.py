@@ -16,6 +16,7 @@ ALGORITHMS: Registry = Registry("algorithm", {
     "dpo": "rlft.algorithms.dpo:SPEC",
     "dpo_offline": "rlft.algorithms.dpo:OFFLINE_SPEC",
     "reward_model": "rlft.algorithms.reward_model:SPEC",
+    "distill": "rlft.algorithms.distill:SPEC",
     "tpo": "rlft.algorithms.tpo:SPEC",
     "tpo_offline": "rlft.algorithms.tpo:OFFLINE_SPEC",
     "mdlm": "rlft.algorithms.mdlm:SPEC",

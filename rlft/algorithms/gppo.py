@@ -121,7 +121,7 @@ class GPPOConfig(ClipFields, GSPOFields, CISPOFields, GRPOFields):
     def _consistent(self) -> "GPPOConfig":
         if self.reduction == "seq-mean-token-sum-norm" and self.max_len is None:
             raise ValueError("reduction 'seq-mean-token-sum-norm' needs max_len (the constant T_max)")
-        if self.outcome_coef == 0 and self.process_coef == 0:
+        if self.outcome_coef == 0 and self.process_coef == 0 and not self.other_advantages():
             raise ValueError("outcome_coef and process_coef are both 0: no advantage is left to train on")
         if self.correction != "none" and self.old_logprobs == "sampler":
             raise ValueError(f"algorithm.correction={self.correction} needs algorithm.old_logprobs=learner: with the "
@@ -129,6 +129,11 @@ class GPPOConfig(ClipFields, GSPOFields, CISPOFields, GRPOFields):
         check_policy_loss(self)
         check_advantage(self)
         return self
+
+
+    def other_advantages(self) -> bool:
+        """Whether a subclass adds an advantage term of its own (distillation's teacher term)."""
+        return False
 
 
 def _registered(registry, name: str) -> str:

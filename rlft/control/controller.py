@@ -54,7 +54,7 @@ from rlft.control.recovery import Recovery, explain_fault
 from rlft.control.resume import (ResumePoint, RunFinished, RunStopped, StopOnSignal, restore_roles, resume_point,
                                  save_checkpoint)
 from rlft.control.run_dirs import FINISHED, prepare_run_dir
-from rlft.control.startup import STARTERS, RoleStarter, memory_check, required_cpus
+from rlft.control.startup import STARTERS, RoleStarter, check_role_models, memory_check, required_cpus, role_models
 from rlft.control.validation import check_run
 from rlft.control.warm_start import base_model_path
 from rlft.data.collate import shard_micro_batches
@@ -140,7 +140,10 @@ class Controller:
         check_run(cfg, self.spec, self.peft, data=(self.model_path, self.tokenizer, self.chat,
                                                    self.train_examples, self.eval_examples),
                   check_data=self.family.check_data, family=self.family)
-        memory = memory_check(cfg, self.spec, self.peft, self.model_path)
+        # Models of other roles (a distillation teacher), made now if a recipe must run first.
+        self.role_models = role_models(cfg, self.spec, train=train, show_progress=self.show_progress)
+        check_role_models(self.role_models, self.tokenizer)
+        memory = memory_check(cfg, self.spec, self.peft, self.model_path, self.role_models)
         # The source reads and checks its data now, before any role starts; it reaches the roles
         # through self.roles, filled below.
         self.source = SOURCES[self.spec.source](SourceContext(
@@ -161,7 +164,7 @@ class Controller:
         self._owns_ray = runtime.start(cfg.runtime.mode, address=cfg.runtime.ray_address, num_cpus=num_cpus,
                                        log_level=cfg.runtime.log_level)
         self.stop.install()  # ray.init replaced the SIGTERM handler
-        self.starter = RoleStarter(cfg, self.spec, self.peft, self.model_path, self.run_dir)
+        self.starter = RoleStarter(cfg, self.spec, self.peft, self.model_path, self.run_dir, self.role_models)
         self.starter.placement_check()
         for kind in ("learner", *self.spec.roles):  # learners first: the others follow their device
             self.roles[kind] = STARTERS[kind](self.starter)

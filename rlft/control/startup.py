@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from rlft import run_modes, runtime
 from rlft.cluster import role_bundles
+from rlft.control.warm_start import teacher_model_path
 from rlft.data.models import resolve_dtype
 from rlft.errors import RunError
 from rlft.faults import arm_stack_dumps, note_member_output
@@ -50,7 +51,8 @@ def required_cpus(cfg, spec) -> float:
     sizes = {"learner": cfg.learner.count * cfg.learner.cpus_per_rank,
              "generator": cfg.generator.count * cfg.generator.cpus_per_actor,
              "reward": cfg.reward.count * cfg.reward.cpus_per_actor,
-             "environment": cfg.environment.count * cfg.environment.cpus_per_actor}
+             "environment": cfg.environment.count * cfg.environment.cpus_per_actor,
+             "teacher": cfg.teacher.count * cfg.teacher.cpus_per_actor}
     return sum(sizes[kind] for kind in ("learner", *spec.roles))
 
 
@@ -61,7 +63,7 @@ def learner_device(cfg, learner_info: dict[str, Any] | None = None) -> str:
     return info.get("device") or detect_device(cfg.learner.device)
 
 
-def memory_check(cfg, spec, peft, model_path) -> list | None:
+def memory_check(cfg, spec, peft, model_path, role_models: dict[str, Path] | None = None) -> list | None:
     """Local and inline modes on CPU: every role's estimated memory (rlft.footprint), refused when it
     exceeds what this machine offers (runtime.memory_check). None where it is not checked: in cluster
     mode each node has its own memory, and on GPU the weights live on the devices. Runs before any
@@ -69,7 +71,8 @@ def memory_check(cfg, spec, peft, model_path) -> list | None:
     if cfg.runtime.memory_check == "off" or not run_modes.on_this_machine(cfg.runtime.mode) or learner_device(cfg) != "cpu":
         return None
     found = estimate(cfg, spec, ModelShape.from_folder(model_path),
-                     str(resolve_dtype(cfg.model.dtype, learner_device(cfg))), peft.payload_kind)
+                     str(resolve_dtype(cfg.model.dtype, learner_device(cfg))), peft.payload_kind,
+                     {kind: ModelShape.from_folder(path) for kind, path in (role_models or {}).items()})
     available, where = memory_budget(cfg)
     log.info("memory estimate (%.1f GiB offered): %s", available / GIB, describe(found))
     try:
@@ -85,8 +88,9 @@ class RoleStarter:
     """Starts the role groups of one run, once Ray runs (runtime.start); `STARTERS[kind](starter)`
     starts one kind. Learners first: the generators follow the device learner rank 0 reports."""
 
-    def __init__(self, cfg, spec, peft, model_path: Path, run_dir: Path):
+    def __init__(self, cfg, spec, peft, model_path: Path, run_dir: Path, role_models: dict[str, Path] | None = None):
         self.cfg, self.spec, self.peft, self.model_path, self.run_dir = cfg, spec, peft, model_path, run_dir
+        self.role_models = role_models or {}  # models of roles other than the policy (`role_models`), by kind
         self.bundles: dict[str, list[dict[str, float]]] = {}  # Ray resources per member, by kind (remote modes)
         self.rendezvous: dict[str, Any] | None = None  # where the learner ranks meet
         self.learner_info: dict[str, Any] | None = None  # what learner rank 0 reported when it started
@@ -187,13 +191,50 @@ def start_environments(starter: RoleStarter) -> runtime.RoleGroup:
     return starter.create("environment", kwargs)[0]
 
 
+def start_teachers(starter: RoleStarter) -> runtime.RoleGroup:
+    """Teachers on the learners' device and dtype; in a local synchronous run they score while every other
+    role waits, so each gets the machine's cores divided among them."""
+    cfg = starter.cfg
+    threads = learner_threads(cfg.learner.model_copy(update={"threads_per_rank": "auto",
+                                                             "cpus_per_rank": cfg.teacher.cpus_per_actor}),
+                              cfg.runtime.mode, synchronous=cfg.rollout.max_staleness == 0,
+                              cores=os.cpu_count() or 1, ranks=cfg.teacher.count)
+    kwargs = [dict(cfg=cfg, index=i, model_path=str(starter.role_models["teacher"]), device=starter.learner_device(),
+                   dtype=str(starter.dtype()).removeprefix("torch."), num_threads=threads)
+              for i in range(cfg.teacher.count)]
+    return starter.create("teacher", kwargs)[0]
+
+
 # Role kind -> the function that starts its group (a kind of spec.roles must have one).
 STARTERS: dict[str, Callable[[RoleStarter], runtime.RoleGroup]] = {
     "learner": start_learners,
     "generator": start_generators,
     "reward": start_rewards,
     "environment": start_environments,
+    "teacher": start_teachers,
 }
+
+# Role kind -> where the model it loads comes from (kinds that load a model of their own), called as
+# fn(cfg, train, show_progress) -> folder before any role starts.
+ROLE_MODELS: dict[str, Callable[..., Path]] = {"teacher": teacher_model_path}
+
+
+def role_models(cfg, spec, train=None, show_progress: bool = True) -> dict[str, Path]:
+    """The models roles other than the policy's load, by kind (`ROLE_MODELS`), resolved before Ray starts:
+    a recipe that makes one runs now, as a run of its own, like a warm start. Each must share the policy's
+    tokenizer (`check_role_models`)."""
+    return {kind: ROLE_MODELS[kind](cfg, train, show_progress) for kind in spec.roles if kind in ROLE_MODELS}
+
+
+def check_role_models(models: dict[str, Path], tokenizer) -> None:
+    """RunError when a role's model reads tokens differently from the policy (its vocabulary differs)."""
+    from rlft.families import family_for
+
+    for kind, path in models.items():
+        theirs = family_for(path).load_tokenizer(path)
+        if theirs.get_vocab() != tokenizer.get_vocab():
+            raise RunError(f"the {kind} model {path} has another tokenizer than the policy ({len(theirs)} vs "
+                           f"{len(tokenizer)} tokens): its log-probs would be of other tokens")
 
 
 def memory_budget(cfg) -> tuple[float, str]:

@@ -1,12 +1,13 @@
-"""Warm starts, and the base model a run starts from.
+"""Warm starts, teachers, and the base model a run starts from.
 
 A warm start (`warm_start.recipe`) is an SFT recipe run first; its final full checkpoint is the
-base model of the run. A folder holding a finished warm start of the same recipe and overrides
-is reused, so `rlft eval` and a second run find the same base.
+base model of the run. A teacher (`teacher.recipe`, on-policy distillation) is made the same way. A
+folder holding a finished run of the same recipe and overrides is reused, so `rlft eval` and a
+second run find the same model.
 
-Only the control layer runs a warm start: the controller's set-up hands `base_model_path` its own
-`train` (rlft.control.controller), and a warm start is then a run like any other. Without `train`,
-a warm start that has not run is an error that says to run it.
+Only the control layer runs such a recipe: the controller's set-up hands `base_model_path` and
+`teacher_model_path` its own `train` (rlft.control.controller), and the recipe is then a run like
+any other. Without `train`, a recipe that has not run is an error that says to run it.
 """
 
 from __future__ import annotations
@@ -24,22 +25,26 @@ log = logging.getLogger("rlft.runs")  # the name its lines have always carried i
 WARM_START_STAMP = "warm_start.json"
 
 
-def warm_start_config(cfg):
+def recipe_config(section, output_dir: str, what: str = "warm_start"):
+    """(the config of `section.recipe` with its overrides, the stamp a finished run of it carries)."""
     from rlft.config import load_config
 
-    ws = cfg.warm_start
-    overrides = [*ws.overrides, f"run.output_dir={cfg.run.output_dir}"]
-    sub = load_config(ws.recipe, overrides)
+    overrides = [*section.overrides, f"run.output_dir={output_dir}"]
+    sub = load_config(section.recipe, overrides)
     if not PEFT_METHODS[sub.peft.method].produces_full_model:
         full = "|".join(name for name in PEFT_METHODS if PEFT_METHODS[name].produces_full_model)
-        raise ValueError(f"warm_start.recipe {ws.recipe}: needs peft.method={full} to produce a base model")
-    stamp = {"recipe": Path(ws.recipe).read_text(), "overrides": overrides}
+        raise ValueError(f"{what}.recipe {section.recipe}: needs peft.method={full} to produce a full model")
+    stamp = {"recipe": Path(section.recipe).read_text(), "overrides": overrides}
     return sub, stamp
 
 
-def find_warm_start(cfg) -> Path | None:
-    """The final checkpoint of a finished warm start of this recipe and overrides, if any."""
-    sub, stamp = warm_start_config(cfg)
+def warm_start_config(cfg):
+    return recipe_config(cfg.warm_start, cfg.run.output_dir)
+
+
+def find_recipe_model(section, output_dir: str, what: str = "warm_start") -> Path | None:
+    """The final checkpoint of a finished run of this recipe and overrides, if any."""
+    sub, stamp = recipe_config(section, output_dir, what)
     for folder in candidate_dirs(sub.run_dir):
         if not folder.exists():
             return None
@@ -49,28 +54,53 @@ def find_warm_start(cfg) -> Path | None:
             return final.resolve()
 
 
+def find_warm_start(cfg) -> Path | None:
+    return find_recipe_model(cfg.warm_start, cfg.run.output_dir)
+
+
+def recipe_model_path(section, cfg, train: Callable[..., dict[str, Any]] | None, show_progress: bool = True,
+                      what: str = "warm_start") -> Path:
+    """The final checkpoint of `section.recipe` (a warm start, a teacher): a finished run of it, or with
+    `train` (rlft.control.train, called as train(cfg, show_progress=...)) a run made now and stamped so that
+    the next run finds it; with no `train`, a recipe not run yet is an error."""
+    found = find_recipe_model(section, cfg.run.output_dir, what) if section.reuse else None
+    if found is not None:
+        log.info("reusing %s %s", what.replace("_", " "), found)
+        return found
+    if train is None:
+        raise FileNotFoundError(
+            f"no finished run of {what}.recipe {section.recipe} under {cfg.run.output_dir}: run the recipe "
+            "first (rlft train) so its model exists"
+        )
+    sub, stamp = recipe_config(section, cfg.run.output_dir, what)
+    sub.runtime.log_level = cfg.runtime.log_level  # it shows what the run shows (not part of the stamp)
+    log.info("%s: running %s", what.replace("_", " "), section.recipe)
+    summary = train(sub, show_progress=show_progress)
+    (Path(summary["run_dir"]) / WARM_START_STAMP).write_text(json.dumps(stamp))
+    return (Path(summary["run_dir"]) / "checkpoints" / "final").resolve()
+
+
 def base_model_path(cfg, train: Callable[..., dict[str, Any]] | None = None, show_progress: bool = True) -> Path:
     """Absolute path of the model a run starts from: the warm start's checkpoint, or model.name.
 
-    A warm start not found is run with `train` (rlft.control.train, called as train(cfg,
-    show_progress=...)) and stamped so that the next run finds it; with no `train`, it is an error.
-    """
+    A warm start not found is run with `train` and stamped so that the next run finds it; with no
+    `train`, it is an error."""
     from rlft.data.models import resolve_model
 
     if cfg.warm_start.recipe is None:
         return resolve_model(cfg.model).resolve()
-    found = find_warm_start(cfg) if cfg.warm_start.reuse else None
-    if found is not None:
-        log.info("reusing warm start %s", found)
-        return found
-    if train is None:
-        raise FileNotFoundError(
-            f"no finished warm start of {cfg.warm_start.recipe} under {cfg.run.output_dir}: run the recipe "
-            "first (rlft train) so the base model exists"
-        )
-    sub, stamp = warm_start_config(cfg)
-    sub.runtime.log_level = cfg.runtime.log_level  # it shows what the run shows (not part of the stamp)
-    log.info("warm start: running %s", cfg.warm_start.recipe)
-    summary = train(sub, show_progress=show_progress)
-    (Path(summary["run_dir"]) / WARM_START_STAMP).write_text(json.dumps(stamp))
-    return (Path(summary["run_dir"]) / "checkpoints" / "final").resolve()
+    return recipe_model_path(cfg.warm_start, cfg, train, show_progress)
+
+
+def teacher_model_path(cfg, train: Callable[..., dict[str, Any]] | None = None, show_progress: bool = True) -> Path:
+    """Absolute path of the distillation teacher: teacher.model (a folder or a model name model.name takes),
+    or the final checkpoint of teacher.recipe (run now with `train` when no finished run of it exists)."""
+    from rlft.data.models import resolve_model
+
+    teacher = cfg.teacher
+    if teacher.model is not None:
+        return resolve_model(cfg.model.model_copy(update={"name": teacher.model})).resolve()
+    if teacher.recipe is None:
+        raise ValueError("the algorithm needs a teacher: set teacher.model (a model folder) or teacher.recipe "
+                         "(a recipe whose final checkpoint is the teacher)")
+    return recipe_model_path(teacher, cfg, train, show_progress, what="teacher")

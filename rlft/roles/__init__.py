@@ -9,6 +9,7 @@ Constructor keywords each kind receives (fakes take the same):
   generator: cfg, index, model_path, dtype, lora_rank, seed, cpu_bind
   reward:    cfg, index
   environment: cfg (with a `retrieval` section, rlft.retrieval.config.RetrievalConfig), index
+  teacher:   cfg, index, model_path (the teacher's folder), device, dtype, num_threads
 """
 
 from __future__ import annotations
@@ -21,4 +22,5 @@ ROLES: dict[str, Registry] = {
                                             "diffusion": "rlft.roles.diffusion_generator:DiffusionGeneratorActor"}),
     "reward": Registry("reward role", {"checker": "rlft.roles.reward:RewardActor"}),
     "environment": Registry("environment role", {"bm25": "rlft.roles.environment:RetrievalEnvironmentActor"}),
+    "teacher": Registry("teacher role", {"hf": "rlft.roles.teacher:TeacherActor"}),
 }

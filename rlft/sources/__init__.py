@@ -18,13 +18,15 @@ Registered by name:
 
   trees     preference trees grown by the generators
   sampling  seeds only: the learners sample inside the loss (DRAKES)
+  teacher_rollouts  rollouts, then the teacher roles' log-probs of every completion token
+            (on-policy distillation)
   episodes  multi-turn retrieval episodes: generators write turns, the environment role answers
             searches, reward roles score (IM-RAG)
 
 How each evaluates: reward_pairs by learner rank 0's scores of its held-out pairs; dataset, pairs
 and lists on learner rank 0 (the family's `evaluate_on_learner`:
-greedy answers checked by the task, or a diffusion model's held-out NELBO and samples); rollouts
-and trees by one greedy answer per example from the generators, scored by the reward roles;
+greedy answers checked by the task, or a diffusion model's held-out NELBO and samples); rollouts,
+teacher_rollouts and trees by one greedy answer per example from the generators, scored by the reward roles;
 episodes by one greedy episode per example; sampling by diffusion samples from the generators,
 scored by the oracles.
 """
@@ -45,6 +47,7 @@ SOURCES: Registry = Registry("data source", {
     "trees": "rlft.sources.trees:TreeSource",
     "sampling": "rlft.sources.sampling:SamplingSource",
     "episodes": "rlft.sources.episodes:EpisodeSource",
+    "teacher_rollouts": "rlft.sources.teacher:TeacherRolloutSource",
 })
 
 
