@@ -69,6 +69,7 @@ MEMORY_SETTINGS = {
     "learner": ("train.micro_batch_size", "train.max_length", "learner.count"),
     "reward": ("reward.count",),
     "environment": ("environment.count",),
+    "teacher": ("teacher.micro_batch_size", "teacher.count"),
     None: ("generator.kv_cache_mb", "generator.count", "train.micro_batch_size"),  # a worker of no role
 }
 # Values that shrink the weights and weight payloads generators and learners hold: key -> (value, saving).

@@ -19,16 +19,16 @@ log = logging.getLogger("rlft.controller")  # the controller's parts log as the 
 
 
 class Recovery:
-    """Replaces dead generator, reward and environment actors. `roles` is the controller's own dict
-    of groups (a replaced member lives on inside its group); `sync` (None without generators) gives
-    new generators the current policy."""
+    """Replaces dead generator, reward, environment and teacher actors (none holds state but the policy).
+    `roles` is the controller's own dict of groups (a replaced member lives on inside its group); `sync`
+    (None without generators) gives new generators the current policy."""
 
     def __init__(self, cfg, roles: dict, sync=None):
         self.cfg, self.roles, self.sync = cfg, roles, sync
-        self.restarts = 0  # generator, reward and environment actors replaced after their process died
+        self.restarts = 0  # generator, reward, environment and teacher actors replaced after their process died
 
     def recovering(self, call, *args, after: BaseException | None = None, source=None):
-        """call(*args); when a generator, reward or environment actor died on the way (or was killed for
+        """call(*args); when a generator, reward, environment or teacher actor died on the way (or was killed for
         memory), replace it, give the generators the current policy, and call again. With `source`,
         `call` draws a batch of that source: each retry starts from the same data position, so the lost
         batch is generated again (nothing was trained on it)."""
@@ -52,7 +52,7 @@ class Recovery:
         kill = memory_kill(err)
         if kill is not None:  # named now: the restart gives the member a new pid
             log.warning("%s", memory_kill_summary(kill, killed_member(self.roles, kill)))
-        replaced = restart_dead(self.roles, ("generator", "reward", "environment"))
+        replaced = restart_dead(self.roles, ("generator", "reward", "environment", "teacher"))
         if not replaced:
             raise err
         self.restarts += replaced
