@@ -8,6 +8,7 @@ Constructor keywords each kind receives (fakes take the same):
   learner:   cfg, spec (the AlgorithmSpec), rank, world_size, model_path, master_addr, master_port, grad_accum, num_threads
   generator: cfg, index, model_path, dtype, lora_rank, seed, cpu_bind
   reward:    cfg, index
+  critic:    as learner (LearnerActor: its cfg is the companion's run config, its spec the companion's)
   environment: cfg (with a `retrieval` section, rlft.retrieval.config.RetrievalConfig), index
 """
 
@@ -17,6 +18,7 @@ from rlft.registry import Registry
 
 ROLES: dict[str, Registry] = {
     "learner": Registry("learner role", {"deepspeed": "rlft.roles.learner:LearnerActor"}),
+    "critic": Registry("critic role", {"deepspeed": "rlft.roles.learner:LearnerActor"}),
     "generator": Registry("generator role", {"vllm": "rlft.roles.generator:GeneratorActor",
                                             "diffusion": "rlft.roles.diffusion_generator:DiffusionGeneratorActor"}),
     "reward": Registry("reward role", {"checker": "rlft.roles.reward:RewardActor"}),
