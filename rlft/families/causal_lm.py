@@ -39,11 +39,11 @@ class CausalLM:
 
             return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
         if head == "value":
-            from transformers import AutoModelForTokenClassification
+            from transformers import AutoConfig, AutoModelForTokenClassification
 
-            # one value per position; no dropout on the head (a critic regresses, the default would be 0.1)
-            return AutoModelForTokenClassification.from_pretrained(model_path, num_labels=1, dtype=dtype,
-                                                                   classifier_dropout=0.0)
+            config = AutoConfig.from_pretrained(model_path, num_labels=1)
+            config.classifier_dropout = 0.0  # one value per position, no dropout (a critic regresses; default 0.1)
+            return AutoModelForTokenClassification.from_pretrained(model_path, config=config, dtype=dtype)
         if head != "score":
             raise ValueError(f"model head {head!r}: the causal_lm family has {', '.join(self.heads)}")
         from transformers import AutoModelForSequenceClassification
