@@ -311,7 +311,11 @@ class Controller:
         rows = self.annotate(rows, row_stats)
         self.samples_seen += len(rows)
         t1 = time.time()
-        sums, steps = self.optimize(rows) if self.spec.trains_policy(self.cfg, iteration) else ({}, 0)
+        sums, steps = ({}, 0)
+        if self.spec.trains_policy(self.cfg, iteration):
+            sums, steps = self.optimize(rows)
+        else:  # the loop's step count (logs, checkpoints, resume) goes on as if the learners had stepped
+            self.optimizer_steps_taken += self.spec.optimizer_steps(self.cfg)
         metrics.update(self.train_companions(rows))
         t2 = time.time()
         metrics.update(row_stats)
