@@ -73,7 +73,8 @@ class PPOConfig(GPPOConfig):
         foreign = [f for f in GROUP_ADVANTAGE_FIELDS if getattr(self, f) != GPPOConfig.model_fields[f].default]
         if foreign:
             said = ", ".join(f"{f}={getattr(self, f)!r}" for f in foreign)
-            raise ValueError(f"algorithm ppo takes its advantages from the critic (GAE), not from groups: remove {said}")
+            raise ValueError(f"algorithm ppo takes its advantages from the critic (GAE), not from groups: "
+                             f"remove {said}")
         critic_peft_section(self, None)  # a bad critic_peft is an error now, naming the key
         return self
 

@@ -223,7 +223,8 @@ class Controller:
                 f"{self.optimizer_steps_taken}); stopping (train.max_skipped_steps={self.cfg.train.max_skipped_steps}). "
                 "Lower train.lr, set train.grad_clip, or check the data")
 
-    def optimize(self, rows: list[dict], group: runtime.RoleGroup | None = None, spec=None) -> tuple[dict[str, float], int]:
+    def optimize(self, rows: list[dict], group: runtime.RoleGroup | None = None,
+                 spec=None) -> tuple[dict[str, float], int]:
         """spec.passes: mini-batches x epochs optimizer steps on rows; sums (grad norm and lr averaged).
         With spec.recompute_logprobs the learners first score every mini-batch under the weights they
         hold now (the proximal policy), before the first pass changes them. `group` and `spec`: a

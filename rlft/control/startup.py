@@ -51,7 +51,7 @@ def required_cpus(cfg, spec) -> float:
              "generator": cfg.generator.count * cfg.generator.cpus_per_actor,
              "reward": cfg.reward.count * cfg.reward.cpus_per_actor,
              "environment": cfg.environment.count * cfg.environment.cpus_per_actor}
-    for companion in spec.companions:  # learner groups of their own (a critic): ranks x the derived learner section's CPUs
+    for companion in spec.companions:  # learner groups of their own (a critic): ranks x their own cpus_per_rank
         learner = companion.run_config(cfg).learner
         sizes[companion.kind] = learner.count * learner.cpus_per_rank
     return sum(sizes[kind] for kind in ("learner", *spec.roles))
