@@ -256,7 +256,7 @@ def final_policy_and_critic(run: Path) -> dict[str, torch.Tensor]:
 
 def test_ppo_run_trains_the_critic_and_resumes_exactly(tmp_path, one_torch_thread):
     """Inline: a short SFT warm start, then PPO with a vLLM generator, a DeepSpeed learner rank and a
-    DeepSpeed critic rank (LoRA on the warm start, a fresh value head) for 6 iterations of 8 prompts x 4
+    DeepSpeed critic rank (LoRA on the warm start, a fresh value head) for 4 iterations of 8 prompts x 4
     samples in 2 optimizer steps each, rewarded by the answer and the column steps (dense enough for a
     critic to fit), the first iteration the critic's alone. The critic's value loss falls and its values
     move to the returns; the step checkpoint holds the critic beside the policy; a run resumed from it
@@ -269,19 +269,19 @@ def test_ppo_run_trains_the_critic_and_resumes_exactly(tmp_path, one_torch_threa
 
     def make(**extra):
         return rl_config(tmp_path, "ppo", warm_start={"recipe": str(tmp_path / "warm.yaml")},
-                         task={"train_size": 2000, "eval_size": 64}, eval={"num_examples": 64, "max_new_tokens": 32},
+                         task={"train_size": 2000, "eval_size": 64}, eval={"num_examples": 32, "max_new_tokens": 32},
                          algorithm={"name": "ppo", "group_size": 4, "critic_warmup": 1, "critic_lr": 3e-3},
                          peft={"method": "lora", "r": 8, "alpha": 16},
                          reward={"components": [{"name": "answer"}, {"name": "steps", "weight": 1.0}]},
                          rollout={"max_new_tokens": 32, "mini_batches": 2},
-                         train={"steps": 12, "batch_size": 16, "micro_batch_size": 8, "lr": 1e-3, "grad_clip": 1.0,
-                                "save_every": 8}, **extra)
+                         train={"steps": 8, "batch_size": 16, "micro_batch_size": 8, "lr": 1e-3, "grad_clip": 1.0,
+                                "save_every": 4}, **extra)
 
     summary = train(make(), show_progress=False)
     run = Path(summary["run_dir"])
     rows = _rows(run / "metrics.jsonl")
     trained = [r for r in rows if "train/value_loss" in r]
-    assert len(trained) == 6 and "train/loss" not in trained[0] and all("train/loss" in r for r in trained[1:])
+    assert len(trained) == 4 and "train/loss" not in trained[0] and all("train/loss" in r for r in trained[1:])
     for key in ("train/value_mean", "train/return_mean", "train/explained_variance", "train/value_clip_frac",
                 "critic/loss", "critic/grad_norm", "critic/lr"):
         assert all(key in r for r in trained), key
@@ -289,15 +289,15 @@ def test_ppo_run_trains_the_critic_and_resumes_exactly(tmp_path, one_torch_threa
     assert last["train/value_loss"] < first["train/value_loss"]
     assert abs(last["train/value_mean"] - last["train/return_mean"]) < abs(first["train/value_mean"] -
                                                                            first["train/return_mean"])
-    step = run / "checkpoints" / "step_8"
+    step = run / "checkpoints" / "step_4"
     assert (step / "resume" / "critic" / "learner_rank0.json").is_file()
     assert AutoModelForTokenClassification.from_pretrained(run / "checkpoints" / "final" / "critic").config.num_labels == 1
-    # resume from step 8 into the same run folder: the rows after it are logged again, the old ones set aside
+    # resume from step 4 into the same run folder: the rows after it are logged again, the old ones set aside
     final_before = final_policy_and_critic(run)
     resumed = train(make(resume=str(step)), show_progress=False)
     assert resumed["resumed_from"] == str(step)
-    again = [r for r in _rows(run / "metrics.jsonl") if r["step"] > 8]
-    assert again == _rows(run / "metrics.after_step_8.jsonl") and again
+    again = [r for r in _rows(run / "metrics.jsonl") if r["step"] > 4]
+    assert again == _rows(run / "metrics.after_step_4.jsonl") and again
     final_after = final_policy_and_critic(run)
     assert final_before.keys() == final_after.keys()
     for name in final_before:
