@@ -18,9 +18,9 @@ from rlft.registry import Registry
 
 ROLES: dict[str, Registry] = {
     "learner": Registry("learner role", {"deepspeed": "rlft.roles.learner:LearnerActor"}),
-    "critic": Registry("critic role", {"deepspeed": "rlft.roles.learner:LearnerActor"}),
     "generator": Registry("generator role", {"vllm": "rlft.roles.generator:GeneratorActor",
                                             "diffusion": "rlft.roles.diffusion_generator:DiffusionGeneratorActor"}),
     "reward": Registry("reward role", {"checker": "rlft.roles.reward:RewardActor"}),
     "environment": Registry("environment role", {"bm25": "rlft.roles.environment:RetrievalEnvironmentActor"}),
+    "critic": Registry("critic role", {"deepspeed": "rlft.roles.learner:LearnerActor"}),
 }
