@@ -302,3 +302,31 @@ def test_ppo_run_trains_the_critic_and_resumes_exactly(tmp_path, one_torch_threa
     assert final_before.keys() == final_after.keys()
     for name in final_before:
         assert torch.equal(final_before[name], final_after[name]), name
+
+
+def test_value_head_one_scalar_per_token_without_dropout_and_lora_trains_it_whole(tmp_path):
+    """The causal LM family's "value" head: AutoModelForTokenClassification with one label and no dropout
+    (eval and train mode give the same values); LoRA (TOKEN_CLS) trains the head whole beside the adapters,
+    and saves the merged token classifier with the adapter folder beneath it."""
+    from transformers import AutoModelForTokenClassification
+
+    from rlft.data.model_config import ModelConfig
+    from rlft.data.models import resolve_model
+    from rlft.families import family_for
+    from rlft.peft import PEFT_METHODS
+
+    path = resolve_model(ModelConfig(name="tiny"))
+    family = family_for(path)
+    model = family.load_model(path, torch.float32, head="value")
+    ids = torch.tensor([[3, 4, 5, 6]])
+    values = model(input_ids=ids, attention_mask=torch.ones_like(ids)).logits
+    assert values.shape == (1, 4, 1)
+    torch.testing.assert_close(model.train()(input_ids=ids).logits, model.eval()(input_ids=ids).logits)
+    lora = PEFT_METHODS["lora"](PEFT_METHODS["lora"].config_cls(method="lora", r=4, alpha=8))
+    wrapped = lora.wrap(model, seed=0, with_reference=False)
+    trained = [n for n, p in wrapped.named_parameters() if p.requires_grad]
+    assert any(".score." in n for n in trained) and any("lora_A" in n for n in trained)
+    lora.save(wrapped, family.load_tokenizer(path), tmp_path / "critic")
+    assert (tmp_path / "critic" / "adapter" / "adapter_config.json").is_file()
+    loaded = AutoModelForTokenClassification.from_pretrained(tmp_path / "critic")
+    torch.testing.assert_close(loaded(input_ids=ids).logits, wrapped.eval()(input_ids=ids).logits)
