@@ -189,7 +189,8 @@ class Controller:
             return None
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
-    def learner_step(self, rows: list[dict], group: runtime.RoleGroup | None = None, spec=None) -> dict[str, float]:
+    def learner_step(self, rows: list[dict], group: runtime.RoleGroup | None = None,
+                     spec=None) -> dict[str, float]:
         """Split rows over ranks and micro-batches, pad them, and run one optimizer step of the learners
         (or of a companion `group` running `spec`, which leaves the policy's step count as it is).
 
@@ -466,7 +467,8 @@ class Controller:
                 saved = None
                 if due(cfg.train.save_every, step, per_iteration) or (self.stop.requested and it != iterations):
                     saved = self.checkpoint(f"step_{step}", it)
-                advance(1, loss=metrics.get("train/loss", float("nan")), **({"reward": metrics["reward/mean"]} if "reward/mean" in metrics else {}))
+                advance(1, loss=metrics.get("train/loss", float("nan")),  # none in a companion's warm-up
+                        **({"reward": metrics["reward/mean"]} if "reward/mean" in metrics else {}))
                 if self.stop.requested and saved is not None:
                     raise RunStopped(f"stopped by SIGTERM after step {step} of {iterations * per_iteration}; checkpoint "
                                      f"{saved}. Continue with: rlft train <recipe> [overrides] resume=auto")
