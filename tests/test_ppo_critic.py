@@ -330,3 +330,29 @@ def test_value_head_one_scalar_per_token_without_dropout_and_lora_trains_it_whol
     assert (tmp_path / "critic" / "adapter" / "adapter_config.json").is_file()
     loaded = AutoModelForTokenClassification.from_pretrained(tmp_path / "critic")
     torch.testing.assert_close(loaded(input_ids=ids).logits, wrapped.eval()(input_ids=ids).logits)
+
+
+def test_a_dead_critic_rank_stops_the_run_like_a_dead_learner_rank(tmp_path):
+    """A critic rank holds optimizer state no restart can rebuild: the run stops with LearnerFailed naming
+    the critic and the checkpoint to resume from, and the loop does not try to replace it."""
+    import ray.exceptions
+
+    from rlft.control.recovery import Recovery, dead_rank_group, explain_fault
+    from rlft.faults import LearnerFailed
+
+    class Group:
+        def __init__(self, dead):
+            self.dead = dead
+
+        def dead_members(self):
+            return [0] if self.dead else []
+
+    cfg = rl_config(tmp_path, "p", algorithm={"name": "ppo", "group_size": 4})
+    roles = {"learner": Group(False), "generator": Group(False), "critic": Group(True)}
+    assert dead_rank_group(cfg, roles) == "critic"
+    err = ray.exceptions.RayActorError()
+    failed = explain_fault(err, cfg, roles, tmp_path)
+    assert isinstance(failed, LearnerFailed) and str(failed).startswith("a critic rank died")
+    with pytest.raises(ray.exceptions.RayActorError):
+        Recovery(cfg, roles).replace_dead_actors(err)
+    assert dead_rank_group(cfg, {**roles, "critic": Group(False)}) is None
