@@ -1,6 +1,6 @@
 """The policy-gradient family over seeds on the main job's recipe and budget: GPPO (the main job) vs the
 advantage estimators (RLOO, REINFORCE++, REINFORCE++-baseline) and policy losses (GSPO, CISPO) users
-ask for.
+ask for, and PPO with a critic.
 
     .venv/bin/python bench/pg_algorithms.py                        # every variant, seeds 0 1 2 (~4 min a run)
     .venv/bin/python bench/pg_algorithms.py --variants gppo rloo --seeds 0
@@ -14,7 +14,9 @@ shared; LoRA r=8; 32 prompts x 8 samples per iteration in 4 optimizer steps; 800
 * rloo / reinforce_pp / reinforce_pp_baseline: `algorithm.advantage=<name>`;
 * gspo: `algorithm.clip_mode=gspo algorithm.reduction=seq-mean-token-mean` (the paper's sequence mean,
   its clip ranges 3e-4 / 4e-4);
-* cispo: `algorithm.clip_mode=cispo` (weight capped at 1 + 4.0).
+* cispo: `algorithm.clip_mode=cispo` (weight capped at 1 + 4.0);
+* ppo: `algorithm.name=ppo algorithm.critic_warmup=5 algorithm.critic_lr=1e-3` (configs/ppo_tiny_arith.yaml:
+  GAE advantages from a critic, 2 more DeepSpeed ranks, trained alone for the first 5 iterations).
 
 Each run goes in its own child process (`rlft train`) under --out (default runs/bench_pg_algorithms);
 a finished run is reused, never overwritten, so an interrupted bench continues where it stopped.
@@ -41,6 +43,7 @@ VARIANTS = {
     "reinforce_pp_baseline": ["algorithm.advantage=reinforce_pp_baseline"],
     "gspo": ["algorithm.clip_mode=gspo", "algorithm.reduction=seq-mean-token-mean"],
     "cispo": ["algorithm.clip_mode=cispo"],
+    "ppo": ["algorithm.name=ppo", "algorithm.critic_warmup=5", "algorithm.critic_lr=1e-3"],
 }
 
 

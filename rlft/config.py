@@ -45,6 +45,7 @@ class RunConfig(Section):
 
 class RolesConfig(Section):
     learner: str = Field("deepspeed", description="Learner role class (rlft.roles.ROLES['learner']).")
+    critic: str = Field("deepspeed", description="Critic role class (rlft.roles.ROLES['critic']; algorithm ppo).")
     generator: str = Field("vllm", description="Generator role class (rlft.roles.ROLES['generator']).")
     reward: str = Field("checker", description="Reward role class (rlft.roles.ROLES['reward']).")
     environment: str = Field("bm25", description="Environment role class (rlft.roles.ROLES['environment']).")

@@ -67,6 +67,7 @@ def is_actor_death(err: BaseException) -> bool:
 MEMORY_SETTINGS = {
     "generator": ("generator.kv_cache_mb", "generator.count"),
     "learner": ("train.micro_batch_size", "train.max_length", "learner.count"),
+    "critic": ("train.micro_batch_size", "train.max_length", "algorithm.critic_ranks"),
     "reward": ("reward.count",),
     "environment": ("environment.count",),
     "teacher": ("teacher.micro_batch_size", "teacher.count"),

@@ -285,6 +285,7 @@ def estimate(cfg, spec, shape: ModelShape, dtype: str, payload_kind: str | None,
         for rank in ranks:
             rank.parts.pop("process")
     found += [RoleEstimate("learner", 1, "learner.count", [rank]) for rank in ranks]
+    found += [companion_ranks(cfg, companion, shape, weight_bytes, inline) for companion in spec.companions]
     if generates:
         found.append(RoleEstimate("generator", cfg.generator.count, "generator.count",
                                   generator_processes(cfg, shape, weight_bytes, payload, payload_kind, inline)))
@@ -297,6 +298,19 @@ def estimate(cfg, spec, shape: ModelShape, dtype: str, payload_kind: str | None,
         found.append(RoleEstimate("teacher", cfg.teacher.count, "teacher.count",
                                   [teacher_process(cfg, role_shapes["teacher"], weight_bytes, inline)]))
     return merge_ranks(found)
+
+
+def companion_ranks(cfg, companion, shape: ModelShape, weight_bytes: int, inline: bool) -> RoleEstimate:
+    """An algorithm's companion learner group (a critic, AlgorithmSpec.companions): ranks like the learners'
+    under its own run config (its PEFT method's trained state), with a scalar head instead of the
+    vocabulary's logits and no sync payload."""
+    derived = companion.run_config(cfg)
+    count = 1 if inline else derived.learner.count
+    rank = learner_process(derived, shape, weight_bytes, (0.0, 0.0), False, count)
+    rank.parts.pop("logits", None)
+    if inline:
+        rank.parts.pop("process")
+    return RoleEstimate(companion.kind, count, companion.count_setting, [rank])
 
 
 def merge_ranks(found: list[RoleEstimate]) -> list[RoleEstimate]:

@@ -241,11 +241,14 @@ def mismatched_batch(model, per_token_advantages: bool, prox_noise: float,
     return batch
 
 
-def assert_micro_batches_sum_to_full_batch(model, batch, cfg, metric_keys) -> tuple[tuple, dict]:
+def assert_micro_batches_sum_to_full_batch(model, batch, cfg, metric_keys, micro_batch_loss=None) -> tuple[tuple, dict]:
     """Step-global normalisers: micro-batches [0:1] + [1:4] give the full batch's loss, gradients and the
-    sums of `metric_keys`; returns (the full batch's gradients, its metrics) for further checks."""
+    sums of `metric_keys`; returns (the full batch's gradients, its metrics) for further checks.
+    micro_batch_loss: the loss under test (None: gppo's)."""
     from rlft.algorithms.base import StepCounts, add_metric_sums, count_label_tokens
-    from rlft.algorithms.gppo import micro_batch_loss
+    from rlft.algorithms.gppo import micro_batch_loss as gppo_loss
+
+    micro_batch_loss = micro_batch_loss or gppo_loss
 
     counts = StepCounts(*count_label_tokens(batch))
     full, m_full = micro_batch_loss(model, batch, cfg, counts)

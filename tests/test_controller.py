@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from rlft.algorithms import ALGORITHMS
-from rlft.algorithms.base import AlgorithmSpec, RowContext
+from rlft.algorithms.base import AlgorithmSpec, Companion, RowContext
 from rlft.control import Controller, train
 from rlft.ops.logprobs import token_logprobs
 from rlft.roles import ROLES
@@ -42,6 +42,8 @@ class FakePayload:
 
 
 class FakeLearner:
+    kind = "learner"  # what CALLS records (FakeCritic: a companion group of the same ranks)
+
     def __init__(self, cfg, spec, rank, world_size, model_path, master_addr, master_port, grad_accum,
                  num_threads=None):
         self.cfg, self.spec, self.rank = cfg, spec, rank
@@ -56,11 +58,11 @@ class FakeLearner:
         return torch.zeros(*batch["input_ids"].shape, VOCAB)
 
     def setup(self):
-        CALLS.append(("learner", "setup"))
+        CALLS.append((self.kind, "setup"))
         return {"trainable_params": self.table.numel()}
 
     def train_step(self, micro_batches, counts):
-        CALLS.append(("learner", "train_step"))
+        CALLS.append((self.kind, "train_step"))
         totals = {"loss": 0.0}
         for batch in micro_batches:
             self.batches.append(batch)
@@ -88,10 +90,17 @@ class FakeLearner:
         return torch.zeros(probe["input_ids"].shape[1] - 1)
 
     def save(self, out_dir):
-        CALLS.append(("learner", "save"))
+        CALLS.append((self.kind, "save"))
+
+    def proximal_logprobs(self, micro_batches):
+        CALLS.append((self.kind, "proximal_logprobs"))
+        return [self.spec.proximal_logprobs(self, b, self.cfg.algorithm) for b in micro_batches]
+
+    def save_state(self, folder):
+        CALLS.append((self.kind, "save_state"))
 
     def close(self):
-        CALLS.append(("learner", "close"))
+        CALLS.append((self.kind, "close"))
 
 
 class FakeGenerator:
@@ -170,17 +179,58 @@ REINFORCE = AlgorithmSpec(
 )
 
 
+# ---- the same with a companion learner group (a critic) and a warm-up without policy steps ------------
+
+class FakeCritic(FakeLearner):
+    kind = "critic"
+
+
+class CriticConfig(ReinforceConfig):
+    name: Literal["reinforce_critic"] = "reinforce_critic"
+
+
+def mean_value_scores(model, batch, cfg):
+    """The companion's per-token score: 0.25 on every response position."""
+    return 0.25 * (batch["labels"][:, 1:] != -100).float()
+
+
+def baseline_from_values(rows, ctx):
+    """Advantage = minus the companion's score on each position (a stand-in for GAE)."""
+    return [{**row, "advantages": [-v for v in row["values"]]} for row in rows], {"train/scored_rows": float(len(rows))}
+
+
+def companion_loss(model, batch, cfg, counts):
+    CALLS.append(("critic", "loss"))
+    return reinforce_loss(model, batch, cfg, counts)
+
+
+COMPANION_SPEC = AlgorithmSpec(name="fake_critic", config_cls=CriticConfig, source="rollouts",
+                               micro_batch_loss=companion_loss, build_rows=reinforce_rows, pad=pad_rollout_rows,
+                               proximal_logprobs=mean_value_scores)
+WITH_CRITIC = AlgorithmSpec(
+    name="reinforce_critic", config_cls=CriticConfig, source="rollouts", roles=("generator", "reward", "critic"),
+    micro_batch_loss=reinforce_loss, build_rows=reinforce_rows, pad=pad_rollout_rows,
+    samples_per_prompt=lambda run_cfg: run_cfg.algorithm.group_size,
+    companions=(Companion("critic", COMPANION_SPEC, run_config=lambda cfg: cfg, annotate=baseline_from_values,
+                          score_key="values"),),
+    trains_policy=lambda run_cfg, iteration: iteration > 1,
+)
+
+
 @pytest.fixture(autouse=True)
 def fakes():
-    for kind, cls in (("learner", FakeLearner), ("generator", FakeGenerator), ("reward", FakeReward)):
+    for kind, cls in (("learner", FakeLearner), ("generator", FakeGenerator), ("reward", FakeReward),
+                      ("critic", FakeCritic)):
         ROLES[kind].register("fake", cls, replace=True)
     ALGORITHMS.register("reinforce", REINFORCE, replace=True)
+    ALGORITHMS.register("reinforce_critic", WITH_CRITIC, replace=True)
     CALLS.clear()
     FakeGenerator.corrupt = False
     yield
     for kind in ROLES:
         ROLES[kind].unregister("fake")
     ALGORITHMS.unregister("reinforce")
+    ALGORITHMS.unregister("reinforce_critic")
 
 
 def _config(tmp_path, name="fake", **over):
@@ -223,6 +273,37 @@ def test_new_algorithm_runs_in_the_controller_with_fake_roles_in_call_order(tmp_
     assert all(r["version"] == r["learner_version"] == r["step"] - 1 and r["staleness"] == 0 for r in samples)
     assert all(r["completion"] == "A: 0" and r["prompt"] and "length_parity" in r["rewards"] for r in samples)
     print(f"controller run with fake roles: {seconds:.2f} s")
+
+
+def test_a_companion_group_scores_rows_before_the_learners_and_steps_after_them(tmp_path):
+    """spec.companions: the critic group is started after the algorithm's other roles, scores every
+    iteration's rows before any step (its scores reach the learners' rows through `annotate`), and takes
+    its own step after the learners'; spec.trains_policy keeps the learners still in iteration 1 (the
+    loop's step count goes on); checkpoints hold the critic's model and state."""
+    cfg = _config(tmp_path, runtime={"roles": {"learner": "fake", "generator": "fake", "reward": "fake",
+                                               "critic": "fake"}},
+                  algorithm={"name": "reinforce_critic"}, train={"save_every": 2})
+    summary = train(cfg, show_progress=False)
+    assert summary["policy_version"] == 3
+    setup = [("learner", "setup"), ("generator", "setup"), ("reward", "setup"), ("critic", "setup")]
+    assert CALLS[:4] == setup
+    publish = [("learner", "export_weights"), ("generator", "load_weights"), ("learner", "probe_logprobs"),
+               ("generator", "probe_logprobs")]
+    scored = [("generator", "generate"), ("reward", "score"), ("critic", "proximal_logprobs")]
+    critic_step = [("critic", "train_step"), ("critic", "loss"), ("critic", "loss")]
+    first = scored + critic_step + publish
+    later = scored + [("learner", "train_step")] + critic_step + publish
+    body = CALLS[4 + len(EVAL) + 2:]
+    assert body[:len(first)] == first and body[len(first):len(first) + len(later)] == later
+    checkpoint = [("learner", "save"), ("critic", "save"), ("learner", "save_state"), ("critic", "save_state")]
+    assert body[len(first) + len(later):len(first) + 2 * len(later) + len(checkpoint)] == checkpoint + later
+    rows = [json.loads(line) for line in (tmp_path / "runs" / "fake" / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in rows if "critic/loss" in r]
+    assert [r["step"] for r in trained] == [1, 2, 3] and "train/loss" not in trained[0]
+    assert all("train/loss" in r for r in trained[1:]) and all(r["train/scored_rows"] == 8.0 for r in trained)
+    batch = FakeLearner.last.batches[-1]  # the critic's last micro-batch: the learners' rows, with the scores
+    mask = batch["labels"][:, 1:] != -100
+    assert torch.all(batch["advantages"][mask] == -0.25)
 
 
 def test_reinforce_rows_carry_mean_baseline_advantages_and_the_update_follows_them(tmp_path):
@@ -322,7 +403,7 @@ def test_every_role_kind_has_a_starter():
     names needs one (learners first, then the algorithm's kinds in their order)."""
     from rlft.control.startup import STARTERS
 
-    assert list(STARTERS) == list(ROLES) == ["learner", "generator", "reward", "environment", "teacher"]
+    assert list(STARTERS) == list(ROLES) == ["learner", "generator", "reward", "environment", "teacher", "critic"]
     assert all(kind in STARTERS for name in ALGORITHMS.names() for kind in ALGORITHMS[name].roles)
 
 

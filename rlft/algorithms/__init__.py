@@ -11,6 +11,7 @@ from rlft.registry import Registry
 ALGORITHMS: Registry = Registry("algorithm", {
     "sft": "rlft.algorithms.sft:SPEC",
     "gppo": "rlft.algorithms.gppo:SPEC",
+    "ppo": "rlft.algorithms.ppo:SPEC",
     "gppo_episodes": "rlft.algorithms.gppo_episodes:EPISODES_SPEC",
     "ift": "rlft.algorithms.ift:SPEC",
     "dpo": "rlft.algorithms.dpo:SPEC",

@@ -26,7 +26,17 @@ The spec says everything the controller needs, so the controller never branches 
     a causal LM's next-token head) or "score" (one scalar per sequence: a reward model,
     `AutoModelForSequenceClassification` with num_labels=1); the family and the PEFT method must
     offer it (their `heads`, checked before any role starts);
-  * `summary`: what it is, in one line (`rlft algorithms` lists them).
+  * `summary`: what it is, in one line (`rlft algorithms` lists them);
+  * `companions`: learner groups of its own beside the policy's (`Companion`: a PPO critic). Each is a
+    role kind of `roles`, DeepSpeed ranks (rlft.roles.learner.LearnerActor) started with the run
+    config `companion.run_config(run_cfg)` and the spec `companion.spec` (its head, loss and per-token
+    score). Every iteration the controller has each companion score the built rows with its spec's
+    `proximal_logprobs` (no grad; put into the rows as `companion.score_key`), hands the scored rows to
+    `companion.annotate(rows, ctx)` (the critic's values -> GAE advantages), and after the policy's
+    optimizer steps lets each companion take its own steps on the same rows; its state goes into step
+    checkpoints beside the learners';
+  * `trains_policy(run_cfg, iteration)`: whether the learners take their optimizer steps in this
+    iteration (False: only the companions train, e.g. a critic's warm-up; the policy stays as it is).
 
 The learner knows nothing about any algorithm: for each micro-batch it calls
 `spec.micro_batch_loss(...)` and backpropagates the returned loss.
@@ -142,6 +152,10 @@ def no_checks(run_cfg) -> None:
     return None
 
 
+def always(run_cfg, iteration: int) -> bool:
+    return True
+
+
 def loss_only(sums: dict[str, float], steps: int) -> dict[str, float]:
     return {}
 
@@ -167,8 +181,43 @@ class AlgorithmSpec:
     log_metrics: Callable[[dict[str, float], int], dict[str, float]] = loss_only
     model_head: str = "lm"  # "lm": the family's model; "score": a scalar sequence-score head (reward models)
     summary: str = ""  # what it is, in one line (`rlft algorithms`)
+    companions: tuple["Companion", ...] = ()  # learner groups of its own beside the policy's (a critic)
+    trains_policy: Callable[[Any, int], bool] = always  # (run_cfg, iteration): do the learners step this iteration
+
+    def __post_init__(self):
+        for companion in self.companions:
+            if companion.kind not in self.roles:
+                raise ValueError(f"algorithm {self.name}: companion {companion.kind!r} must be one of its roles "
+                                 f"{self.roles} (the set-up starts roles in that order)")
+
+    def companion(self, kind: str) -> "Companion":
+        """The companion group of role kind `kind`."""
+        for companion in self.companions:
+            if companion.kind == kind:
+                return companion
+        raise KeyError(f"algorithm {self.name} has no companion learner group {kind!r}")
 
     def optimizer_steps(self, run_cfg) -> int:
         """Optimizer steps taken on one source batch."""
         mini_batches, epochs = self.passes(run_cfg)
         return mini_batches * epochs
+
+
+@dataclass(frozen=True)
+class Companion:
+    """A learner group an algorithm trains beside the policy (docs/design.md#companion-learner-groups).
+
+    Its members are learner ranks (the role class `runtime.roles.<kind>`, by default LearnerActor) that
+    run `spec` (model head, loss, per-token score in `spec.proximal_logprobs`, pad, passes, metrics)
+    under `run_config(run_cfg)` (the run's config with the group's own learning rate, ranks, PEFT ...).
+    The controller, each iteration: rows = spec-of-the-run.build_rows(batch); the companion scores them
+    (`score_key` per token, like the learners' proximal log-probs); rows = annotate(rows, ctx) with its
+    stats logged; the policy's optimizer steps; then the companion's own optimizer steps on those rows.
+    `count_setting` names the setting of its number of ranks (memory and resource messages)."""
+
+    kind: str
+    spec: AlgorithmSpec
+    run_config: Callable[[Any], Any]
+    annotate: Callable[[list[dict], RowContext], "tuple[list[dict], dict[str, float]]"]
+    score_key: str = "scores"
+    count_setting: str = "learner.count"

@@ -5,8 +5,11 @@ One loop runs every algorithm; the algorithm's spec (rlft.algorithms.base) says 
     iteration i:
       source.next_batch(i)        dataset rows, or prompts -> generators sample -> reward roles score
         -> spec.build_rows          training rows (advantages, labels, ...)
+        -> companion groups score the rows, companion.annotate   spec.companions (a critic: values -> GAE)
         -> learners.proximal_logprobs   with spec.recompute_logprobs: every row scored once, before the passes
-        -> learners.train_step      spec.passes: mini-batches x epochs optimizer steps
+        -> learners.train_step      spec.passes: mini-batches x epochs optimizer steps (unless
+                                    spec.trains_policy says not in this iteration)
+        -> companions.train_step    each companion group's own optimizer steps on the same rows
         -> sync.publish             when generators exist: versioned payload, fingerprints, parity probe
       log at optimizer step i * steps_per_iteration; evaluate / checkpoint when a cadence is due
 
@@ -189,18 +192,22 @@ class Controller:
             return None
         return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
 
-    def learner_step(self, rows: list[dict]) -> dict[str, float]:
-        """Split rows over ranks and micro-batches, pad them, and run one optimizer step.
+    def learner_step(self, rows: list[dict], group: runtime.RoleGroup | None = None,
+                     spec=None) -> dict[str, float]:
+        """Split rows over ranks and micro-batches, pad them, and run one optimizer step of the learners
+        (or of a companion `group` running `spec`, which leaves the policy's step count as it is).
 
         The step-global token and sequence counts are computed here, once, for every rank.
         """
-        shards = shard_micro_batches(rows, len(self.learners), self.cfg.train.micro_batch_size)
-        batches = [[self.spec.pad(mb, self.pad_id()) for mb in shard] for shard in shards]
-        counts = [self.spec.count_tokens(mb) for shard in batches for mb in shard]
+        policy = group is None
+        group, spec = group or self.learners, spec or self.spec
+        shards = shard_micro_batches(rows, len(group), self.cfg.train.micro_batch_size)
+        batches = [[spec.pad(mb, self.pad_id()) for mb in shard] for shard in shards]
+        counts = [spec.count_tokens(mb) for shard in batches for mb in shard]
         step = StepCounts(num_tokens=sum(c[0] for c in counts), num_sequences=sum(c[1] for c in counts),
                           step=self.optimizer_steps_taken)
-        results = self.learners.call_each("train_step", [(shard, step) for shard in batches])
-        self.optimizer_steps_taken += 1
+        results = group.call_each("train_step", [(shard, step) for shard in batches])
+        self.optimizer_steps_taken += policy
         per_rank = ("grad_norm", "lr", "skipped_steps")  # the same on every rank: rank 0's
         merged = combine_metric_sums({k: v for k, v in r.items() if k not in per_rank} for r in results)
         merged["grad_norm"], merged["lr"], merged["step_tokens"] = results[0]["grad_norm"], results[0]["lr"], step.num_tokens
@@ -220,27 +227,53 @@ class Controller:
                 f"{self.optimizer_steps_taken}); stopping (train.max_skipped_steps={self.cfg.train.max_skipped_steps}). "
                 "Lower train.lr, set train.grad_clip, or check the data")
 
-    def optimize(self, rows: list[dict]) -> tuple[dict[str, float], int]:
+    def optimize(self, rows: list[dict], group: runtime.RoleGroup | None = None,
+                 spec=None) -> tuple[dict[str, float], int]:
         """spec.passes: mini-batches x epochs optimizer steps on rows; sums (grad norm and lr averaged).
         With spec.recompute_logprobs the learners first score every mini-batch under the weights they
-        hold now (the proximal policy), before the first pass changes them."""
-        mini_batches, epochs = self.spec.passes(self.cfg)
+        hold now (the proximal policy), before the first pass changes them. `group` and `spec`: a
+        companion learner group and its spec instead of the learners and the run's."""
+        spec = spec or self.spec
+        mini_batches, epochs = spec.passes(self.cfg)
         split = split_evenly(rows, mini_batches)
-        if self.spec.recompute_logprobs(self.cfg):
-            split = [self.proximal_rows(mb_rows) for mb_rows in split]
+        if spec.recompute_logprobs(self.cfg):
+            split = [self.proximal_rows(mb_rows, group, spec) for mb_rows in split]
         passes = [mb for _ in range(epochs) for mb in split]
-        totals = combine_metric_sums(self.learner_step(mb_rows) for mb_rows in passes)
+        totals = combine_metric_sums(self.learner_step(mb_rows, group, spec) for mb_rows in passes)
         totals["grad_norm"] /= len(passes)
         totals["lr"] /= len(passes)
         return totals, len(passes)
 
-    def proximal_rows(self, rows: list[dict]) -> list[dict]:
-        """rows with `prox_logprobs`, scored by the learners in the micro-batches `learner_step` gives them."""
-        shards = shard_micro_batches(rows, len(self.learners), self.cfg.train.micro_batch_size)
-        scored = self.learners.call_each("proximal_logprobs", [([self.spec.pad(mb, self.pad_id()) for mb in shard],)
-                                                               for shard in shards])
+    def proximal_rows(self, rows: list[dict], group: runtime.RoleGroup | None = None, spec=None,
+                      key: str = "prox_logprobs") -> list[dict]:
+        """rows with `key`, the per-token scores of `spec.proximal_logprobs` (the learners' log-probs; a
+        companion's own score, e.g. a critic's values) in the micro-batches `learner_step` gives them."""
+        group, spec = group or self.learners, spec or self.spec
+        shards = shard_micro_batches(rows, len(group), self.cfg.train.micro_batch_size)
+        scored = group.call_each("proximal_logprobs", [([spec.pad(mb, self.pad_id()) for mb in shard],)
+                                                       for shard in shards])
         return [row for shard, per_rank in zip(shards, scored) for mb, logprobs in zip(shard, per_rank)
-                for row in with_logprobs(mb, logprobs, "prox_logprobs")]
+                for row in with_logprobs(mb, logprobs, key)]
+
+    def annotate(self, rows: list[dict], stats: dict[str, float]) -> list[dict]:
+        """spec.companions: each companion group scores the rows (before any update of this batch) and the
+        algorithm turns the scores into what the learners train on (a critic's values -> advantages)."""
+        for companion in self.spec.companions:
+            scored = self.proximal_rows(rows, self.roles[companion.kind], companion.spec, companion.score_key)
+            rows, found = companion.annotate(scored, self.row_ctx)
+            stats.update(found)
+        return rows
+
+    def train_companions(self, rows: list[dict]) -> dict[str, float]:
+        """Each companion group's own optimizer steps on the rows (after the learners'); its metrics, and its
+        loss, grad norm and LR as <kind>/loss, <kind>/grad_norm, <kind>/lr."""
+        metrics: dict[str, float] = {}
+        for companion in self.spec.companions:
+            sums, steps = self.optimize(rows, self.roles[companion.kind], companion.spec)
+            metrics.update(companion.spec.log_metrics(sums, steps))
+            metrics.update({f"{companion.kind}/loss": sums["loss"] / steps,
+                            f"{companion.kind}/grad_norm": sums["grad_norm"], f"{companion.kind}/lr": sums["lr"]})
+        return metrics
 
     def next_batch(self, iteration: int, prefetch: bool) -> tuple[list, dict[str, float]]:
         """Source batch `iteration` (generated during the previous iteration when it was prefetched);
@@ -280,15 +313,22 @@ class Controller:
         if step is not None:  # beside the step's metrics, some of the scored rollouts behind them
             self.samples.write(items, step, iteration, learner_version=self.policy_version)
         rows, row_stats = self.spec.build_rows(items, self.row_ctx)
+        rows = self.annotate(rows, row_stats)
         self.samples_seen += len(rows)
         t1 = time.time()
-        sums, steps = self.optimize(rows)
+        sums, steps = ({}, 0)
+        if self.spec.trains_policy(self.cfg, iteration):
+            sums, steps = self.optimize(rows)
+        else:  # the loop's step count (logs, checkpoints, resume) goes on as if the learners had stepped
+            self.optimizer_steps_taken += self.spec.optimizer_steps(self.cfg)
+        metrics.update(self.train_companions(rows))
         t2 = time.time()
         metrics.update(row_stats)
-        metrics.update({"train/loss": sums["loss"] / steps, "train/grad_norm": sums["grad_norm"], "train/lr": sums["lr"],
-                        "train/iteration": float(iteration), "train/skipped_steps": float(self.skipped_steps),
-                        **self.spec.log_metrics(sums, steps),
-                        **{k: v for k, v in sums.items() if k.startswith("peft/")}})  # the PEFT method's own
+        metrics.update({"train/iteration": float(iteration), "train/skipped_steps": float(self.skipped_steps)})
+        if steps:  # the policy trained (not in a companion's warm-up)
+            metrics.update({"train/loss": sums["loss"] / steps, "train/grad_norm": sums["grad_norm"],
+                            "train/lr": sums["lr"], **self.spec.log_metrics(sums, steps),
+                            **{k: v for k, v in sums.items() if k.startswith("peft/")}})  # the PEFT method's own
         t_wait = time.time()
         self.settle()
         t3 = time.time()
@@ -300,7 +340,8 @@ class Controller:
         elapsed = time.time() - t0
         if self.cfg.rollout.max_staleness:  # the learners' idle time: waiting for a batch, for generation to end
             metrics["perf/time_wait_generation"] = (t_batch - t0) + (t3 - t_wait)
-        metrics.update({"perf/time_train": t2 - t1, "perf/train_tokens_per_s": sums["step_tokens"] / max(t2 - t1, 1e-9),
+        metrics.update({"perf/time_train": t2 - t1,
+                        "perf/train_tokens_per_s": sums.get("step_tokens", 0.0) / max(t2 - t1, 1e-9),
                         "perf/step_seconds": elapsed, "perf/samples_per_s": len(rows) / elapsed})
         return metrics
 
@@ -355,7 +396,11 @@ class Controller:
                     self._next_batch.result() if self._next_batch is not None else None)
 
         return save_checkpoint(self.run_dir, self.learners, tag, self.cfg.train.keep_checkpoints,
-                               state_and_batch if iteration is not None else None)
+                               state_and_batch if iteration is not None else None, self.companion_groups())
+
+    def companion_groups(self) -> dict[str, runtime.RoleGroup]:
+        """The algorithm's companion learner groups by kind (spec.companions; a critic)."""
+        return {companion.kind: self.roles[companion.kind] for companion in self.spec.companions}
 
     def resume_state(self, iteration: int) -> dict[str, Any]:
         """What the loop needs to continue after `iteration`: state.json of a step checkpoint."""
@@ -367,7 +412,7 @@ class Controller:
     def restore(self, point: ResumePoint) -> None:
         """Continue from a step checkpoint: the freshly started roles get its state (the generators its
         policy), the loop its counters and the batch generated ahead, if any."""
-        restore_roles(point, self.learners, self.source, self.sync)
+        restore_roles(point, self.learners, self.source, self.sync, self.companion_groups())
         state = point.state
         self.optimizer_steps_taken, self.samples_seen = state["step"], state["samples_seen"]
         self.start_eval, self.initial, self.skipped_steps = state["start_eval"], state["initial"], state["skipped_steps"]
@@ -425,7 +470,8 @@ class Controller:
                 saved = None
                 if due(cfg.train.save_every, step, per_iteration) or (self.stop.requested and it != iterations):
                     saved = self.checkpoint(f"step_{step}", it)
-                advance(1, loss=metrics["train/loss"], **({"reward": metrics["reward/mean"]} if "reward/mean" in metrics else {}))
+                advance(1, loss=metrics.get("train/loss", float("nan")),  # none in a companion's warm-up
+                        **({"reward": metrics["reward/mean"]} if "reward/mean" in metrics else {}))
                 if self.stop.requested and saved is not None:
                     raise RunStopped(f"stopped by SIGTERM after step {step} of {iterations * per_iteration}; checkpoint "
                                      f"{saved}. Continue with: rlft train <recipe> [overrides] resume=auto")

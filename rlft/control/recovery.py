@@ -46,8 +46,7 @@ class Recovery:
                 after = err
 
     def replace_dead_actors(self, err: BaseException) -> None:
-        learners = self.roles.get("learner")
-        if learners is not None and learners.dead_members():
+        if dead_rank_group(self.cfg, self.roles) is not None:
             raise err  # run() explains it
         kill = memory_kill(err)
         if kill is not None:  # named now: the restart gives the member a new pid
@@ -68,12 +67,25 @@ def explain_fault(err: BaseException, cfg, roles: dict, run_dir: Path) -> Runtim
     if kill is not None:
         member = killed_member(roles, kill)
         return RoleOutOfMemory(memory_kill_message(kill, member, cfg, newest_checkpoint(run_dir)))
-    learners = roles.get("learner")
-    if not (is_actor_death(err) and learners is not None and learners.dead_members()):
+    kind = dead_rank_group(cfg, roles) if is_actor_death(err) else None
+    if kind is None:
         return None
     return LearnerFailed(
-        f"a learner rank died ({type(err).__name__}); its optimizer state is lost, so the run stops. The newest "
+        f"a {kind} rank died ({type(err).__name__}); its optimizer state is lost, so the run stops. The newest "
         f"checkpoint is {newest_checkpoint(run_dir)}; continue with: rlft train <recipe> [overrides] resume=auto")
+
+
+def dead_rank_group(cfg, roles: dict) -> str | None:
+    """The kind of a group of learner ranks (the learners, or the algorithm's companion groups, e.g. a
+    critic) with a dead member, if any: such a group cannot be rebuilt without its optimizer state."""
+    from rlft.algorithms import ALGORITHMS
+
+    companions = [c.kind for c in ALGORITHMS[cfg.algorithm.name].companions] if cfg is not None else []
+    for kind in ("learner", *companions):
+        group = roles.get(kind)
+        if group is not None and group.dead_members():
+            return kind
+    return None
 
 
 def newest_checkpoint(run_dir: Path) -> str:

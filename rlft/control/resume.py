@@ -146,15 +146,22 @@ class StopOnSignal:
 
 # ----------------------------------------------------------------- writing and loading step checkpoints
 def save_checkpoint(run_dir: Path, learners, tag: str, keep_last: int | None,
-                    resume_state: Callable[[], tuple[dict[str, Any], tuple[list, dict] | None]] | None = None) -> Path:
+                    resume_state: Callable[[], tuple[dict[str, Any], tuple[list, dict] | None]] | None = None,
+                    companions: dict[str, Any] | None = None) -> Path:
     """The policy as users load it, in checkpoints/<tag>; with `resume_state`, also everything exact
     resume needs: each learner rank's state, then what `resume_state()` returns (the controller's
     state, and the batch generated ahead or None), asked for once the ranks wrote theirs. Written
-    aside and renamed into place when complete; step checkpoints beyond `keep_last` pruned."""
+    aside and renamed into place when complete; step checkpoints beyond `keep_last` pruned.
+    `companions` (kind -> learner group, AlgorithmSpec.companions: a critic): each saves its model in
+    <tag>/<kind>/ and, with `resume_state`, its ranks' state in <tag>/resume/<kind>/."""
     written = partial_dir(run_dir, tag)
     learners.call("save", str(written))
+    for kind, group in (companions or {}).items():
+        group.call("save", str(written / kind))
     if resume_state is not None:
         learners.call("save_state", str(written / RESUME_DIR))
+        for kind, group in (companions or {}).items():
+            group.call("save_state", str(written / RESUME_DIR / kind))
         write_state(written / RESUME_DIR, *resume_state())
     out = commit(run_dir, tag, written)
     for folder in prune(run_dir, keep_last):
@@ -162,11 +169,17 @@ def save_checkpoint(run_dir: Path, learners, tag: str, keep_last: int | None,
     return out
 
 
-def restore_roles(point: ResumePoint, learners, source, sync) -> None:
-    """Load a step checkpoint into freshly started roles: each learner rank's state and the source's
-    data position; with generators (`sync` not None), the checkpoint's policy version is sent to them
-    again, verified like any sync. The loop's own counters are the controller's to take."""
+def restore_roles(point: ResumePoint, learners, source, sync, companions: dict[str, Any] | None = None) -> None:
+    """Load a step checkpoint into freshly started roles: each learner rank's state (and each companion
+    group's, from resume/<kind>/) and the source's data position; with generators (`sync` not None), the
+    checkpoint's policy version is sent to them again, verified like any sync. The loop's own counters
+    are the controller's to take."""
     learners.call("load_state", str(point.learner_state))
+    for kind, group in (companions or {}).items():
+        if not (point.learner_state / kind).is_dir():
+            raise ResumeError(f"{point.checkpoint} holds no {kind} state ({RESUME_DIR}/{kind}/): it was not "
+                              f"written by a run with a {kind}")
+        group.call("load_state", str(point.learner_state / kind))
     source.load_state(point.state["source"])
     if sync is not None:
         sync.version = point.state["policy_version"]

@@ -53,6 +53,9 @@ def required_cpus(cfg, spec) -> float:
              "reward": cfg.reward.count * cfg.reward.cpus_per_actor,
              "environment": cfg.environment.count * cfg.environment.cpus_per_actor,
              "teacher": cfg.teacher.count * cfg.teacher.cpus_per_actor}
+    for companion in spec.companions:  # learner groups of their own (a critic): ranks x their own cpus_per_rank
+        learner = companion.run_config(cfg).learner
+        sizes[companion.kind] = learner.count * learner.cpus_per_rank
     return sum(sizes[kind] for kind in ("learner", *spec.roles))
 
 
@@ -94,6 +97,7 @@ class RoleStarter:
         self.bundles: dict[str, list[dict[str, float]]] = {}  # Ray resources per member, by kind (remote modes)
         self.rendezvous: dict[str, Any] | None = None  # where the learner ranks meet
         self.learner_info: dict[str, Any] | None = None  # what learner rank 0 reported when it started
+        self.companion_info: dict[str, dict[str, Any]] = {}  # what rank 0 of each companion group reported
 
     def placement_check(self) -> None:
         """Remote modes: fail now, not by waiting forever, when the roles need more than the cluster has."""
@@ -101,7 +105,10 @@ class RoleStarter:
             return
         import ray
 
-        self.bundles = role_bundles(self.cfg, ("learner", *self.spec.roles), runtime.cluster_gpus(self.cfg.runtime.mode))
+        gpus = runtime.cluster_gpus(self.cfg.runtime.mode)
+        self.bundles = role_bundles(self.cfg, ("learner", *self.spec.roles), gpus)
+        for companion in self.spec.companions:  # ranks like the learners', under the companion's own config
+            self.bundles[companion.kind] = role_bundles(companion.run_config(self.cfg), ("learner",), gpus)["learner"]
         runtime.check_fits(self.bundles, ray.cluster_resources())
         log.info("role resources per member: %s", {kind: b[0] for kind, b in self.bundles.items()})
 
@@ -144,27 +151,47 @@ class RoleStarter:
 # ----------------------------------------------------------------- one starter per role kind
 def start_learners(starter: RoleStarter) -> runtime.RoleGroup:
     """Ranks in a placement group (learner.placement); the rendezvous is on rank 0's node."""
-    cfg, mode = starter.cfg, starter.cfg.runtime.mode
+    group, info, starter.rendezvous = start_ranks(starter, "learner", starter.cfg, starter.spec)
+    starter.learner_info = info[0]
+    return group
+
+
+def start_ranks(starter: RoleStarter, kind: str, cfg, spec) -> tuple[runtime.RoleGroup, list, dict[str, Any]]:
+    """A group of learner ranks of role `kind` running `spec` under `cfg` (the learners, or a companion
+    group with its own config): (group, each rank's setup report, its rendezvous)."""
+    mode = cfg.runtime.mode
     ranks = runtime.collective_group_size(mode, cfg.learner.count)
     placement = None if not run_modes.uses_ray(mode) else runtime.learner_placement_group(
-        starter.bundles["learner"], cfg.learner.placement, cfg.runtime.placement_timeout_s)
+        starter.bundles[kind], cfg.learner.placement, cfg.runtime.placement_timeout_s)
     try:
-        starter.rendezvous = runtime.rendezvous(mode, placement)
+        rendezvous = runtime.rendezvous(mode, placement)
         threads = learner_threads(cfg.learner, mode, synchronous=cfg.rollout.max_staleness == 0,
                                   cores=os.cpu_count() or 1, ranks=ranks)
-        kwargs = [dict(cfg=cfg, spec=starter.spec, rank=rank, world_size=ranks, model_path=str(starter.model_path),
-                       master_addr=starter.rendezvous["addr"], master_port=starter.rendezvous["port"],
+        kwargs = [dict(cfg=cfg, spec=spec, rank=rank, world_size=ranks, model_path=str(starter.model_path),
+                       master_addr=rendezvous["addr"], master_port=rendezvous["port"],
                        grad_accum=cfg.train.batch_size // (ranks * cfg.train.micro_batch_size),
                        num_threads=threads) for rank in range(ranks)]
-        group, info = starter.create("learner", kwargs, placement)
+        group, info = starter.create(kind, kwargs, placement)
     except BaseException:
         if placement is not None:  # the group owns it once created; before that, nobody does
             from ray.util.placement_group import remove_placement_group
 
             remove_placement_group(placement)
         raise
-    starter.learner_info = info[0]
+    return group, info, rendezvous
+
+
+def start_companion(starter: RoleStarter, kind: str) -> runtime.RoleGroup:
+    """The algorithm's companion learner group of role `kind` (AlgorithmSpec.companions: a critic),
+    started like the learners under the companion's run config and spec."""
+    companion = starter.spec.companion(kind)
+    group, info, _ = start_ranks(starter, kind, companion.run_config(starter.cfg), companion.spec)
+    starter.companion_info[kind] = info[0]
     return group
+
+
+def start_critics(starter: RoleStarter) -> runtime.RoleGroup:
+    return start_companion(starter, "critic")
 
 
 def start_generators(starter: RoleStarter) -> runtime.RoleGroup:
@@ -212,6 +239,7 @@ STARTERS: dict[str, Callable[[RoleStarter], runtime.RoleGroup]] = {
     "reward": start_rewards,
     "environment": start_environments,
     "teacher": start_teachers,
+    "critic": start_critics,
 }
 
 # Role kind -> where the model it loads comes from (kinds that load a model of their own), called as

@@ -12,8 +12,9 @@ from rlft.ops.logprobs import IGNORE_INDEX, token_logprobs
 class CausalLM:
     name = "causal_lm"
     # What `load_model` can put on the network (AlgorithmSpec.model_head): the next-token head, or one
-    # scalar per sequence read at the last non-pad token (a reward model).
-    heads = ("lm", "score")
+    # scalar per sequence read at the last non-pad token (a reward model), or one scalar per token (a
+    # critic's values: "value").
+    heads = ("lm", "score", "value")
     # No check of its own: the run's check of prompt lengths against train.max_length and the
     # model's context (rlft.data.lengths, by rlft.control.validation) is the one a text model needs.
     check_data = None
@@ -29,13 +30,20 @@ class CausalLM:
 
     def load_model(self, model_path, dtype: torch.dtype, head: str = "lm") -> torch.nn.Module:
         """The causal LM, or with head="score" the same body under a new scalar head
-        (AutoModelForSequenceClassification, num_labels=1; a score folder loads its trained head). The
+        (AutoModelForSequenceClassification, num_labels=1; a score folder loads its trained head), or with
+        head="value" under a new per-token scalar head (AutoModelForTokenClassification, num_labels=1). The
         score is read at the last token that is not the pad token, so the config's pad id is the one
         batches are padded with (the tokenizer's, else EOS: Controller.pad_id)."""
         if head == "lm":
             from transformers import AutoModelForCausalLM
 
             return AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype)
+        if head == "value":
+            from transformers import AutoConfig, AutoModelForTokenClassification
+
+            config = AutoConfig.from_pretrained(model_path, num_labels=1)
+            config.classifier_dropout = 0.0  # one value per position, no dropout (a critic regresses; default 0.1)
+            return AutoModelForTokenClassification.from_pretrained(model_path, config=config, dtype=dtype)
         if head != "score":
             raise ValueError(f"model head {head!r}: the causal_lm family has {', '.join(self.heads)}")
         from transformers import AutoModelForSequenceClassification

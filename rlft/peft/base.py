@@ -69,7 +69,8 @@ class PeftMethod:
     # model folders too, but as partial fine-tunes they are not offered as warm starts.)
     produces_full_model = False
     # The model heads (AlgorithmSpec.model_head) it can train: "lm" always; "score" (a reward model's
-    # scalar head, trained along with the method's own weights) where `wrap` and `save` handle it.
+    # scalar head, trained along with the method's own weights) and "value" (a critic's per-token scalar
+    # head) where `wrap` and `save` handle them.
     heads: tuple[str, ...] = ("lm",)
 
     def __init__(self, cfg):
@@ -162,6 +163,11 @@ def is_sequence_scorer(model: torch.nn.Module) -> bool:
     """Whether `model` is a Hugging Face sequence-classification model (a "score" head), by the
     transformers naming convention `<Arch>ForSequenceClassification`."""
     return type(model).__name__.endswith("ForSequenceClassification")
+
+
+def is_token_scorer(model: torch.nn.Module) -> bool:
+    """Whether `model` is a Hugging Face token-classification model (a "value" head: one scalar per token)."""
+    return type(model).__name__.endswith("ForTokenClassification")
 
 
 def torch_optimizer(optimizer) -> torch.optim.Optimizer | None:

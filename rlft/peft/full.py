@@ -30,7 +30,7 @@ class FullFineTuning(PeftMethod):
     config_cls = FullConfig
     has_reference = True
     produces_full_model = True
-    heads = ("lm", "score")  # a score model saves as its own HF folder like any other
+    heads = ("lm", "score", "value")  # a score or value model saves as its own HF folder like any other
 
     def __init__(self, cfg):
         super().__init__(cfg)

@@ -7,7 +7,8 @@ loadable by `PeftModel.from_pretrained(base, folder)` and by vLLM.
 A "score" model (a reward model, AlgorithmSpec.model_head) gets PEFT's SEQ_CLS task type: the
 new scalar head is a module PEFT trains whole (`modules_to_save`) beside the adapters. Its
 checkpoint is the merged model, an HF folder `AutoModelForSequenceClassification.from_pretrained`
-loads, with the adapter folder (adapters and head) in `adapter/` beneath it.
+loads, with the adapter folder (adapters and head) in `adapter/` beneath it. A "value" model (a
+critic's per-token head) is the same with PEFT's TOKEN_CLS task type (AutoModelForTokenClassification).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from rlft.peft.base import AdapterConfig, PeftMethod, adapter_parameters, is_sequence_scorer
+from rlft.peft.base import AdapterConfig, PeftMethod, adapter_parameters, is_sequence_scorer, is_token_scorer
 from rlft.sync.payload import LoraPayload, adapter_config_dict
 
 
@@ -60,7 +61,7 @@ class LoRA(PeftMethod):
     config_cls = LoRAConfig
     payload_kind = "lora"
     has_reference = True
-    heads = ("lm", "score")
+    heads = ("lm", "score", "value")
 
     @classmethod
     def trained_parameters(cls, cfg, shape):
@@ -79,7 +80,7 @@ class LoRA(PeftMethod):
 
         torch.manual_seed(seed)  # identical adapters on every rank
         # SEQ_CLS: PEFT also trains the classifier head whole (modules_to_save: "score", "classifier")
-        task_type = "SEQ_CLS" if is_sequence_scorer(model) else "CAUSAL_LM"
+        task_type = "SEQ_CLS" if is_sequence_scorer(model) else "TOKEN_CLS" if is_token_scorer(model) else "CAUSAL_LM"
         return get_peft_model(model, self.lora_config(task_type=task_type))
 
     @contextmanager
@@ -102,7 +103,7 @@ class LoRA(PeftMethod):
         return LoraPayload.build(version, tensors, adapter_config_dict(model.peft_config["default"], rank, alpha))
 
     def save(self, model, tokenizer, out_dir):
-        if is_sequence_scorer(model.get_base_model()):
+        if is_sequence_scorer(model.get_base_model()) or is_token_scorer(model.get_base_model()):
             return save_merged_scorer(model, tokenizer, Path(out_dir))
         return save_adapter_folder(self.export(model, version=0), tokenizer, out_dir)
 
