@@ -172,7 +172,9 @@ def test_submit_sh_runs_a_recipe_as_a_ray_job(tmp_path):
         assert "succeeded" in status, status[-4000:]
         # `ray job stop` sends SIGTERM and (submit.sh's RAY_JOB_STOP_WAIT_TIME_S) waits: the run writes a
         # step checkpoint and stops; the same submission with resume=auto continues from it
-        longer = [o for o in overrides if not o.startswith("train.steps=")] + ["train.steps=400", "run.name=stopped"]
+        # long enough that the stop lands mid-run (it is sent ~5 s after the second logged step), short
+        # enough that the resumed job does not spend minutes finishing it
+        longer = [o for o in overrides if not o.startswith("train.steps=")] + ["train.steps=150", "run.name=stopped"]
         submit = {**env, "RLFT_STORAGE": str(storage), "RLFT_PYTHON": sys.executable}
         out = subprocess.run(["bash", "launch/submit.sh", "configs/gppo_tiny_arith.yaml", *longer], cwd=REPO,
                              capture_output=True, text=True, timeout=120, env={**submit, "RLFT_JOB_ID": "rlft-stopped"})
@@ -193,7 +195,7 @@ def test_submit_sh_runs_a_recipe_as_a_ray_job(tmp_path):
         assert out.returncode == 0, out.stdout + out.stderr
         assert "succeeded" in _job_status("rlft-resumed", env, timeout=600)
         finished = json.loads((stopped / "finished.json").read_text())
-        assert finished["resumed_from"] == str(checkpoints[0]) and finished["steps"] == 400
+        assert finished["resumed_from"] == str(checkpoints[0]) and finished["steps"] == 150
     finally:
         _stop_head(head)
         shutil.rmtree(temp_dir, ignore_errors=True)
