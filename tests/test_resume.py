@@ -153,9 +153,9 @@ def nan_at(steps: set[int]):
 
 
 class WatchWeights(Controller):
-    def learner_step(self, rows):
+    def learner_step(self, rows, group=None, spec=None):
         before = self.learners.call_one(0, "trainable_state")
-        metrics = super().learner_step(rows)
+        metrics = super().learner_step(rows, group, spec)
         self.seen.append((before, self.learners.call_one(0, "trainable_state")))
         return metrics
 
