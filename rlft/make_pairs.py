@@ -21,12 +21,14 @@ from pathlib import Path
 
 import torch
 
+from rlft.data.collate import pad_token_id
+
 
 @torch.no_grad()
 def sample(model, tokenizer, prompts: list[list[int]], n: int, max_new_tokens: int, temperature: float,
            batch_size: int = 64) -> list[list[str]]:
     """n sampled completions (text, cut before EOS) per tokenised prompt; prompts are left-padded."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = pad_token_id(tokenizer)
     out: list[list[str]] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]

@@ -60,7 +60,7 @@ from rlft.control.run_dirs import FINISHED, prepare_run_dir
 from rlft.control.startup import STARTERS, RoleStarter, check_role_models, memory_check, required_cpus, role_models
 from rlft.control.validation import check_run
 from rlft.control.warm_start import base_model_path
-from rlft.data.collate import shard_micro_batches
+from rlft.data.collate import pad_token_id, shard_micro_batches
 from rlft.data.tasks import build_task
 from rlft.faults import is_actor_death, note_member_output
 from rlft.families import family_for
@@ -190,7 +190,7 @@ class Controller:
         tok = self.tokenizer
         if tok is None:  # fixed-length sequences (rlft.families.mdlm): nothing is padded
             return None
-        return tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        return pad_token_id(tok)
 
     def learner_step(self, rows: list[dict], group: runtime.RoleGroup | None = None,
                      spec=None) -> dict[str, float]:

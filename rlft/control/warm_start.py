@@ -38,10 +38,6 @@ def recipe_config(section, output_dir: str, what: str = "warm_start"):
     return sub, stamp
 
 
-def warm_start_config(cfg):
-    return recipe_config(cfg.warm_start, cfg.run.output_dir)
-
-
 def find_recipe_model(section, output_dir: str, what: str = "warm_start") -> Path | None:
     """The final checkpoint of a finished run of this recipe and overrides, if any."""
     sub, stamp = recipe_config(section, output_dir, what)
@@ -52,10 +48,6 @@ def find_recipe_model(section, output_dir: str, what: str = "warm_start") -> Pat
         final = folder / "checkpoints" / "final"
         if marker.is_file() and json.loads(marker.read_text()) == stamp and (final / "config.json").is_file():
             return final.resolve()
-
-
-def find_warm_start(cfg) -> Path | None:
-    return find_recipe_model(cfg.warm_start, cfg.run.output_dir)
 
 
 def recipe_model_path(section, cfg, train: Callable[..., dict[str, Any]] | None, show_progress: bool = True,

@@ -13,6 +13,11 @@ import torch
 from rlft.ops.logprobs import IGNORE_INDEX
 
 
+def pad_token_id(tokenizer) -> int:
+    """The id rows are padded with: the tokenizer's pad token, else its EOS (many causal LMs have no pad token)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def uses_chat_template(tokenizer, mode: str) -> bool:
     has_template = bool(getattr(tokenizer, "chat_template", None))
     if mode == "always" and not has_template:

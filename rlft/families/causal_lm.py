@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from rlft.data.collate import encode_sft, pad_rows, uses_chat_template
+from rlft.data.collate import encode_sft, pad_rows, pad_token_id, uses_chat_template
 from rlft.eval_scoring import eval_metrics, score_greedy
 from rlft.ops.logprobs import IGNORE_INDEX, token_logprobs
 
@@ -49,7 +49,7 @@ class CausalLM:
         from transformers import AutoModelForSequenceClassification
 
         tokenizer = self.load_tokenizer(model_path)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        pad_id = pad_token_id(tokenizer)
         return AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=1, dtype=dtype,
                                                                   pad_token_id=pad_id)
 

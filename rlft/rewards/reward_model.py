@@ -77,7 +77,9 @@ def load_scorer(cfg: RewardModelRewardConfig):
     model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=resolve_dtype(cfg.dtype, device))
     tokenizer = AutoTokenizer.from_pretrained(folder)
     if model.config.pad_token_id is None:  # the score is read at the last non-pad token
-        model.config.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        from rlft.data.collate import pad_token_id
+
+        model.config.pad_token_id = pad_token_id(tokenizer)
     return model.to(device).eval(), tokenizer, device
 
 

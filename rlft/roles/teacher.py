@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 
+from rlft.data.collate import pad_token_id
 from rlft.generation import eval_mode
 from rlft.logs import set_library_loggers
 from rlft.ops.logprobs import token_logprobs
@@ -43,7 +44,7 @@ class TeacherActor:
             torch.set_num_threads(self.num_threads)
         family = family_for(self.model_path)
         self.tokenizer = family.load_tokenizer(self.model_path)
-        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        self.pad_id = pad_token_id(self.tokenizer)
         self.model = family.load_model(self.model_path, getattr(torch, self.dtype_name)).to(self.device)
         self.model.requires_grad_(False)
         return {"index": self.index, "model": self.model_path, "device": self.device, "dtype": self.dtype_name,

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from rlft.data.collate import encode_sft, pad_rows
+from rlft.data.collate import encode_sft, pad_rows, pad_token_id
 from rlft.data.jsonl import PreferencePair, read_preference_pairs
 from rlft.data.sampler import EpochSampler
 from rlft.sources import SampledSource, SourceContext
@@ -86,7 +86,7 @@ class RewardPairSource(PairSource):
             return {}
         ctx = self.ctx
         tok = ctx.tokenizer
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        pad_id = pad_token_id(tok)
         scores = []
         for start in range(0, len(self.held_out), ctx.cfg.eval.batch_size):
             rows = [encode_sft(tok, pair.prompt, response, ctx.cfg.train.max_length, ctx.chat)
