@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 from typing import Literal
 
 import pytest
 import torch
+import yaml
 
 from rlft.algorithms import ALGORITHMS
 from rlft.algorithms.gppo import GPPOConfig
@@ -41,6 +43,19 @@ def tiny_config(tmp_path, name: str = "t", **sections) -> RLFTConfig:
         else:
             raw.setdefault(section, {}).update(values)
     return config_from_dict(raw, source="<test>")
+
+
+def write_tiny_sft_recipe(path: Path, name: str, *, steps: int, batch_size: int, warmup_steps: int, task: dict,
+                          eval: dict | None = None) -> Path:
+    """A short full SFT of the tiny model in one process, as a recipe file: the warm start or teacher a
+    test's run makes first (lr 3e-3, cosine, one micro-batch per step, max_length 64)."""
+    raw = {"run": {"name": name}, "runtime": {"mode": "inline"}, "model": {"name": "tiny"}, "peft": {"method": "full"},
+           "task": {"name": "arith", **task}, "algorithm": {"name": "sft"}, "learner": {"count": 1},
+           "train": {"steps": steps, "batch_size": batch_size, "micro_batch_size": batch_size, "lr": 3.0e-3,
+                     "warmup_steps": warmup_steps, "schedule": "cosine", "max_length": 64},
+           **({"eval": eval} if eval is not None else {}), "tracking": {"wandb": "disabled", "plots": False}}
+    path.write_text(f"# rlft train {path.name}\n" + yaml.safe_dump(raw, sort_keys=False))
+    return path
 
 
 # GPPO with LoRA, 1 vLLM generator (64 MiB of KV cache) and 1 learner rank, inline: the smallest RL loop.

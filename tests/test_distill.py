@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from helpers import rl_config
+from tests.helpers import rl_config, write_tiny_sft_recipe
 from rlft.algorithms import ALGORITHMS
 from rlft.control import Controller, train
 from rlft.data.models import resolve_model
@@ -104,25 +104,12 @@ def test_distill_config_errors_name_the_fix(tmp_path, over, message):
     assert not (tmp_path / "runs" / "bad").exists()
 
 
-TEACHER_RECIPE = """# rlft train teacher.yaml
-run: {name: teacher}
-runtime: {mode: inline}
-model: {name: tiny}
-peft: {method: full}
-task: {name: arith, digits: 2, train_size: 2000, eval_size: 32}
-algorithm: {name: sft}
-learner: {count: 1}
-train: {steps: 60, batch_size: 32, micro_batch_size: 32, lr: 3.0e-3, warmup_steps: 20, schedule: cosine, max_length: 64}
-tracking: {wandb: disabled, plots: false}
-"""
-
-
 def test_distillation_run_moves_the_student_toward_its_teacher(tmp_path):
     """A real vLLM generator samples from the untrained tiny model; the teacher (60 steps of SFT, a recipe run
     first as a warm start is) scores every token; the student's reverse KL to the teacher, measured on its own fresh
     samples each iteration, falls."""
-    recipe = tmp_path / "teacher.yaml"
-    recipe.write_text(TEACHER_RECIPE)
+    recipe = write_tiny_sft_recipe(tmp_path / "teacher.yaml", "teacher", steps=60, batch_size=32, warmup_steps=20,
+                                   task={"digits": 2, "train_size": 2000, "eval_size": 32})
     # full fine-tuning of the untrained model, the whole model sent to the generator after each step
     cfg = rl_config(tmp_path, "distill", algorithm={"name": "distill", "group_size": 4},
                     teacher={"recipe": str(recipe)}, task={"train_size": 2000, "eval_size": 32},

@@ -36,7 +36,7 @@ from rlft.ops.gae import explained_variance, gae, terminal_rewards, whiten
 from rlft.ops.logprobs import IGNORE_INDEX
 from rlft.ops.value_loss import clipped_value_loss
 from rlft.types import Example, Rollout, Score
-from tests.helpers import assert_micro_batches_sum_to_full_batch, rl_config, tiny_config
+from tests.helpers import assert_micro_batches_sum_to_full_batch, rl_config, tiny_config, write_tiny_sft_recipe
 
 D = torch.float64
 
@@ -222,19 +222,6 @@ def test_memory_estimate_and_cpus_count_the_critic(tmp_path):
 
 # ---- one run with a real vLLM generator, real DeepSpeed ranks and the real critic ------------------------
 
-WARM_START = """# rlft train warm.yaml: a short SFT of the tiny model (the format and some column sums), in seconds
-run: {name: warm}
-runtime: {mode: inline}
-model: {name: tiny}
-peft: {method: full}
-task: {name: arith, digits: 2, train_size: 352, eval_size: 64}
-algorithm: {name: sft}
-learner: {count: 1}
-train: {steps: 80, batch_size: 64, micro_batch_size: 64, lr: 3.0e-3, warmup_steps: 10, schedule: cosine, max_length: 64}
-eval: {num_examples: 0}
-tracking: {wandb: disabled, plots: false}
-"""
-
 
 def _rows(path) -> list[dict]:
     from tests.helpers import UNTIMED
@@ -265,7 +252,9 @@ def test_ppo_run_trains_the_critic_and_resumes_exactly(tmp_path, one_torch_threa
 
     from rlft.control import train
 
-    (tmp_path / "warm.yaml").write_text(WARM_START)
+    # a short SFT of the tiny model (the format and some column sums), in seconds
+    write_tiny_sft_recipe(tmp_path / "warm.yaml", "warm", steps=80, batch_size=64, warmup_steps=10,
+                          task={"digits": 2, "train_size": 352, "eval_size": 64}, eval={"num_examples": 0})
 
     def make(**extra):
         return rl_config(tmp_path, "ppo", warm_start={"recipe": str(tmp_path / "warm.yaml")},

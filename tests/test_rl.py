@@ -14,7 +14,7 @@ from rlft.sources.rollouts import generate, score
 from rlft.sync.protocol import SyncError
 from rlft.types import Score
 from tests.helpers import (LEARNER_ONLY_GPPO, assert_probe_catches_a_skipped_load, moving_rows, rl_config,
-                           synthetic_rollout_rows, tiny_config)
+                           synthetic_rollout_rows, tiny_config, write_tiny_sft_recipe)
 
 
 
@@ -151,12 +151,8 @@ def test_rlft_eval_reproduces_the_final_accuracy_of_a_run_with_a_warm_start(tmp_
     held-out examples greedily: the accuracy equals the run's final eval/accuracy."""
     from rlft.control.evaluate import evaluate_checkpoint
 
-    warm = tmp_path / "warm.yaml"
-    warm.write_text(
-        "# rlft train warm.yaml\nrun: {name: warm}\nruntime: {mode: inline}\nmodel: {name: tiny}\npeft: {method: full}\n"
-        "task: {name: arith, train_size: 2000, eval_size: 32}\nalgorithm: {name: sft}\n"
-        "train: {steps: 200, batch_size: 64, micro_batch_size: 64, lr: 3.0e-3, warmup_steps: 20, schedule: cosine, max_length: 64}\n"
-        "learner: {count: 1}\neval: {num_examples: 32, max_new_tokens: 24}\ntracking: {wandb: disabled, plots: false}\n")
+    warm = write_tiny_sft_recipe(tmp_path / "warm.yaml", "warm", steps=200, batch_size=64, warmup_steps=20,
+                                 task={"train_size": 2000, "eval_size": 32}, eval={"num_examples": 32, "max_new_tokens": 24})
     cfg = rl_config(tmp_path, "rl", warm_start={"recipe": str(warm)}, task={"train_size": 2000, "eval_size": 32},
                      eval={"num_examples": 32}, train={"steps": 2, "lr": 1e-3})
     summary = train(cfg, show_progress=False)
