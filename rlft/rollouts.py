@@ -4,7 +4,7 @@ A row holds prompt + completion token ids, labels (IGNORE_INDEX on the prompt), 
 position (aligned with rlft.ops.logprobs.token_logprobs) the behaviour log-prob and the
 advantage of the completion token predicted there, and per row the sampling temperature T: the
 behaviour log-probs are of the tempered distribution softmax(logits / T), so the learner scores
-the same distribution (rlft.algorithms.gppo.tempered). With `algorithm.old_logprobs: learner` the
+the same distribution (rlft.ops.logprobs.tempered). With `algorithm.old_logprobs: learner` the
 controller adds `prox_logprobs` (the learners' own log-probs of the row, on the same positions).
 """
 
@@ -109,3 +109,14 @@ def with_logprobs(rows: list[dict[str, Any]], logprobs: torch.Tensor, key: str) 
     """The rows with `key`: their padded per-position log-probs ([len(rows), W - 1], from a right-padded
     batch of them) cut to each row's own length."""
     return [{**row, key: logprobs[i, : len(row["input_ids"]) - 1].tolist()} for i, row in enumerate(rows)]
+
+
+def padded_row_values(rows: list[dict[str, Any]], key: str, width: int) -> torch.Tensor:
+    """float64 [N, width]: each row's per-position `key` values, right-padded with 0."""
+    return torch.tensor([r[key] + [0.0] * (width - len(r[key])) for r in rows], dtype=torch.float64)
+
+
+def response_mask(rows: list[dict[str, Any]], width: int) -> torch.Tensor:
+    """float64 [N, width]: 1.0 on the shifted positions whose next token is labelled (the trained response tokens)."""
+    return torch.tensor([[float(t != IGNORE_INDEX) for t in r["labels"][1:]] + [0.0] * (width + 1 - len(r["labels"]))
+                         for r in rows], dtype=torch.float64)

@@ -198,14 +198,3 @@ def test_estimator_registry_and_config_errors():
     GPPOConfig(advantage="reinforce_pp", group_size=1)  # no group baseline: a group of one is fine
     for key in ("advantage", "clip_mode"):
         assert GPPOConfig.model_fields[key].description
-
-
-def test_reinforce_pp_kl_in_reward_is_refused_not_faked(tmp_path):
-    """The paper's KL-in-reward is not wired: kl_placement=reward is refused before any role starts."""
-    from rlft.algorithms.gppo import validate
-    from tests.helpers import rl_config
-
-    cfg = rl_config(tmp_path, "kl", algorithm={"name": "gppo", "group_size": 4, "advantage": "reinforce_pp",
-                                               "kl_coef": 0.01, "kl_placement": "reward"})
-    with pytest.raises(ValueError, match="REINFORCE\\+\\+'s token-level KL-in-reward"):
-        validate(cfg)

@@ -88,25 +88,36 @@ def test_gppo_update_two_ranks_equal_one_rank(tmp_path, learner_only_gppo, peft,
 
 @pytest.mark.parametrize("mode", ["inline", "local"])
 def test_rl_run_end_to_end(tmp_path, mode):
+    """The loop's metrics, memory and outputs; local: the default GPPO on 2 + 2 ranks; inline: REINFORCE++ with
+    its KL in the reward (the learners score each token's KL to the reference before the passes), and a
+    length reward (budget, alpha 1) beside the answer, so that the untrained policy's rewards differ and it moves."""
+    shaping = "steps" if mode == "local" else "budget"
     over = {"train": {"steps": 2, "lr": 1e-3}, "runtime": {"mode": mode},
             "reward": {"components": [{"name": "answer"}, {"name": "steps", "weight": 0.5}]}}
     if mode == "local":
         over.update(generator={"count": 2}, learner={"count": 2})
+    else:
+        over.update(algorithm={"advantage": "reinforce_pp", "kl_coef": 0.05, "kl_placement": "reward"},
+                    reward={"components": [{"name": "answer"}, {"name": "budget", "weight": 0.5, "leak": False,
+                                                                "alpha": {"high": 1.0}}]})
     summary = train(rl_config(tmp_path, mode, **over), show_progress=False)
     assert summary["policy_version"] == 2
     rows = [json.loads(line) for line in (tmp_path / "runs" / mode / "metrics.jsonl").read_text().splitlines()]
     keys = set().union(*rows)
-    for key in ("reward/mean", "reward/accuracy_arith", "reward/answer", "reward/steps", "rollout/response_length",
+    for key in ("reward/mean", "reward/accuracy_arith", "reward/answer", f"reward/{shaping}", "rollout/response_length",
                 "rollout/staleness", "train/loss", "train/clip_low_frac", "train/clip_high_frac", "train/dual_clip_frac",
                 "train/entropy", "train/kl", "train/grad_norm", "perf/gen_tokens_per_s", "perf/train_tokens_per_s",
                 "perf/time_generate", "perf/time_train", "sync/bytes", "sync/seconds", "sync/parity_max_abs_diff",
                 "eval/accuracy"):
         assert key in keys, key
     trained = [r for r in rows if "reward/mean" in r]
-    for r in trained:  # reward = answer + 0.5 * steps, averaged over the batch
-        assert r["reward/mean"] == pytest.approx(r["reward/answer"] + 0.5 * r["reward/steps"], abs=1e-6)
+    for r in trained:  # reward = answer + 0.5 * steps (budget), averaged over the batch
+        assert r["reward/mean"] == pytest.approx(r["reward/answer"] + 0.5 * r[f"reward/{shaping}"], abs=1e-6)
         assert r["rollout/staleness"] == 0.0
     assert [r["step"] for r in trained] == [1, 2]
+    if mode == "inline":  # the first batch is scored under the reference itself (LoRA starts as the identity)
+        assert [r["rollout/ref_kl"] for r in trained][0] == 0.0 < trained[1]["rollout/ref_kl"]
+        assert trained[1]["rollout/kl_reward"] < 0.0 and all(r["train/kl"] == 0.0 for r in trained)  # not in the loss
     assert max(r.get("sync/parity_max_abs_diff", 0.0) for r in rows) < 1e-3
     for kind in ("learner", "generator", "reward"):  # per-role memory (in inline mode: the one shared process)
         assert 50 < trained[-1][f"perf/mem_{kind}_rss_mb"] < 64_000
@@ -122,11 +133,10 @@ def test_rl_run_end_to_end(tmp_path, mode):
     assert json.loads(adapter.read_text())["r"] == 4
     samples = read_samples(tmp_path / "runs" / mode)  # train.log_samples (4) of each step's rollouts, to read
     assert [r["step"] for r in samples] == [1] * 4 + [2] * 4
-    assert all(r["prompt"] and r["length"] >= 1 and set(r["rewards"]) == {"answer", "steps"} for r in samples)
+    assert all(r["prompt"] and r["length"] >= 1 and set(r["rewards"]) == {"answer", shaping} for r in samples)
 
 
 @pytest.mark.parametrize("over, message", [
-    ({"algorithm": {"kl_coef": 0.1, "kl_placement": "reward"}}, "kl_placement=reward is not wired"),
     ({"peft": {"method": "full"}}, "ships adapters"),
     ({"peft": {"method": "lift"}}, "set learner.zero_stage=0"),
     ({"train": {"batch_size": 10, "micro_batch_size": 5}}, "not a multiple of algorithm.group_size"),
@@ -170,7 +180,7 @@ def test_tempered_rollouts_are_scored_by_the_learner_as_sampled(tmp_path):
     policy would not."""
     from transformers import AutoModelForCausalLM
 
-    from rlft.algorithms.gppo import tempered
+    from rlft.ops.logprobs import tempered
     from rlft.data.models import resolve_model
     from rlft.ops.logprobs import token_logprobs
 

@@ -36,7 +36,11 @@ The spec says everything the controller needs, so the controller never branches 
     optimizer steps lets each companion take its own steps on the same rows; its state goes into step
     checkpoints beside the learners';
   * `trains_policy(run_cfg, iteration)`: whether the learners take their optimizer steps in this
-    iteration (False: only the companions train, e.g. a critic's warm-up; the policy stays as it is).
+    iteration (False: only the companions train, e.g. a critic's warm-up; the policy stays as it is);
+  * `learner_scores`: per-token scores the learners themselves compute on the built rows before any
+    pass (`LearnerScores`: a KL to the reference put into the reward), when its `applies(run_cfg)`;
+    the controller puts them into the rows as `key` and hands the rows to its `annotate(rows, ctx)`
+    (before the companions score them).
 
 The learner knows nothing about any algorithm: for each micro-batch it calls
 `spec.micro_batch_loss(...)` and backpropagates the returned loss.
@@ -183,6 +187,7 @@ class AlgorithmSpec:
     summary: str = ""  # what it is, in one line (`rlft algorithms`)
     companions: tuple["Companion", ...] = ()  # learner groups of its own beside the policy's (a critic)
     trains_policy: Callable[[Any, int], bool] = always  # (run_cfg, iteration): do the learners step this iteration
+    learner_scores: "LearnerScores | None" = None  # per-token scores of the rows by the learners, before the passes
 
     def __post_init__(self):
         for companion in self.companions:
@@ -221,3 +226,19 @@ class Companion:
     annotate: Callable[[list[dict], RowContext], "tuple[list[dict], dict[str, float]]"]
     score_key: str = "scores"
     count_setting: str = "learner.count"
+
+
+@dataclass(frozen=True)
+class LearnerScores:
+    """Per-token scores the policy's own learners compute on an iteration's rows before any optimizer pass
+    (with the weights they hold then), and what the algorithm makes of them: with a KL in the reward,
+    each token's KL to the reference becomes part of its return (rlft.algorithms.gppo_kl_reward).
+
+    `score(model, batch, cfg)` runs on every learner rank without grad ([B, T-1], 0 off the labels); the
+    controller puts the scores into the rows as `key` and calls `annotate(rows, ctx)` -> (rows, stats)."""
+
+    applies: Callable[[Any], bool]
+    score: Callable[[PolicyModel, dict[str, torch.Tensor], Any], torch.Tensor]
+    annotate: Callable[[list[dict], RowContext], "tuple[list[dict], dict[str, float]]"]
+    key: str
+

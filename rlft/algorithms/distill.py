@@ -91,6 +91,9 @@ def validate(run_cfg) -> None:
     if cfg.dynamic_sampling:
         raise ValueError("algorithm.dynamic_sampling drops groups of equal rewards, but in distillation every "
                          "group carries the teacher's signal: set dynamic_sampling: false")
+    if cfg.kl_coef > 0 and cfg.kl_placement == "reward":
+        raise ValueError("algorithm.kl_placement=reward: distillation's per-token reward is the teacher's; a KL to "
+                         "the reference goes in the loss (kl_placement: loss)")
     if run_cfg.teacher.model is None and run_cfg.teacher.recipe is None:
         raise ValueError("algorithm distill needs a teacher: set teacher.model (a model folder sharing the "
                          "student's tokenizer) or teacher.recipe (a recipe whose final checkpoint is the teacher)")

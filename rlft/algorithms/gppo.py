@@ -15,8 +15,9 @@ seq-mean-token-sum-norm.
 
 KL. kl_placement="loss": + kl_coef * reduce(k) with k from rlft.ops.kl against
 model.reference_logits (only called when kl_coef > 0). kl_placement="reward" (InstructGPT, and
-REINFORCE++'s token-level KL) would shape batch['advantages'] at rollout time with
-rlft.ops.advantages.kl_in_reward_advantages; the loop does not wire it yet, so `validate` refuses it.
+REINFORCE++'s token-level KL): each token earns -kl_coef * k as a reward, so the advantages become
+per-token returns; the learners score the KL before the batch's passes
+(rlft.algorithms.gppo_kl_reward, the spec's `learner_scores`).
 
 pi_old. old_logprobs="sampler": the generators' sampling log-probs. old_logprobs="learner": the
 learners first score each batch under the weights they hold (pi_prox, `proximal_logprobs`), the
@@ -41,10 +42,12 @@ from pydantic import Field, field_validator, model_validator
 
 from rlft.algorithms.base import AlgorithmSpec, PolicyModel, RowContext, StepCounts, rollout_passes
 from rlft.algorithms.gppo_advantages import ADVANTAGE_ESTIMATORS, GRPOFields, check_advantage
+from rlft.algorithms.gppo_kl_reward import BASE_KEY as KL_BASE_KEY
+from rlft.algorithms.gppo_kl_reward import KL_IN_REWARD, kl_in_reward
 from rlft.algorithms.gppo_losses import POLICY_LOSSES, CISPOFields, ClipFields, GSPOFields, check_policy_loss
 from rlft.ops.advantages import broadcast_to_tokens, dynamic_sampling_keep
 from rlft.ops.kl import kl_penalty
-from rlft.ops.logprobs import token_entropy, token_logprobs
+from rlft.ops.logprobs import tempered, token_entropy, token_logprobs
 from rlft.ops.mismatch import MISMATCH_KEYS, behaviour_weights, mismatch_metrics, mismatch_sums
 from rlft.ops.reductions import aggregate, token_mean
 from rlft.ops.surrogates import ClipRegions, gppo_token_loss, ppo_token_loss  # noqa: F401 (re-exported)
@@ -62,8 +65,8 @@ class GPPOConfig(ClipFields, GSPOFields, CISPOFields, GRPOFields):
     )
     advantage: str = Field(
         "grpo", description="The advantage estimator (rlft.algorithms.gppo_advantages.ADVANTAGE_ESTIMATORS): grpo "
-        "(group mean and std), rloo (leave-one-out group mean), reinforce_pp (whitened over the batch; REINFORCE++'s "
-        "KL-in-reward is not wired: a KL stays in the loss), reinforce_pp_baseline (group mean removed, then "
+        "(group mean and std), rloo (leave-one-out group mean), reinforce_pp (whitened over the batch; with "
+        "kl_placement reward, REINFORCE++'s per-token returns), reinforce_pp_baseline (group mean removed, then "
         "whitened over the batch)."
     )
     reduction: Literal["token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm"] = Field(
@@ -79,8 +82,8 @@ class GPPOConfig(ClipFields, GSPOFields, CISPOFields, GRPOFields):
         10.0, gt=0.0, description="Clamp k3 to [-c, c] as veRL's low_var_kl (None: unclamped)."
     )
     kl_placement: Literal["loss", "reward"] = Field(
-        "loss", description="loss: beta*KL term in the loss (GRPO); reward: shaped into advantages at rollout time "
-        "(InstructGPT, REINFORCE++), not wired into the loop yet: refused with kl_coef > 0."
+        "loss", description="loss: beta*KL term in the loss (GRPO); reward: each token earns -beta*KL as a reward, "
+        "so its advantage is a per-token return (InstructGPT, REINFORCE++; docs/algorithms.md#kl-in-the-reward)."
     )
     aux_nll_coef: float = Field(
         0.0, ge=0.0, description="Weight of the auxiliary NLL on fully-correct responses (Klear uses 0.1)."
@@ -199,6 +202,10 @@ def build_rows(rollouts: list[Rollout], ctx: RowContext) -> tuple[list[dict], di
                       for a, per_token in zip(advantages, process_token_advantages(rollouts, cfg.scale_by_std))]
     rows = [rollout_row(r, a, float(p), ctx.max_length)
             for r, a, p, keep in zip(rollouts, advantages, seq["positive"], seq["keep"]) if keep]
+    if kl_in_reward(cfg):  # the outcome term of each kept row; the learners' KL scores turn it into returns
+        base = ADVANTAGE_ESTIMATORS[cfg.advantage].kl_reward_base(cfg, rewards, groups, counts * seq["keep"])
+        kept_base = [cfg.outcome_coef * float(b) for b, keep in zip(base, seq["keep"]) if keep]
+        rows = [{**row, KL_BASE_KEY: b} for row, b in zip(rows, kept_base)]
     kept = len(rows)
     like = rows[0] if rows else rollout_row(rollouts[0], 0.0, 0.0, ctx.max_length)
     rows += [filler_row(like) for _ in range(len(rollouts) - kept)]
@@ -223,9 +230,9 @@ def validate(run_cfg, segments_from_turns: bool = False) -> None:
                          f"algorithm.group_size={cfg.group_size}")
     if run_cfg.rollout.temperature <= 0:
         raise ValueError("rollout.temperature=0 samples greedily: a policy gradient needs sampled rollouts (T > 0)")
-    if cfg.kl_coef > 0 and cfg.kl_placement == "reward":
-        raise ValueError("algorithm.kl_placement=reward is not wired into the RL loop yet (REINFORCE++'s token-level "
-                         "KL-in-reward included); use kl_placement=loss")
+    if kl_in_reward(cfg) and cfg.process_coef > 0:
+        raise ValueError("algorithm.kl_placement=reward with process_coef > 0: the KL reward and the step rewards "
+                         "are not combined into one return; use kl_placement=loss with process advantages")
     if cfg.process_coef > 0:
         from rlft.rewards import REWARD_COMPONENTS
 
@@ -241,7 +248,7 @@ def group_size(run_cfg) -> int:
 
 
 def needs_reference(run_cfg) -> bool:
-    return run_cfg.algorithm.kl_coef > 0 and run_cfg.algorithm.kl_placement == "loss"
+    return run_cfg.algorithm.kl_coef > 0  # in the loss, or scored into the reward before the passes
 
 
 def learner_logprobs(run_cfg) -> bool:
@@ -260,15 +267,6 @@ def _reduce(values: torch.Tensor, mask: torch.Tensor, cfg: GPPOConfig, counts: S
         num_sequences=counts.num_sequences,
         max_len=float(cfg.max_len or 1),
     )
-
-
-def tempered(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """logits / T per row: the policy the rollouts were sampled from (vLLM returns log-probs of the
-    tempered distribution), so the importance ratio is 1 at version parity whatever T is."""
-    if "temperature" not in batch:
-        return logits
-    temperature = batch["temperature"].to(logits.device, logits.dtype)
-    return logits / temperature.view(-1, *([1] * (logits.dim() - 1)))
 
 
 def _kl_in_loss(model, batch, logprobs, mask, cfg, counts) -> tuple[torch.Tensor, torch.Tensor]:
@@ -395,5 +393,6 @@ SPEC = AlgorithmSpec(
     proximal_logprobs=proximal_logprobs,
     validate=validate,
     log_metrics=log_metrics,
+    learner_scores=KL_IN_REWARD,
 )
 

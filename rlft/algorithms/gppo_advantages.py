@@ -3,7 +3,11 @@
 
 Each estimator is an `AdvantageSpec` in ADVANTAGE_ESTIMATORS: a function of the batch's sequence
 rewards, group ids and token counts (its math lives in rlft.ops: advantages.py for grpo, rloo.py,
-reinforce_pp.py), the config fields it reads and the smallest group it can work with. GRPO's one
+reinforce_pp.py), the config fields it reads and the smallest group it can work with. With the KL in
+the reward (`kl_placement: reward`, rlft.algorithms.gppo_kl_reward) the returns differ per token:
+`kl_base` gives each sequence's outcome term before the KL reward-to-go is taken off, and `whitens`
+says whether the per-token returns are then whitened over the batch's tokens (REINFORCE++) or used
+as they are (grpo, rloo: the group baseline applies to the outcome reward only). GRPO's one
 field, `scale_by_std`, is declared here (`GRPOFields`); it also scales the process advantages.
 """
 
@@ -17,7 +21,7 @@ from pydantic import Field
 
 from rlft.algorithms.gppo_losses import foreign_fields
 from rlft.ops.advantages import group_relative_advantages
-from rlft.ops.reinforce_pp import reinforce_pp_advantages, reinforce_pp_baseline_advantages
+from rlft.ops.reinforce_pp import reinforce_pp_advantages, reinforce_pp_baseline_advantages, reinforce_pp_baseline_base
 from rlft.ops.rloo import rloo_advantages
 from rlft.registry import Registry
 from rlft.schema import Section
@@ -40,6 +44,12 @@ class AdvantageSpec:
     fields: tuple[str, ...] = ()  # the config fields it reads
     min_group_size: int = 1  # the smallest algorithm.group_size it is defined for
     summary: str = ""
+    kl_base: EstimatorFn | None = None  # the outcome term under a KL in the reward (None: `advantages`)
+    whitens: bool = False  # per-token returns whitened over the batch's tokens (with a KL in the reward)
+
+    def kl_reward_base(self, cfg, rewards, group_ids, token_counts) -> torch.Tensor:
+        """The sequence term [N] from which kl_placement=reward takes each token's KL reward-to-go."""
+        return (self.kl_base or self.advantages)(cfg, rewards, group_ids, token_counts)
 
 
 def _grpo(cfg, rewards, group_ids, token_counts):
@@ -58,16 +68,24 @@ def _reinforce_pp_baseline(cfg, rewards, group_ids, token_counts):
     return reinforce_pp_baseline_advantages(rewards, group_ids, token_counts)
 
 
+def _reward(cfg, rewards, group_ids, token_counts):
+    return rewards.to(torch.float64)
+
+
+def _reward_less_group_mean(cfg, rewards, group_ids, token_counts):
+    return reinforce_pp_baseline_base(rewards, group_ids)
+
+
 ADVANTAGE_ESTIMATORS: Registry = Registry("advantage estimator (algorithm.advantage)", {
     "grpo": AdvantageSpec("grpo", _grpo, ("scale_by_std",),
                           summary="(r - group mean) / group std (GRPO; Dr.GRPO without the std)"),
     "rloo": AdvantageSpec("rloo", _rloo, min_group_size=2,
                           summary="r - mean of the other G - 1 rewards of the group (RLOO)"),
-    "reinforce_pp": AdvantageSpec("reinforce_pp", _reinforce_pp,
+    "reinforce_pp": AdvantageSpec("reinforce_pp", _reinforce_pp, kl_base=_reward, whitens=True,
                                   summary="returns whitened over the batch's tokens (REINFORCE++)"),
     "reinforce_pp_baseline": AdvantageSpec(
-        "reinforce_pp_baseline", _reinforce_pp_baseline, min_group_size=2,
-        summary="r - group mean, then whitened over the batch (REINFORCE++-baseline)"),
+        "reinforce_pp_baseline", _reinforce_pp_baseline, min_group_size=2, kl_base=_reward_less_group_mean,
+        whitens=True, summary="r - group mean, then whitened over the batch (REINFORCE++-baseline)"),
 })
 
 

@@ -8,8 +8,9 @@ advantage estimation (arXiv 1506.02438), as InstructGPT-style RLHF runs it on la
   head, model_head "value", LoRA or full fine-tuning: `critic_peft`). It starts from the run's base
   model (the warm start) with a fresh head;
 * every iteration the critic scores the rollouts: V_t on every response token (the state before
-  token t), V_old. The sequence reward is the reward of the response's last token (no KL in the
-  reward, as gppo refuses kl_placement=reward), and GAE (rlft.ops.gae) gives per-token advantages
+  token t), V_old. The sequence reward is the reward of the response's last token; with
+  `kl_placement: reward` (InstructGPT) every token also earns -kl_coef * k_t, its KL to the reference
+  as the learners score it before the passes (rlft.algorithms.gppo_kl_reward). GAE (rlft.ops.gae) gives per-token advantages
   A_t and returns R_t = A_t + V_t; the advantages are whitened over the batch's response tokens
   (`whiten_advantages`);
 * the actor (the learners) takes gppo's clipped policy loss with these per-token advantages (every
@@ -39,11 +40,12 @@ from rlft.algorithms.base import AlgorithmSpec, Companion, PolicyModel, RowConte
 from rlft.algorithms.gppo import SPEC as GPPO_SPEC
 from rlft.algorithms.gppo import GPPOConfig, positive_sequences
 from rlft.algorithms.gppo import validate as gppo_validate
+from rlft.algorithms.gppo_kl_reward import KL_IN_REWARD, kl_in_reward, kl_stats, token_kl
 from rlft.ops.gae import explained_variance, gae, terminal_rewards, whiten
 from rlft.ops.logprobs import IGNORE_INDEX
 from rlft.ops.value_loss import clipped_value_loss
 from rlft.peft import DEFAULT_METHOD, PEFT_METHODS
-from rlft.rollouts import pad_rollout_rows, rollout_row
+from rlft.rollouts import pad_rollout_rows, padded_row_values, response_mask, rollout_row
 
 # GPPOConfig fields of the group-relative advantages, which GAE replaces: refused away from their defaults.
 GROUP_ADVANTAGE_FIELDS = ("advantage", "scale_by_std", "outcome_coef", "process_coef", "dynamic_sampling")
@@ -115,24 +117,16 @@ def build_rows(rollouts: list, ctx: RowContext) -> tuple[list[dict], dict[str, f
     return rows, {}
 
 
-def padded(rows: list[dict], key: str, width: int) -> torch.Tensor:
-    return torch.tensor([r[key] + [0.0] * (width - len(r[key])) for r in rows], dtype=torch.float64)
-
-
-def response_mask(rows: list[dict], width: int) -> torch.Tensor:
-    """[N, width] 1.0 on the shifted positions whose next token is labelled (the response tokens)."""
-    return torch.tensor([[float(t != IGNORE_INDEX) for t in r["labels"][1:]] + [0.0] * (width + 1 - len(r["labels"]))
-                         for r in rows], dtype=torch.float64)
-
-
 def gae_rows(rows: list[dict], ctx: RowContext) -> tuple[list[dict], dict[str, float]]:
     """Rows scored by the critic (`old_values`) -> rows with GAE `advantages` (whitened if asked) and
     `returns`; logs the batch's mean value, return and advantage and the critic's explained variance."""
     cfg = ctx.algorithm
     width = max(len(r["input_ids"]) for r in rows) - 1
     mask = response_mask(rows, width)
-    values = padded(rows, "old_values", width) * mask
+    values = padded_row_values(rows, "old_values", width) * mask
     rewards = terminal_rewards(torch.tensor([r["reward"] for r in rows], dtype=torch.float64), mask)
+    if kl_in_reward(cfg):  # each token's KL to the reference, scored by the learners, as a reward
+        rewards = rewards - cfg.kl_coef * token_kl(rows, width)[0]
     advantages, returns = gae(rewards, values, mask, cfg.gamma, cfg.lam)
     tokens = mask.sum().clamp(min=1.0)
     stats = {"train/value_mean": float((values * mask).sum() / tokens),
@@ -149,12 +143,18 @@ def gae_rows(rows: list[dict], ctx: RowContext) -> tuple[list[dict], dict[str, f
 VALUE_KEYS = ("old_values", "returns")
 
 
+def kl_reward_stats(rows: list[dict], ctx: RowContext) -> tuple[list[dict], dict[str, float]]:
+    """The rows as they are (their `ref_kl` enters GAE's rewards in `gae_rows`); the KL's statistics."""
+    kl, mask = token_kl(rows, max(len(r["input_ids"]) for r in rows) - 1)
+    return rows, kl_stats(kl, mask, ctx.algorithm.kl_coef)
+
+
 def pad_ppo_rows(rows: list[dict], pad_id: int) -> dict[str, torch.Tensor]:
     """rlft.rollouts.pad_rollout_rows, plus the critic's per-position values and returns when the rows have them."""
     batch = pad_rollout_rows(rows, pad_id)
     width = batch["input_ids"].shape[1] - 1
     for key in [k for k in VALUE_KEYS if k in rows[0]]:
-        batch[key] = padded(rows, key, width).to(torch.float32)
+        batch[key] = padded_row_values(rows, key, width).to(torch.float32)
     return batch
 
 
@@ -236,4 +236,5 @@ SPEC = dataclasses.replace(
     GPPO_SPEC, name="ppo", config_cls=PPOConfig, summary="PPO with a critic: GAE advantages from a value model "
     "trained by its own learner group, gppo's clipped policy loss", roles=("generator", "reward", "critic"),
     build_rows=build_rows, pad=pad_ppo_rows, validate=validate, companions=(CRITIC,), trains_policy=trains_policy,
+    learner_scores=dataclasses.replace(KL_IN_REWARD, annotate=kl_reward_stats),
 )

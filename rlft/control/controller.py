@@ -5,6 +5,8 @@ One loop runs every algorithm; the algorithm's spec (rlft.algorithms.base) says 
     iteration i:
       source.next_batch(i)        dataset rows, or prompts -> generators sample -> reward roles score
         -> spec.build_rows          training rows (advantages, labels, ...)
+        -> learners.learner_scores, annotate   spec.learner_scores when it applies (a KL to the reference
+                                    put into the reward: per-token returns)
         -> companion groups score the rows, companion.annotate   spec.companions (a critic: values -> GAE)
         -> learners.proximal_logprobs   with spec.recompute_logprobs: every row scored once, before the passes
         -> learners.train_step      spec.passes: mini-batches x epochs optimizer steps (unless
@@ -245,19 +247,24 @@ class Controller:
         return totals, len(passes)
 
     def proximal_rows(self, rows: list[dict], group: runtime.RoleGroup | None = None, spec=None,
-                      key: str = "prox_logprobs") -> list[dict]:
+                      key: str = "prox_logprobs", method: str = "proximal_logprobs") -> list[dict]:
         """rows with `key`, the per-token scores of `spec.proximal_logprobs` (the learners' log-probs; a
-        companion's own score, e.g. a critic's values) in the micro-batches `learner_step` gives them."""
+        companion's own score, e.g. a critic's values), or of the learners' `method`, in the micro-batches
+        `learner_step` gives them."""
         group, spec = group or self.learners, spec or self.spec
         shards = shard_micro_batches(rows, len(group), self.cfg.train.micro_batch_size)
-        scored = group.call_each("proximal_logprobs", [([spec.pad(mb, self.pad_id()) for mb in shard],)
-                                                       for shard in shards])
+        scored = group.call_each(method, [([spec.pad(mb, self.pad_id()) for mb in shard],) for shard in shards])
         return [row for shard, per_rank in zip(shards, scored) for mb, logprobs in zip(shard, per_rank)
                 for row in with_logprobs(mb, logprobs, key)]
 
     def annotate(self, rows: list[dict], stats: dict[str, float]) -> list[dict]:
         """spec.companions: each companion group scores the rows (before any update of this batch) and the
-        algorithm turns the scores into what the learners train on (a critic's values -> advantages)."""
+        algorithm turns the scores into what the learners train on (a critic's values -> advantages). First,
+        spec.learner_scores: the learners' own per-token scores of the rows (a KL to the reference)."""
+        own = self.spec.learner_scores
+        if own is not None and own.applies(self.cfg):
+            rows, found = own.annotate(self.proximal_rows(rows, key=own.key, method="learner_scores"), self.row_ctx)
+            stats.update(found)
         for companion in self.spec.companions:
             scored = self.proximal_rows(rows, self.roles[companion.kind], companion.spec, companion.score_key)
             rows, found = companion.annotate(scored, self.row_ctx)

@@ -116,6 +116,19 @@ def reverse_cumsum(values: torch.Tensor) -> torch.Tensor:
     return values.flip(-1).cumsum(-1).flip(-1)
 
 
+def kl_reward_returns(base: torch.Tensor, token_kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """Per-token returns when every response token s also earns the reward -kl_coef * k_s (gamma = 1):
+
+        G_{i,t} = base_i - kl_coef * sum_{s >= t} m_{i,s} k_{i,s}
+
+    base [N]: each sequence's outcome term (its reward, or an estimator's advantage of it); token_kl
+    [N, T]: k_s of each token against the reference (a reward: no gradient). float64 [N, T], 0 off the mask.
+    """
+    m = mask.to(torch.float64)
+    with torch.no_grad():
+        return (base.to(torch.float64).unsqueeze(-1) - kl_coef * reverse_cumsum(token_kl.to(torch.float64) * m)) * m
+
+
 def kl_in_reward_advantages(
     advantages: torch.Tensor,
     logprobs: torch.Tensor,

@@ -33,3 +33,13 @@ def token_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Entropy of the next-token distribution at every shifted position ([B, T-1], fp32)."""
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     return -(logp.exp() * logp).sum(-1)
+
+
+def tempered(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """logits / T per row (batch['temperature'] [B], if any): the policy the rollouts were sampled from
+    (vLLM returns log-probs of the tempered distribution), so the importance ratio is 1 at version
+    parity whatever T is."""
+    if "temperature" not in batch:
+        return logits
+    temperature = batch["temperature"].to(logits.device, logits.dtype)
+    return logits / temperature.view(-1, *([1] * (logits.dim() - 1)))

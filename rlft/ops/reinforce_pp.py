@@ -13,8 +13,10 @@ counts once per token it trains, as the authors' OpenRLHF and veRL whiten their 
 and no KL in the reward a response's return is the same on all its tokens, R_i = r_i.
 
 The paper also puts a token-level KL penalty into the reward (R_t = r 1[t = T] - beta KL_t, summed
-from t on). rlft's loop does not shape rewards with the reference yet (GPPO refuses
-kl_placement=reward), so these functions take the outcome rewards only; a KL, if any, stays in the loss.
+from t on), so the return differs from token to token. These functions whiten outcome returns (one
+per sequence); with `kl_placement: reward` the per-token returns of rlft.ops.advantages.kl_reward_returns
+are whitened over the batch's tokens instead (rlft.ops.gae.whiten), from the reward
+itself (REINFORCE++) or `reinforce_pp_baseline_base` (the reward less its group's mean).
 """
 
 from __future__ import annotations
@@ -42,6 +44,12 @@ def _as_float(advantages: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return advantages.to(like.dtype if like.is_floating_point() else torch.float32)
 
 
+def reinforce_pp_baseline_base(rewards: torch.Tensor, group_ids: torch.Tensor) -> torch.Tensor:
+    """R'_i = R_i - mean of R over i's group, float64 [N]: REINFORCE++-baseline's return before whitening."""
+    mean, _ = group_mean_std(rewards, group_ids.to(rewards.device))
+    return rewards.to(torch.float64) - mean
+
+
 def reinforce_pp_advantages(returns: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """REINFORCE++: the returns [N] whitened over the batch (weights [N]: tokens per sequence)."""
     return _as_float(batch_whiten(returns, weights), returns)
@@ -50,5 +58,4 @@ def reinforce_pp_advantages(returns: torch.Tensor, weights: torch.Tensor) -> tor
 def reinforce_pp_baseline_advantages(rewards: torch.Tensor, group_ids: torch.Tensor,
                                      weights: torch.Tensor) -> torch.Tensor:
     """REINFORCE++-baseline: each reward minus its group's mean, then whitened over the batch."""
-    mean, _ = group_mean_std(rewards, group_ids.to(rewards.device))
-    return _as_float(batch_whiten(rewards.to(torch.float64) - mean, weights), rewards)
+    return _as_float(batch_whiten(reinforce_pp_baseline_base(rewards, group_ids), weights), rewards)

@@ -263,7 +263,15 @@ class LearnerActor:
     def proximal_logprobs(self, micro_batches: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
         """The algorithm's per-token log-probs ([B, T-1] each) of every micro-batch under the weights this
         rank holds now, without grad or dropout: the proximal policy of the passes about to run on them."""
-        score = self.spec.proximal_logprobs
+        return self._score_each(self.spec.proximal_logprobs, micro_batches)
+
+    @torch.no_grad()
+    def learner_scores(self, micro_batches: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
+        """The algorithm's `learner_scores.score` ([B, T-1] each) of every micro-batch under the weights this
+        rank holds now, without grad or dropout (a KL to the reference put into the reward)."""
+        return self._score_each(self.spec.learner_scores.score, micro_batches)
+
+    def _score_each(self, score, micro_batches: list[dict[str, torch.Tensor]]) -> list[torch.Tensor]:
         with eval_mode(self.engine.module):
             return [score(self.policy, self._to_device(b), self.cfg.algorithm).cpu() for b in micro_batches]
 
