@@ -12,6 +12,9 @@ shared; LoRA r=8; 32 prompts x 8 samples per iteration in 4 optimizer steps; 800
 
 * gppo: none (GPPO's gradient-preserving clip, GRPO advantages);
 * rloo / reinforce_pp / reinforce_pp_baseline: `algorithm.advantage=<name>`;
+* reinforce_pp_kl: REINFORCE++ with the paper's KL in the reward (`algorithm.kl_placement=reward
+  kl_coef=0.01 kl_estimator=k1`: each token earns -0.01 (log pi - log pi_ref)); not in the default set,
+  run it with `--variants reinforce_pp reinforce_pp_kl --json bench/results/pg_kl_reward.json`;
 * gspo: `algorithm.clip_mode=gspo algorithm.reduction=seq-mean-token-mean` (the paper's sequence mean,
   its clip ranges 3e-4 / 4e-4);
 * cispo: `algorithm.clip_mode=cispo` (weight capped at 1 + 4.0);
@@ -41,15 +44,19 @@ VARIANTS = {
     "rloo": ["algorithm.advantage=rloo"],
     "reinforce_pp": ["algorithm.advantage=reinforce_pp"],
     "reinforce_pp_baseline": ["algorithm.advantage=reinforce_pp_baseline"],
+    "reinforce_pp_kl": ["algorithm.advantage=reinforce_pp", "algorithm.kl_coef=0.01", "algorithm.kl_placement=reward",
+                        "algorithm.kl_estimator=k1"],
     "gspo": ["algorithm.clip_mode=gspo", "algorithm.reduction=seq-mean-token-mean"],
     "cispo": ["algorithm.clip_mode=cispo"],
     "ppo": ["algorithm.name=ppo", "algorithm.critic_warmup=5", "algorithm.critic_lr=1e-3"],
 }
 
+DEFAULT_VARIANTS = [v for v in VARIANTS if v != "reinforce_pp_kl"]  # the table in the README
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(VARIANTS))
+    parser.add_argument("--variants", nargs="+", choices=sorted(VARIANTS), default=list(DEFAULT_VARIANTS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "bench_pg_algorithms")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "pg_algorithms.json")

@@ -142,9 +142,9 @@ def _job_status(job_id: str, env: dict, timeout: float = 300) -> str:
 
 
 def test_submit_sh_runs_a_recipe_as_a_ray_job(tmp_path):
-    """A head with token authentication (its own token, given to every client through the environment),
-    a tiny GPPO recipe submitted with launch/submit.sh, followed to success with `ray job status`;
-    then a longer one stopped with `ray job stop` and continued with resume=auto."""
+    """A head with token authentication (its own token, given to every client through the environment), a
+    tiny GPPO recipe submitted with launch/submit.sh and followed with `ray job status`, stopped with
+    `ray job stop` mid-run and continued with resume=auto to success."""
     temp_dir = tempfile.mkdtemp(prefix="rlft-ray-", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = {**os.environ, "PATH": f"{REPO / '.venv/bin'}:{os.environ['PATH']}", "RAY_AUTH_MODE": "token",
            "RAY_AUTH_TOKEN": secrets.token_hex(32)}
@@ -158,49 +158,42 @@ def test_submit_sh_runs_a_recipe_as_a_ray_job(tmp_path):
             time.sleep(2)
         without_token = {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"}
         assert _ray("job", "list", env={**without_token, "HOME": str(tmp_path)}).returncode != 0  # token auth is on
-        overrides = ["warm_start.recipe=null", "run.name=job", "train.steps=2", "train.batch_size=8",
+        # `ray job stop` sends SIGTERM and (submit.sh's RAY_JOB_STOP_WAIT_TIME_S) waits: the run writes a step
+        # checkpoint and stops; the same submission with resume=auto continues from it. Long enough that the
+        # stop lands mid-run (it is sent a few seconds after the second logged step), short enough that the
+        # resumed job does not spend minutes finishing it.
+        overrides = ["warm_start.recipe=null", "run.name=stopped", "train.steps=80", "train.batch_size=8",
                      "train.micro_batch_size=4", "train.eval_every=0", "rollout.mini_batches=1", "algorithm.group_size=4", "peft.r=4",
                      "learner.count=1", "generator.count=1", "generator.kv_cache_mb=64", "rollout.max_new_tokens=16",
                      "eval.num_examples=4", "eval.max_new_tokens=16", "tracking.wandb=disabled", "tracking.plots=false"]
-        out = subprocess.run(
-            ["bash", "launch/submit.sh", "configs/gppo_tiny_arith.yaml", *overrides], cwd=REPO, capture_output=True,
-            text=True, timeout=120,
-            env={**env, "RLFT_STORAGE": str(storage), "RLFT_JOB_ID": "rlft-test-job", "RLFT_PYTHON": sys.executable})
-        assert out.returncode == 0, out.stdout + out.stderr
-        assert "ray job logs -f rlft-test-job" in out.stdout and "ray job stop rlft-test-job" in out.stdout
-        status = _job_status("rlft-test-job", env)
-        assert "succeeded" in status, status[-4000:]
-        # `ray job stop` sends SIGTERM and (submit.sh's RAY_JOB_STOP_WAIT_TIME_S) waits: the run writes a
-        # step checkpoint and stops; the same submission with resume=auto continues from it
-        # long enough that the stop lands mid-run (it is sent ~5 s after the second logged step), short
-        # enough that the resumed job does not spend minutes finishing it
-        longer = [o for o in overrides if not o.startswith("train.steps=")] + ["train.steps=150", "run.name=stopped"]
         submit = {**env, "RLFT_STORAGE": str(storage), "RLFT_PYTHON": sys.executable}
-        out = subprocess.run(["bash", "launch/submit.sh", "configs/gppo_tiny_arith.yaml", *longer], cwd=REPO,
+        out = subprocess.run(["bash", "launch/submit.sh", "configs/gppo_tiny_arith.yaml", *overrides], cwd=REPO,
                              capture_output=True, text=True, timeout=120, env={**submit, "RLFT_JOB_ID": "rlft-stopped"})
         assert out.returncode == 0, out.stdout + out.stderr
+        assert "ray job logs -f rlft-stopped" in out.stdout and "ray job stop rlft-stopped" in out.stdout
         metrics = storage / "runs" / "stopped" / "metrics.jsonl"
         deadline = time.time() + 300
         while not (metrics.is_file() and sum('"train/loss"' in line for line in metrics.read_text().splitlines()) >= 2):
-            assert time.time() < deadline, "the second job logged no steps in 5 min"
-            time.sleep(2)
+            assert time.time() < deadline, "the job logged no steps in 5 min: " + _job_status("rlft-stopped", env)[-4000:]
+            time.sleep(1)
         assert _ray("job", "stop", "rlft-stopped", env=env, timeout=400).returncode == 0
         assert "stopped" in _job_status("rlft-stopped", env)
         stopped = storage / "runs" / "stopped"
         checkpoints = [c for c in (stopped / "checkpoints").glob("step_*") if (c / "COMPLETE").is_file()]
         assert len(checkpoints) == 1 and "stopped by SIGTERM" in (stopped / "train.log").read_text()
-        out = subprocess.run(["bash", "launch/submit.sh", "configs/gppo_tiny_arith.yaml", *longer, "resume=auto",
+        out = subprocess.run(["bash", "launch/submit.sh", "configs/gppo_tiny_arith.yaml", *overrides, "resume=auto",
                               ], cwd=REPO, capture_output=True, text=True, timeout=120,
                              env={**submit, "RLFT_JOB_ID": "rlft-resumed"})
         assert out.returncode == 0, out.stdout + out.stderr
         assert "succeeded" in _job_status("rlft-resumed", env, timeout=600)
         finished = json.loads((stopped / "finished.json").read_text())
-        assert finished["resumed_from"] == str(checkpoints[0]) and finished["steps"] == 150
+        assert finished["resumed_from"] == str(checkpoints[0]) and finished["steps"] == 80
     finally:
         _stop_head(head)
         shutil.rmtree(temp_dir, ignore_errors=True)
-    run_dir = storage / "runs" / "job"
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in rows if "train/loss" in r] == [1, 2]
-    assert (run_dir / "checkpoints" / "final" / "adapter_config.json").is_file()
-    assert json.loads((run_dir / "placement.json").read_text())["mode"] == "cluster"
+    stopped_at = int(checkpoints[0].name.split("_")[1])
+    assert 2 <= stopped_at < 80  # mid-run
+    rows = [json.loads(line) for line in (stopped / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "train/loss" in r][-1] == 80
+    assert (stopped / "checkpoints" / "final" / "adapter_config.json").is_file()
+    assert json.loads((stopped / "placement.json").read_text())["mode"] == "cluster"

@@ -13,7 +13,8 @@ from rlft.control import train
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 SHORTER = {  # the recipes' own settings, with fewer steps and examples
-    "thinkdial_sft_tiny_arith": {"train": {"steps": 150}, "task": {"train_size": 400, "eval_size": 20}},
+    "thinkdial_sft_tiny_arith": {"train": {"steps": 100, "batch_size": 32, "micro_batch_size": 16},
+                                 "task": {"train_size": 400, "eval_size": 20}},
     "thinkdial_warmup_tiny_arith": {"train": {"steps": 2}, "task": {"eval_size": 20}},
     "thinkdial_tiny_arith": {"train": {"steps": 2, "eval_every": 0}, "task": {"eval_size": 20}},
 }

@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 
 from rlft.data.model_config import KNOWN_MODEL_NAMES, ModelConfig  # noqa: F401 (re-exported)
-from rlft.data.tiny import atomic_folder, build_tiny_model
+from rlft.data.tiny import atomic_folder, build_tiny_model, no_progress_bars
 
 # Bump when the way a cached folder is built changes, so stale copies are not reused.
 CACHE_FORMAT = 1
@@ -78,7 +78,7 @@ def _mdlm_dna(cfg: ModelConfig, root: Path) -> Path:
     with torch.random.fork_rng():
         torch.manual_seed(seed)
         model = MDLM(MDLMConfig(**sizes))
-    with atomic_folder(out) as tmp:
+    with atomic_folder(out) as tmp, no_progress_bars():
         model.save_pretrained(tmp)
     return out
 

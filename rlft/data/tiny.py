@@ -82,10 +82,25 @@ def build_tiny_model(cfg: TinyModelConfig, out_dir: Path) -> Path:
         model = LlamaForCausalLM(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     tokenizer.model_max_length = cfg.max_positions
-    with atomic_folder(out_dir) as tmp:
+    with atomic_folder(out_dir) as tmp, no_progress_bars():
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     return out_dir
+
+
+@contextmanager
+def no_progress_bars() -> Iterator[None]:
+    """transformers' progress bars off inside (a model of a few MB written in a blink draws one on stderr,
+    which a one-line error of `rlft train --quiet` must not follow)."""
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
 
 
 @contextmanager

@@ -129,6 +129,18 @@ class _Policy:
             return module(*args, **kwargs)
 
 
+def without_shared_memory_reduce() -> None:
+    """On DeepSpeed's CPU accelerator, mark its shared-memory all-reduce op unavailable before the
+    communication backend starts: the backend compiles it on first use on a machine (40-80 s on 2 cores)
+    and loads it in every rank, but only DeepSpeed's inference path calls it; training reduces through
+    the process group (gloo)."""
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    if get_accelerator().device_name() == "cpu":
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 class LearnerActor:
     """One data-parallel rank. Construct cheaply; `setup` joins the group and loads the model."""
 
@@ -165,6 +177,7 @@ class LearnerActor:
             LOCAL_WORLD_SIZE=str(self.world_size),
         )
         dist.init_process_group(backend, store=self._rendezvous_store(), rank=self.rank, world_size=self.world_size)
+        without_shared_memory_reduce()
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)  # adopts the group
 
     def _rendezvous_store(self):
