@@ -33,17 +33,25 @@ from rlft.roles.learner import detect_device
 log = logging.getLogger("rlft.controller")  # the controller's parts log as the controller
 
 
-def learner_threads(learner, mode: str, *, synchronous: bool, cores: int, ranks: int) -> int | None:
-    """torch threads of each learner rank (None: leave torch's default, inline mode shares the driver's).
-    `auto` hands a local synchronous run's idle cores to the learners: the engine is bound to all of them
-    while it generates, and nothing else runs while the ranks train."""
+def member_threads(setting: int | str, cpus_per_member: float, mode: str, *, synchronous: bool, cores: int,
+                   members: int) -> int | None:
+    """torch threads of each member of a compute role (learner ranks, teachers); None: leave torch's default
+    (inline mode shares the driver's). `setting` "auto" hands a local synchronous run's idle cores to the
+    role's members: the engine is bound to all of them while it generates, and nothing else runs while
+    they compute; otherwise each member gets the CPUs it reserves."""
     if run_modes.one_process(mode):
         return None
-    if isinstance(learner.threads_per_rank, int):
-        return learner.threads_per_rank
-    if learner.threads_per_rank == "auto" and run_modes.on_this_machine(mode) and synchronous:
-        return max(1, cores // ranks)
-    return max(1, int(learner.cpus_per_rank))
+    if isinstance(setting, int):
+        return setting
+    if setting == "auto" and run_modes.on_this_machine(mode) and synchronous:
+        return max(1, cores // members)
+    return max(1, int(cpus_per_member))
+
+
+def learner_threads(learner, mode: str, *, synchronous: bool, cores: int, ranks: int) -> int | None:
+    """torch threads of each learner rank (learner.threads_per_rank, learner.cpus_per_rank)."""
+    return member_threads(learner.threads_per_rank, learner.cpus_per_rank, mode, synchronous=synchronous,
+                          cores=cores, members=ranks)
 
 
 def required_cpus(cfg, spec) -> float:
@@ -222,10 +230,9 @@ def start_teachers(starter: RoleStarter) -> runtime.RoleGroup:
     """Teachers on the learners' device and dtype; in a local synchronous run they score while every other
     role waits, so each gets the machine's cores divided among them."""
     cfg = starter.cfg
-    threads = learner_threads(cfg.learner.model_copy(update={"threads_per_rank": "auto",
-                                                             "cpus_per_rank": cfg.teacher.cpus_per_actor}),
-                              cfg.runtime.mode, synchronous=cfg.rollout.max_staleness == 0,
-                              cores=os.cpu_count() or 1, ranks=cfg.teacher.count)
+    threads = member_threads("auto", cfg.teacher.cpus_per_actor, cfg.runtime.mode,
+                             synchronous=cfg.rollout.max_staleness == 0, cores=os.cpu_count() or 1,
+                             members=cfg.teacher.count)
     kwargs = [dict(cfg=cfg, index=i, model_path=str(starter.role_models["teacher"]), device=starter.learner_device(),
                    dtype=str(starter.dtype()).removeprefix("torch."), num_threads=threads)
               for i in range(cfg.teacher.count)]

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import time
 
+import torch
+
+from rlft.ops.distillation import reverse_kl_tokens
 from rlft.sources.rollouts import RolloutSource, split_evenly
 from rlft.types import Rollout
 
@@ -26,13 +29,16 @@ def teacher_logprobs(teachers, rollouts: list[Rollout]) -> None:
 
 
 def reverse_kl_per_token(rollouts: list[Rollout]) -> float:
-    """Mean over the scored tokens of log pi_student - log pi_teacher (sampling log-probs of the student)."""
-    total = tokens = 0.0
-    for r in rollouts:
-        teacher = r.info[TEACHER_LOGPROBS]
-        total += sum(s - t for s, t in zip(r.logprobs, teacher))
-        tokens += len(teacher)
-    return total / max(tokens, 1.0)
+    """Mean over the scored tokens of k_t = log pi_student - log pi_teacher (rlft.ops.distillation; the
+    student's sampling log-probs)."""
+    width = max([len(r.info[TEACHER_LOGPROBS]) for r in rollouts], default=0)
+    student, teacher, mask = (torch.zeros(len(rollouts), width, dtype=torch.float64) for _ in range(3))
+    for i, r in enumerate(rollouts):
+        n = min(len(r.info[TEACHER_LOGPROBS]), len(r.logprobs))
+        student[i, :n] = torch.tensor(r.logprobs[:n], dtype=torch.float64)
+        teacher[i, :n] = torch.tensor(r.info[TEACHER_LOGPROBS][:n], dtype=torch.float64)
+        mask[i, :n] = 1.0
+    return float(reverse_kl_tokens(student, teacher, mask).sum() / mask.sum().clamp(min=1.0))
 
 
 class TeacherRolloutSource(RolloutSource):
