@@ -72,11 +72,12 @@ def role_bundles(cfg, kinds, cluster_gpus: float) -> dict[str, list[dict[str, fl
     from rlft.runtime import collective_group_size, member_gpus, member_resources
 
     ranks = collective_group_size(cfg.runtime.mode, cfg.learner.count)
+    tp = cfg.generator.tensor_parallel_size  # one bundle per generator, holding every worker's devices
     sizes = {
         "learner": (ranks, cfg.learner.cpus_per_rank, member_gpus(cfg.learner.gpus_per_rank, cluster_gpus),
                     cfg.learner.resources),
-        "generator": (cfg.generator.count, cfg.generator.cpus_per_actor,
-                      member_gpus(cfg.generator.gpus_per_actor, cluster_gpus), cfg.generator.resources),
+        "generator": (cfg.generator.count, cfg.generator.cpus_per_actor * tp,
+                      member_gpus(cfg.generator.gpus_per_actor, cluster_gpus) * tp, cfg.generator.resources),
         "reward": (cfg.reward.count, cfg.reward.cpus_per_actor, 0.0, cfg.reward.resources),
         "environment": (cfg.environment.count, cfg.environment.cpus_per_actor, 0.0, cfg.environment.resources),
         "teacher": (cfg.teacher.count, cfg.teacher.cpus_per_actor,

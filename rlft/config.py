@@ -130,6 +130,10 @@ class GeneratorConfig(Section):
         256, description="KV cache size in MiB (recommended on CPU); None: use gpu_memory_utilization."
     )
     gpu_memory_utilization: float = Field(0.5, gt=0, le=1, description="Fraction of device memory for vLLM.")
+    tensor_parallel_size: int = Field(
+        1, ge=1, description="Devices one generator's engine spans (vLLM tensor parallelism: each worker holds a "
+        "shard of every layer; weight syncs reach every worker). Each generator reserves this many times "
+        "cpus_per_actor and gpus_per_actor; on CPU each worker gets its own cores.")
     enforce_eager: bool = Field(True, description="Skip CUDA graphs / torch.compile (faster start).")
     max_model_len: int | None = Field(None, description="Context length (None: the model's).")
     bind_cpus: bool = Field(True, description="On CPU, give each engine its own share of the cores (one engine: all of them).")
@@ -137,9 +141,16 @@ class GeneratorConfig(Section):
         "auto", description="Where vLLM's engine core and its worker run. separate: processes of their own (vLLM's "
         "default); in_actor: inside the generator actor's process (no processes spawned, vLLM imported once, a sync "
         "payload not copied between processes: on CPU an engine starts several times faster and takes ~1 GB less). "
-        "auto: in_actor for CPU engines in local and cluster modes; separate on GPU and in inline mode (where the "
-        "engine would share the driver's threads with the learner)."
+        "auto: in_actor for CPU engines in local and cluster modes; separate on GPU, in inline mode (where the "
+        "engine would share the driver's threads with the learner) and for tensor-parallel engines."
     )
+
+    @model_validator(mode="after")
+    def _workers_have_processes(self) -> "GeneratorConfig":
+        if self.tensor_parallel_size > 1 and self.engine_processes == "in_actor":
+            raise ValueError(f"tensor_parallel_size={self.tensor_parallel_size} runs one worker process per shard: "
+                             "set engine_processes to auto or separate (in_actor runs a single worker)")
+        return self
 
 
 class RewardConfig(Section):

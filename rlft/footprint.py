@@ -234,22 +234,27 @@ def generator_processes(cfg, shape: ModelShape, weight_bytes: int, payload: tupl
         proc.add("sync payload", payload[0] + payload[1], "sync.weights")
         return [proc]
     actor = Process("actor")
-    if engine_in_actor(cfg.generator.engine_processes, cfg.runtime.mode, cpu=True):
+    tp = cfg.generator.tensor_parallel_size
+    if engine_in_actor(cfg.generator.engine_processes, cfg.runtime.mode, cpu=True, tensor_parallel_size=tp):
         actor.add("process", BASELINE_MIB["generator_with_engine"] * MIB, "-")   # vLLM's engine runs in it
         actor.add("sync payload", copies("engine_worker", payload), "sync.weights or sync.bucket_mb")
-        processes, engine = [actor], actor
+        processes, workers = [actor], [actor]
     else:
         actor.add("process", 0 if shared_process else BASELINE_MIB["generator"] * MIB, "-")
-        core, engine = Process("engine core"), Process("engine worker")
+        core = Process("engine core")
         core.add("process", BASELINE_MIB["engine_core"] * MIB, "-")
-        engine.add("process", BASELINE_MIB["engine_worker"] * MIB, "-")
         core.add("sync payload", copies("engine_core", payload), "sync.weights or sync.bucket_mb")
-        engine.add("sync payload", copies("engine_worker", payload), "sync.weights or sync.bucket_mb")
-        processes = [actor, core, engine]
-    engine.add("weights", shape.params * weight_bytes, "model.dtype")
-    engine.add("KV cache", (cfg.generator.kv_cache_mb or 0) * MIB, "generator.kv_cache_mb")
-    if cfg.sync.weights == "adapter" and payload_kind in ("partial", "sparse"):
-        engine.add("checkpoint copy", shape.params * weight_bytes, "sync.weights")  # rlft.sync.shadow
+        # one worker per tensor-parallel shard: each holds its shard and KV cache, and receives every payload whole
+        workers = [Process("engine worker" if tp == 1 else f"engine worker {w}") for w in range(tp)]
+        for worker in workers:
+            worker.add("process", BASELINE_MIB["engine_worker"] * MIB, "-")
+            worker.add("sync payload", copies("engine_worker", payload), "sync.weights or sync.bucket_mb")
+        processes = [actor, core, *workers]
+    for worker in workers:
+        worker.add("weights", shape.params * weight_bytes / tp, "model.dtype")
+        worker.add("KV cache", (cfg.generator.kv_cache_mb or 0) * MIB, "generator.kv_cache_mb")
+        if cfg.sync.weights == "adapter" and payload_kind in ("partial", "sparse"):
+            worker.add("checkpoint copy", shape.params * weight_bytes, "sync.weights")  # rlft.sync.shadow
     actor.add("sync payload", copies("generator", payload), "sync.weights or sync.bucket_mb")
     return processes
 

@@ -45,6 +45,8 @@ def test_role_bundles_carry_cpus_gpus_and_custom_resources(tmp_path):
     with pytest.raises(RuntimeError, match="GPU: 5 needed, 4 in the cluster"):
         check_fits(on_gpus, {"CPU": 64, "GPU": 4, "node_a": 2, "node_b": 3})
     check_fits(on_gpus, {"CPU": 64, "GPU": 5, "node_a": 2, "node_b": 3})
+    tp = rl_config(tmp_path, "tp", runtime={"mode": "cluster"}, generator={"count": 2, "tensor_parallel_size": 4})
+    assert role_bundles(tp, ("generator",), cluster_gpus=8)["generator"] == [{"CPU": 4.0, "GPU": 4.0}] * 2  # one per engine
 
 
 def test_cluster_mode_puts_runs_and_the_model_cache_on_shared_storage(tmp_path, monkeypatch):

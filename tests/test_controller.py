@@ -415,3 +415,7 @@ def test_cpu_engines_get_even_shares_of_the_cores():
     assert [engine_cpu_bind(i, 2, 8) for i in range(2)] == ["0-3", "4-7"]
     assert [engine_cpu_bind(i, 3, 8) for i in range(3)] == ["0-1", "2-3", "4-5"]  # 2 cores left for the rest
     assert [engine_cpu_bind(i, 3, 2) for i in range(3)] == ["0", "1", "0"]      # more engines than cores
+    # tensor-parallel engines split their share among their workers ('|' between workers)
+    assert engine_cpu_bind(0, 1, 2, tensor_parallel_size=2) == "0|1"
+    assert [engine_cpu_bind(i, 2, 8, tensor_parallel_size=2) for i in range(2)] == ["0-1|2-3", "4-5|6-7"]
+    assert engine_cpu_bind(1, 2, 2, tensor_parallel_size=2) == "1|1"  # one core for two workers: shared

@@ -86,6 +86,19 @@ def test_an_engine_in_the_generator_actor_is_one_process_holding_the_payload_onc
     assert list(parts(inline, "generator")[1]) == ["actor", "engine core", "engine worker"]
 
 
+def test_a_tensor_parallel_engine_has_a_worker_per_shard_each_with_its_share_of_the_weights(tmp_path):
+    """generator.tensor_parallel_size 2: two worker processes (auto puts them outside the actor), each with half
+    the weights, its own KV cache and the whole payload (every worker reloads from the full tensors)."""
+    found = estimate(small_run(tmp_path, generator={"engine_processes": "auto", "tensor_parallel_size": 2}),
+                     ALGORITHMS["gppo"], SMALL, "float32", "lora")
+    _, processes = parts(found, "generator")
+    assert list(processes) == ["actor", "engine core", "engine worker 0", "engine worker 1"]
+    one = estimate(small_run(tmp_path), ALGORITHMS["gppo"], SMALL, "float32", "lora")
+    single = parts(one, "generator")[1]["engine worker"]
+    for worker in ("engine worker 0", "engine worker 1"):
+        assert processes[worker] == {**single, "weights": WEIGHTS / 2}
+
+
 def test_sixteen_bits_full_fine_tuning_keeps_float32_master_weights_split_by_zero_1(tmp_path):
     cfg = small_run(tmp_path, peft={"method": "full"}, learner={"zero_stage": 1})
     _, processes = parts(estimate(cfg, ALGORITHMS["gppo"], SMALL, "torch.bfloat16", None), "learner")

@@ -240,20 +240,22 @@ def test_parity_check_defaults_by_dtype_and_statistic():
     assert parity_check(torch.float32, "mean", 2e-3) == ("mean", 2e-3)
 
 
-@pytest.mark.parametrize("method", ["lora", "full"])
-def test_merged_weight_sync_reloads_the_whole_policy_into_vllm(tmp_path, method, monkeypatch):
+@pytest.mark.parametrize("method, tensor_parallel", [("lora", 1), ("full", 2)])
+def test_merged_weight_sync_reloads_the_whole_policy_into_vllm(tmp_path, method, tensor_parallel, monkeypatch):
     """sync.weights=merged: generators run no LoRA; after every update they reload every weight in
     place (adapter merged in; full fine-tuning ships its weights) and the probe agrees to float32
     precision. A generator that reports the fingerprint without reloading fails the probe. Full
-    fine-tuning ships in 1 MiB buckets: the 1.8 MB model in two, reloaded one after the other."""
+    fine-tuning ships in 1 MiB buckets: the 1.8 MB model in two, reloaded one after the other, into an
+    engine of 2 tensor-parallel workers (one core each), each of which takes its shard of every weight."""
     buckets = {"lora": 128, "full": 1}[method]
     cfg = rl_config(tmp_path, method, sync={"weights": "merged", "bucket_mb": buckets}, peft={"method": method},
-                    train={"lr": 1e-2})
+                    train={"lr": 1e-2}, generator={"tensor_parallel_size": tensor_parallel})
     ctl = Controller(cfg, show_progress=False)
     ctl.setup()
     try:
         generator = ctl.roles["generator"].members[0]
         assert generator.lora_rank is None and generator._request() is None
+        assert generator.llm.llm_engine.vllm_config.parallel_config.tensor_parallel_size == tensor_parallel
         found = [ctl.iteration(it) for it in (1, 2)]
         for m in found:
             assert m["sync/parity_max_abs_diff"] < 1e-3
@@ -293,6 +295,12 @@ def test_cpu_engines_run_in_the_generator_process_except_beside_the_driver():
     kwargs = engine_kwargs(GeneratorConfig(), "m", "float32", None, 192, seed=0, cpu=True, in_actor=True)
     assert kwargs["distributed_executor_backend"] == "uni"
     assert "distributed_executor_backend" not in engine_kwargs(GeneratorConfig(), "m", "float32", None, 192, seed=0, cpu=True)
+    # tensor-parallel engines: one worker process per shard, whatever the mode
+    assert not engine_in_actor("auto", "local", cpu=True, tensor_parallel_size=2)
+    tp = engine_kwargs(GeneratorConfig(tensor_parallel_size=2), "m", "float32", None, 192, seed=0, cpu=True)
+    assert tp["tensor_parallel_size"] == 2 and tp["distributed_executor_backend"] == "mp"
+    with pytest.raises(ValueError, match="tensor_parallel_size=2 runs one worker process per shard"):
+        GeneratorConfig(tensor_parallel_size=2, engine_processes="in_actor")
 
 
 def test_seeded_sampling_of_more_prompt_tokens_than_one_engine_step_takes(tmp_path):

@@ -57,7 +57,7 @@ def learner_threads(learner, mode: str, *, synchronous: bool, cores: int, ranks:
 def required_cpus(cfg, spec) -> float:
     """CPUs the run's roles reserve in all (Ray is started with at least this many)."""
     sizes = {"learner": cfg.learner.count * cfg.learner.cpus_per_rank,
-             "generator": cfg.generator.count * cfg.generator.cpus_per_actor,
+             "generator": cfg.generator.count * cfg.generator.cpus_per_actor * cfg.generator.tensor_parallel_size,
              "reward": cfg.reward.count * cfg.reward.cpus_per_actor,
              "environment": cfg.environment.count * cfg.environment.cpus_per_actor,
              "teacher": cfg.teacher.count * cfg.teacher.cpus_per_actor}
@@ -211,7 +211,7 @@ def start_generators(starter: RoleStarter) -> runtime.RoleGroup:
     bind = device == "cpu" and gen.bind_cpus and run_modes.on_this_machine(cfg.runtime.mode)
     kwargs = [dict(cfg=cfg, index=i, model_path=str(starter.model_path), dtype=dtype, seed=cfg.run.seed + i,
                    lora_rank=starter.peft(cfg.peft).generator_lora_rank() if cfg.sync.weights == "adapter" else None,
-                   cpu_bind=engine_cpu_bind(i, gen.count, cores) if bind else None)
+                   cpu_bind=engine_cpu_bind(i, gen.count, cores, gen.tensor_parallel_size) if bind else None)
               for i in range(gen.count)]
     return starter.create("generator", kwargs)[0]
 

@@ -23,11 +23,12 @@ log = logging.getLogger(__name__)
 CPU_TOKEN_BUDGET = 4096
 
 
-def engine_in_actor(setting: str, mode: str, cpu: bool) -> bool:
-    """Whether vLLM's engine core and worker run inside the generator's own process (generator.engine_processes)."""
+def engine_in_actor(setting: str, mode: str, cpu: bool, tensor_parallel_size: int = 1) -> bool:
+    """Whether vLLM's engine core and worker run inside the generator's own process (generator.engine_processes);
+    an engine of several tensor-parallel workers runs them in processes of their own."""
     if setting != "auto":
         return setting == "in_actor"
-    return cpu and not run_modes.one_process(mode)
+    return cpu and not run_modes.one_process(mode) and tensor_parallel_size == 1
 
 
 def engine_kwargs(gen_cfg, model_path: str, dtype: str, lora_rank: int | None, max_model_len: int | None,
@@ -41,7 +42,7 @@ def engine_kwargs(gen_cfg, model_path: str, dtype: str, lora_rank: int | None, m
         cpu = current_platform.is_cpu()
     kwargs: dict[str, Any] = dict(
         model=model_path, dtype=dtype, enforce_eager=gen_cfg.enforce_eager, seed=seed,
-        max_model_len=max_model_len, worker_extension_cls=EXTENSION,
+        max_model_len=max_model_len, worker_extension_cls=EXTENSION, tensor_parallel_size=gen_cfg.tensor_parallel_size,
         # sampling log-probs of the distribution actually sampled (after temperature), which the learner scores
         logprobs_mode="processed_logprobs",
     )
@@ -53,6 +54,8 @@ def engine_kwargs(gen_cfg, model_path: str, dtype: str, lora_rank: int | None, m
         kwargs.update(enable_lora=True, max_lora_rank=lora_rank, max_loras=1, max_cpu_loras=2)
     if in_actor:
         kwargs["distributed_executor_backend"] = "uni"
+    elif gen_cfg.tensor_parallel_size > 1:
+        kwargs["distributed_executor_backend"] = "mp"  # worker processes of the engine's own, in any run mode
     if cpu:
         # A prefill cut in two makes vLLM rewind the request's seeded sampler, which CPU torch generators
         # cannot do ("CPU Generator does not use offset": the engine dies once a step's prompts exceed
@@ -63,15 +66,25 @@ def engine_kwargs(gen_cfg, model_path: str, dtype: str, lora_rank: int | None, m
     return kwargs
 
 
-def engine_cpu_bind(index: int, count: int, cores: int) -> str:
+def engine_cpu_bind(index: int, count: int, cores: int, tensor_parallel_size: int = 1) -> str:
     """Cores for CPU engine `index` of `count` (VLLM_CPU_OMP_THREADS_BIND syntax): an even share of the
     machine's cores each when there are at least as many cores as engines (one engine: all of them),
-    else one core each, round robin."""
+    else one core each, round robin. An engine of several tensor-parallel workers splits its share
+    among them, one '|'-separated list per worker (a worker with no core of its own shares one)."""
     share = cores // count
     if share <= 1:
-        return str(index % cores)
-    first = index * share
-    return f"{first}-{first + share - 1}"
+        own = [index % cores]
+    else:
+        own = list(range(index * share, (index + 1) * share))
+    if tensor_parallel_size == 1:
+        return core_list(own)
+    per_worker = max(1, len(own) // tensor_parallel_size)
+    return "|".join(core_list(own[(w * per_worker) % len(own):][:per_worker]) for w in range(tensor_parallel_size))
+
+
+def core_list(cores: list[int]) -> str:
+    """'a-b' for a run of consecutive cores, 'a' for one."""
+    return str(cores[0]) if len(cores) == 1 else f"{cores[0]}-{cores[-1]}"
 
 
 # vLLM accepts only these max_lora_rank values (vllm 0.32; docs/algorithms.md#peft-methods).
@@ -114,7 +127,8 @@ class GeneratorActor:
             os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         from vllm.platforms import current_platform
 
-        in_actor = engine_in_actor(self.cfg.engine_processes, self.mode, current_platform.is_cpu())
+        in_actor = engine_in_actor(self.cfg.engine_processes, self.mode, current_platform.is_cpu(),
+                                   self.cfg.tensor_parallel_size)
         # vLLM reads this when the engine is built: 0 keeps its engine core in this process
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if in_actor else "1"
         # vLLM's log level, and whether its lines go through the root logger: when its engine runs in this
