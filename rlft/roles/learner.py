@@ -338,7 +338,7 @@ class LearnerActor:
         if getattr(self, "sender", None) is not None:
             self.sender.close()  # a group with a replaced generator in it: formed again from scratch
         backend = detect_backend(self.cfg.learner.backend, self.device)
-        self.sender = WeightSender(backend, self.master[0], self.engine.device, timeout_s)
+        self.sender = WeightSender(backend, self.master[0], timeout_s)
         return {"addr": self.master[0], "port": self.sender.open(world_size), "backend": backend}
 
     def weight_group_ready(self) -> None:

@@ -13,7 +13,7 @@ shape (trainer = rank 0, workers receive named tensors in buckets and reload the
 torch process group that gloo serves on CPU.
 
 A bucket is whole decoder layers (rlft.sync.payload.bucket_names, `sync.bucket_mb`), laid out as
-(name, dtype, shape, offset) slots in one buffer. The payload handed to the generators is only that
+(name, dtype, shape, offset) slots of the one buffer each worker receives it into. The payload handed to the generators is only that
 layout (`DenseBroadcast`); the fingerprint is the dense payload's (a digest of the buckets'
 fingerprints), computed by the learner from the buffer it sends and by each worker from the buffer
 it received, so the protocol checks it exactly as it checks an object-store payload.
@@ -73,14 +73,9 @@ def views(buffer: torch.Tensor, slots: list[Slot]) -> dict[str, torch.Tensor]:
     return out
 
 
-def pack(tensors: dict[str, torch.Tensor], slots: list[Slot], size: int, device) -> torch.Tensor:
-    """One byte buffer holding a bucket's tensors at their slots; each tensor is dropped from `tensors`
-    once copied (merged copies are freed bucket by bucket)."""
-    buffer = torch.empty(size, dtype=torch.uint8, device=device)
-    for name, _, _, offset in slots:
-        flat = tensors.pop(name).detach().contiguous().reshape(-1).view(torch.uint8)
-        buffer[offset : offset + flat.numel()].copy_(flat)
-    return buffer
+def as_bytes(tensor: torch.Tensor) -> torch.Tensor:
+    """A contiguous tensor's memory as a flat uint8 tensor (the same storage: what goes on the wire)."""
+    return tensor.reshape(-1).view(torch.uint8)
 
 
 # ----------------------------------------------------------------- the group
@@ -139,48 +134,54 @@ def connect_store(addr: str, port: int, world_size: int, timeout_s: float):
     return dist.TCPStore(addr, port, world_size, False, datetime.timedelta(seconds=timeout_s))
 
 
-def broadcast_bucket(group, buffer: torch.Tensor):
-    """Start broadcasting one bucket from rank 0 (sending on rank 0, receiving elsewhere); the work to wait on."""
+def broadcast(group, tensor: torch.Tensor):
+    """Start broadcasting one tensor's bytes from rank 0 (sending on rank 0, receiving into it elsewhere);
+    the work to wait on."""
     import torch.distributed as dist
 
     options = dist.BroadcastOptions()
     options.rootRank = 0
-    return group.broadcast([buffer], options)
+    return group.broadcast([as_bytes(tensor)], options)
 
 
 # ----------------------------------------------------------------- both ends of a transfer
-def send_buckets(group, tensors: dict[str, torch.Tensor], bucket_layouts: list, device) -> list[str]:
-    """Learner rank 0: broadcast every bucket in order; each bucket's fingerprint, hashed while it travels."""
+# On the wire a bucket is its tensors, one broadcast each, in slot order: the learner sends the merged
+# tensors where they are (no copy into a bucket buffer: ~270 fewer copies per SmolLM2 sync, which on a
+# busy CPU each wait for a free core), each worker receives them straight into its bucket's buffer.
+def send_buckets(group, tensors: dict[str, torch.Tensor], bucket_layouts: list) -> list[str]:
+    """Learner rank 0: broadcast every bucket in order (`tensors` consumed, a bucket's merged copies freed
+    once sent); each bucket's fingerprint, hashed while it travels."""
     found, sending = [], None
-    for slots, size in bucket_layouts:
-        buffer = pack(tensors, slots, size, device)
-        work = broadcast_bucket(group, buffer)
-        found.append(fingerprint(views(buffer, slots)))
+    for slots, _ in bucket_layouts:
+        bucket = {name: tensors.pop(name).detach().contiguous() for name, *_ in slots}
+        works = [broadcast(group, bucket[name]) for name, *_ in slots]
+        found.append(fingerprint(bucket))
         if sending is not None:
-            sending.wait()
-        sending = work
-    if sending is not None:
-        sending.wait()
+            for work in sending:
+                work.wait()
+        sending = works
+    for work in sending or ():
+        work.wait()
     return found
 
 
 def receive_buckets(group, bucket_layouts: list, device, load: Callable[[dict[str, torch.Tensor]], None]) -> str:
-    """An engine worker: receive every bucket in order, the next one landing while this one is
-    fingerprinted and loaded; the fingerprint of everything received."""
+    """An engine worker: receive every bucket in order into a buffer of its own, the next one landing while
+    this one is fingerprinted and loaded; the fingerprint of everything received."""
     def start(index):
         slots, size = bucket_layouts[index]
-        buffer = torch.empty(size, dtype=torch.uint8, device=device)
-        return buffer, broadcast_bucket(group, buffer)
+        tensors = views(torch.empty(size, dtype=torch.uint8, device=device), slots)
+        return tensors, [broadcast(group, t) for t in tensors.values()]
 
     found, pending = [], start(0) if bucket_layouts else None
-    for index, (slots, _) in enumerate(bucket_layouts):
-        buffer, work = pending
-        work.wait()
+    for index in range(len(bucket_layouts)):
+        tensors, works = pending
+        for work in works:
+            work.wait()
         pending = start(index + 1) if index + 1 < len(bucket_layouts) else None
-        tensors = views(buffer, slots)
         found.append(fingerprint(tensors))
         load(tensors)
-        del tensors, buffer
+        del tensors
     return combine_fingerprints(found)
 
 
@@ -220,8 +221,8 @@ class WeightSender:
     """Learner rank 0's end of the weight group: opens it, and sends each export in a thread of its own,
     so that the export call returns the layouts at once and the generators start receiving."""
 
-    def __init__(self, backend: str, addr: str, device, timeout_s: float):
-        self.backend, self.addr, self.device, self.timeout_s = backend, addr, device, timeout_s
+    def __init__(self, backend: str, addr: str, timeout_s: float):
+        self.backend, self.addr, self.timeout_s = backend, addr, timeout_s
         self.group = None
         self._thread: threading.Thread | None = None
         self._result: dict = {}
@@ -237,7 +238,7 @@ class WeightSender:
         """Lay out `tensors` (consumed) in buckets and start sending them; the payload the generators get."""
         self.finish()  # the group is open, and no earlier send is still going
         bucket_layouts = layouts(tensors, bucket_bytes)
-        self._run(lambda: send_buckets(self.group, tensors, bucket_layouts, self.device))
+        self._run(lambda: send_buckets(self.group, tensors, bucket_layouts))
         return DenseBroadcast(version=version, tensors=b"", fingerprint="", buckets=tuple(bucket_layouts))
 
     def finish(self):
