@@ -202,7 +202,7 @@ class SyncConfig(Section):
         "merged (adapter payloads are small and keep the object store)."
     )
     group_timeout_s: float = Field(
-        600.0, gt=0, description="sync.transport: collective: seconds a member of the weight group waits for the others "
+        1800.0, gt=0, description="sync.transport: collective: seconds a member of the weight group waits for the others "
         "(forming the group, one bucket's broadcast) before it fails."
     )
     parity_every: int = Field(1, ge=0, description="Run the logprob parity probe every N syncs (0: never).")

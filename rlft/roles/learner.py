@@ -347,6 +347,9 @@ class LearnerActor:
     def broadcast_weights(self, version: int):
         """Rank 0: the merged weights broadcast over the weight group, in buckets; returns at once with their
         layout (what the generators receive into), the sending goes on until `last_export`."""
+        if getattr(self, "sender", None) is None:
+            raise RuntimeError("sync.transport=collective: learner rank 0 has no weight group yet (rlft.sync.transport."
+                               "connect forms it before the first publish)")
         bucket_mb = self.cfg.sync.bucket_mb
         with torch.no_grad():
             tensors = self.peft.effective_weights(self.engine.module)

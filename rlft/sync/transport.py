@@ -60,16 +60,12 @@ def layouts(tensors: dict[str, torch.Tensor], bucket_bytes: int | None) -> list[
     return [bucket_layout(tensors, names) for names in bucket_names(tensors, bucket_bytes)]
 
 
-def _nbytes(dtype: torch.dtype, shape) -> int:
-    return torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
-
-
 def views(buffer: torch.Tensor, slots: list[Slot]) -> dict[str, torch.Tensor]:
     """The tensors of a bucket as views into its byte buffer (no copy)."""
     out = {}
     for name, dtype_name, shape, offset in slots:
         dtype = getattr(torch, dtype_name)
-        out[name] = buffer[offset : offset + _nbytes(dtype, shape)].view(dtype).view(*shape)
+        out[name] = buffer[offset : offset + torch.Size(shape).numel() * dtype.itemsize].view(dtype).view(*shape)
     return out
 
 
