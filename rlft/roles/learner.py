@@ -144,6 +144,7 @@ class LearnerActor:
         self.spec = spec  # the AlgorithmSpec itself: algorithms registered in the driver reach Ray workers
         self.peft = PEFT_METHODS[cfg.peft.method](cfg.peft)
         self.engine = None
+        self.sender = None  # rank 0's end of the weight group (sync.transport: collective), once formed
 
     # ----------------------------------------------------------------- set-up
     def _init_distributed(self, backend: str) -> None:
@@ -323,7 +324,7 @@ class LearnerActor:
     def last_export(self) -> dict:
         """Rank 0: kind, version, fingerprint and size of the payload exported last (the controller checks
         the generators against it without fetching the payload's bytes)."""
-        if getattr(self, "sender", None) is not None and not self.exported["fingerprint"]:
+        if self.sender is not None and not self.exported["fingerprint"]:
             from rlft.sync.payload import combine_fingerprints
 
             self.exported["fingerprint"] = combine_fingerprints(self.sender.finish())  # once every bucket is sent
@@ -335,7 +336,7 @@ class LearnerActor:
         where it meets and its backend (the learners': gloo on CPU, NCCL on GPU)."""
         from rlft.sync.transport import WeightSender
 
-        if getattr(self, "sender", None) is not None:
+        if self.sender is not None:
             self.sender.close()  # a group with a replaced generator in it: formed again from scratch
         backend = detect_backend(self.cfg.learner.backend, self.device)
         self.sender = WeightSender(backend, self.master[0], timeout_s)
@@ -347,7 +348,7 @@ class LearnerActor:
     def broadcast_weights(self, version: int):
         """Rank 0: the merged weights broadcast over the weight group, in buckets; returns at once with their
         layout (what the generators receive into), the sending goes on until `last_export`."""
-        if getattr(self, "sender", None) is None:
+        if self.sender is None:
             raise RuntimeError("sync.transport=collective: learner rank 0 has no weight group yet (rlft.sync.transport."
                                "connect forms it before the first publish)")
         bucket_mb = self.cfg.sync.bucket_mb
