@@ -205,6 +205,17 @@ class SyncConfig(Section):
         "layers: the learner frees merged weights bucket by bucket and each vLLM process holds one bucket at a time "
         "(None: one bucket, the whole model)."
     )
+    transport: Literal["object_store", "collective"] = Field(
+        "object_store", description="How merged weights reach the generators. object_store: serialised, put in Ray's "
+        "object store (inline: handed over) and loaded by each generator. collective: learner rank 0 broadcasts them "
+        "in buckets straight into every engine worker over a process group of their own (gloo on CPU, NCCL on GPU, "
+        "as learner.backend; rlft.sync.transport): no serialisation, no object-store copies. Needs sync.weights: "
+        "merged (adapter payloads are small and keep the object store)."
+    )
+    group_timeout_s: float = Field(
+        1800.0, gt=0, description="sync.transport: collective: seconds a member of the weight group waits for the others "
+        "(forming the group, one bucket's broadcast) before it fails."
+    )
     parity_every: int = Field(1, ge=0, description="Run the logprob parity probe every N syncs (0: never).")
     parity_statistic: Literal["auto", "max", "mean"] = Field(
         "auto", description="What the probe compares: max or mean |learner - generator| log-prob over its tokens "
@@ -214,6 +225,27 @@ class SyncConfig(Section):
         None, gt=0, description="Largest allowed value of that statistic before the run stops (None: by statistic and "
         "dtype, rlft.sync.protocol.PARITY_TOLERANCE: max 1e-3 in float32, mean 0.1 in 16 bits)."
     )
+
+
+def _check_sync_transport(cfg: "RLFTConfig", source: str) -> None:
+    """sync.transport: collective against the layouts it cannot serve."""
+    if cfg.sync.transport != "collective":
+        return
+    if cfg.sync.weights != "merged":
+        raise ConfigError(
+            f"{source}: key 'sync.transport': collective broadcasts whole models and needs sync.weights=merged "
+            f"(got sync.weights={cfg.sync.weights}); adapter payloads (LoRA, LIFT's entries, HFT's tensors) travel "
+            "by the object store: set sync.transport=object_store or sync.weights=merged")
+    if cfg.runtime.mode == "inline" and cfg.generator.count > 1:
+        raise ConfigError(
+            f"{source}: key 'sync.transport': collective needs every generator receiving at once, and inline mode "
+            f"calls its {cfg.generator.count} generators one after another; set generator.count=1, "
+            "runtime.mode=local or sync.transport=object_store")
+    if cfg.runtime.mode == "inline" and cfg.generator.engine_processes == "in_actor":
+        raise ConfigError(
+            f"{source}: key 'sync.transport': collective in inline mode needs the engine in processes of its own (the "
+            "learner sends from this process while the engine receives); set generator.engine_processes=auto or "
+            "separate, or sync.transport=object_store")
 
 
 class TrainConfig(Section):
@@ -486,6 +518,7 @@ def config_from_dict(raw: dict, source: str = "<dict>") -> RLFTConfig:
     except ValidationError as err:
         raise ConfigError(_format_errors(err, RLFTConfig, source, ())) from None
     _check_model_name(cfg, source)
+    _check_sync_transport(cfg, source)
     return cfg
 
 

@@ -154,6 +154,20 @@ class GeneratorActor:
         self.weights = payload.emptied()  # its version and adapter name; a whole model's bytes are not kept
         return seen
 
+    # ----------------------------------------------------------------- the weight group (sync.transport: collective)
+    def engine_workers(self) -> int:
+        """How many workers this engine runs (each one a rank of the weight group)."""
+        return self.llm.llm_engine.vllm_config.parallel_config.world_size
+
+    def join_weight_group(self, addr: str, port: int, first_rank: int, world_size: int, backend: str,
+                          timeout_s: float) -> None:
+        """Have every engine worker start joining learner rank 0's weight group (rlft.sync.transport.connect)."""
+        self.llm.collective_rpc("rlft_join_weight_group", args=(addr, port, first_rank, world_size, backend, timeout_s))
+
+    def weight_group_ready(self) -> list[int]:
+        """Wait until the workers are in the group; their ranks."""
+        return self.llm.collective_rpc("rlft_weight_group_ready")
+
     def _request(self):
         return self.weights.request() if self.weights is not None else None
 

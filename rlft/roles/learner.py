@@ -156,6 +156,7 @@ class LearnerActor:
         self.spec = spec  # the AlgorithmSpec itself: algorithms registered in the driver reach Ray workers
         self.peft = PEFT_METHODS[cfg.peft.method](cfg.peft)
         self.engine = None
+        self.sender = None  # rank 0's end of the weight group (sync.transport: collective), once formed
 
     # ----------------------------------------------------------------- set-up
     def _init_distributed(self, backend: str) -> None:
@@ -322,7 +323,9 @@ class LearnerActor:
             return None
         if everything:
             self.peft.mark_all_changed(self.engine.module)
-        if self.cfg.sync.weights == "merged":
+        if self.cfg.sync.weights == "merged" and self.cfg.sync.transport == "collective":
+            payload = self.broadcast_weights(version)
+        elif self.cfg.sync.weights == "merged":
             bucket_mb = self.cfg.sync.bucket_mb
             payload = self.peft.export_merged(self.engine.module, version, bucket_mb << 20 if bucket_mb else None)
         else:
@@ -334,7 +337,37 @@ class LearnerActor:
     def last_export(self) -> dict:
         """Rank 0: kind, version, fingerprint and size of the payload exported last (the controller checks
         the generators against it without fetching the payload's bytes)."""
+        if self.sender is not None and not self.exported["fingerprint"]:
+            from rlft.sync.payload import combine_fingerprints
+
+            self.exported["fingerprint"] = combine_fingerprints(self.sender.finish())  # once every bucket is sent
         return self.exported
+
+    # ----------------------------------------------------------------- the weight group (sync.transport: collective)
+    def open_weight_group(self, world_size: int, timeout_s: float) -> dict[str, Any]:
+        """Rank 0: serve a process group of its own for the generators' engine workers to join (rlft.sync.transport);
+        where it meets and its backend (the learners': gloo on CPU, NCCL on GPU)."""
+        from rlft.sync.transport import WeightSender
+
+        if self.sender is not None:
+            self.sender.close()  # a group with a replaced generator in it: formed again from scratch
+        backend = detect_backend(self.cfg.learner.backend, self.device)
+        self.sender = WeightSender(backend, self.master[0], timeout_s)
+        return {"addr": self.master[0], "port": self.sender.open(world_size), "backend": backend}
+
+    def weight_group_ready(self) -> None:
+        self.sender.finish()
+
+    def broadcast_weights(self, version: int):
+        """Rank 0: the merged weights broadcast over the weight group, in buckets; returns at once with their
+        layout (what the generators receive into), the sending goes on until `last_export`."""
+        if self.sender is None:
+            raise RuntimeError("sync.transport=collective: learner rank 0 has no weight group yet (rlft.sync.transport."
+                               "connect forms it before the first publish)")
+        bucket_mb = self.cfg.sync.bucket_mb
+        with torch.no_grad():
+            tensors = self.peft.effective_weights(self.engine.module)
+        return self.sender.start(version, tensors, bucket_mb << 20 if bucket_mb else None)
 
     def save(self, out_dir: str) -> str | None:
         """Rank 0 writes the checkpoint (params are replicated up to ZeRO-2)."""

@@ -52,7 +52,7 @@ def fingerprint(tensors: dict[str, torch.Tensor]) -> str:
     for name in sorted(tensors):
         t = tensors[name].detach().contiguous().cpu()
         digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        digest.update(memoryview(t.reshape(-1).view(torch.uint8).numpy()))  # the bytes in place, not a copy
     return digest.hexdigest()[:32]
 
 

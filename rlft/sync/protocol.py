@@ -7,8 +7,11 @@
     by learner rank 0 and every generator; a statistic of |log-prob difference| over the probe tokens
     (max in float32, mean in 16 bits) > tolerance -> SyncError.
 
-The controller calls `publish()` after each update and nothing else; transports other than the
-object store (NCCL, vLLM's weight-transfer API) go behind `RoleGroup.submit_one` / `call`.
+The controller calls `publish()` after each update and nothing else. `sync.transport: collective`
+changes only how the weights travel (rlft.sync.transport): the export returns their bucket layout,
+learner rank 0 broadcasts them over a process group of its own with every engine worker, and
+`last_export` has the fingerprint once they are sent; the checks are the same. The group is formed
+before the first publish, and again by `resync` (a replaced generator is a new member).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ class WeightSync:
         self.probe = probe
         self.statistic, self.tolerance = parity_check(dtype, sync_cfg.parity_statistic, sync_cfg.parity_tolerance)
         self.version = 0
+        self.group: dict | None = None  # where the weight group met (sync.transport: collective), once formed
 
     def publish(self) -> dict[str, float]:
         """Export the next version, ship it to every generator, verify; probe parity when due."""
@@ -57,12 +61,18 @@ class WeightSync:
     def resync(self) -> dict[str, float]:
         """Ship the current version again, with every change since the base model, for generators
         that start from the base (a resumed run's, a restarted one); verified and probed."""
+        self.group = None  # a generator that starts from the base may be a new process: the group forms again
         if self.version == 0:
             return {}
         return self._ship(self.version, everything=True, probe=bool(self.cfg.parity_every))
 
     def _ship(self, version: int, everything: bool, probe: bool) -> dict[str, float]:
         t0 = time.time()
+        if self.cfg.transport == "collective" and self.group is None:
+            from rlft.sync.transport import connect
+
+            self.group = connect(self.learners, self.generators, self.cfg.group_timeout_s)
+            t0 = time.time()  # forming the group is set-up, not the sync
         # the generators start loading as soon as the export is done, the payload never passing the driver first
         exported = self.learners.submit_one(0, "export_weights", version, everything)
         loaded = self.generators.call("load_weights", exported)

@@ -1,4 +1,5 @@
-"""vLLM worker extension: apply weight payloads from bytes, no file system involved.
+"""vLLM worker extension: apply weight payloads from bytes, no file system involved, or receive them
+over the weight group (rlft.sync.transport, `sync.transport: collective`).
 
 vLLM 0.32's LoRARequest only names a folder, so the generator passes the safetensors bytes to
 every worker through `LLM.collective_rpc` (bytes survive its msgpack transport; dicts of tensors
@@ -73,6 +74,44 @@ class WeightSyncExtension:
 
             load_checkpoint_weight_patches(model, checkpoint_patches(updates, kind, self.model_runner.model_config.dtype))
         return received
+
+    # ----------------------------------------------------------------- the weight group (rlft.sync.transport)
+    def rlft_join_weight_group(self, addr: str, port: int, first_rank: int, world_size: int, backend: str,
+                               timeout_s: float) -> None:
+        """Start joining learner rank 0's weight group as rank `first_rank` + this worker's rank; returns at
+        once (the group forms once every rank joins: `rlft_weight_group_ready` waits for it)."""
+        import threading
+
+        from rlft.sync.transport import connect_store, open_group
+
+        rank = first_rank + getattr(self, "rank", 0)
+        self._rlft_group, self._rlft_group_error = None, None
+
+        def join():
+            try:
+                store = connect_store(addr, port, world_size, timeout_s)
+                self._rlft_group = open_group(backend, store, addr, rank, world_size, timeout_s)
+            except BaseException as err:  # raised by rlft_weight_group_ready, in the caller's thread
+                self._rlft_group_error = err
+
+        self._rlft_joining = threading.Thread(target=join, name="rlft-weight-group", daemon=True)
+        self._rlft_joining.start()
+
+    def rlft_weight_group_ready(self) -> int:
+        self._rlft_joining.join()
+        if self._rlft_group_error is not None:
+            raise self._rlft_group_error
+        return self._rlft_group.rank()
+
+    def rlft_receive_dense(self, wire: list) -> str:
+        """Receive a dense payload broadcast by learner rank 0 over the weight group, bucket by bucket into
+        the engine's weights; the fingerprint of what arrived."""
+        import torch
+
+        from rlft.sync.transport import decode_buckets, receive_buckets
+
+        device = getattr(self, "device", None) or torch.device("cpu")
+        return receive_buckets(self._rlft_group, decode_buckets(wire), device, self._rlft_reload)
 
     def _rlft_shadow(self):
         from rlft.sync.shadow import CheckpointShadow
