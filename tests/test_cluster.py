@@ -143,6 +143,7 @@ def _job_status(job_id: str, env: dict, timeout: float = 300) -> str:
         time.sleep(3)
 
 
+@pytest.mark.long
 def test_submit_sh_runs_a_recipe_as_a_ray_job(tmp_path):
     """A head with token authentication (its own token, given to every client through the environment), a
     tiny GPPO recipe submitted with launch/submit.sh and followed with `ray job status`, stopped with

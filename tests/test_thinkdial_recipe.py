@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import yaml
 
 from rlft.config import load_config
@@ -38,6 +39,7 @@ def _metrics(run: Path) -> list[dict]:
     return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.long
 def test_thinkdial_recipe_runs_its_three_phases_and_reports_by_mode(tmp_path):
     summary = train(load_config(_shortened(tmp_path)), show_progress=False)
     runs = tmp_path / "runs"
