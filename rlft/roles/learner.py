@@ -326,8 +326,7 @@ class LearnerActor:
         if self.cfg.sync.weights == "merged" and self.cfg.sync.transport == "collective":
             payload = self.broadcast_weights(version)
         elif self.cfg.sync.weights == "merged":
-            bucket_mb = self.cfg.sync.bucket_mb
-            payload = self.peft.export_merged(self.engine.module, version, bucket_mb << 20 if bucket_mb else None)
+            payload = self.peft.export_merged(self.engine.module, version, self._bucket_bytes())
         else:
             payload = self.peft.export(self.engine.module, version)
         self.exported = {"kind": payload.kind, "version": payload.version, "fingerprint": payload.fingerprint,
@@ -364,10 +363,13 @@ class LearnerActor:
         if self.sender is None:
             raise RuntimeError("sync.transport=collective: learner rank 0 has no weight group yet (rlft.sync.transport."
                                "connect forms it before the first publish)")
-        bucket_mb = self.cfg.sync.bucket_mb
         with torch.no_grad():
             tensors = self.peft.effective_weights(self.engine.module)
-        return self.sender.start(version, tensors, bucket_mb << 20 if bucket_mb else None)
+        return self.sender.start(version, tensors, self._bucket_bytes())
+
+    def _bucket_bytes(self) -> int | None:
+        """sync.bucket_mb in bytes (None: one bucket, the whole model)."""
+        return self.cfg.sync.bucket_mb << 20 if self.cfg.sync.bucket_mb else None
 
     def save(self, out_dir: str) -> str | None:
         """Rank 0 writes the checkpoint (params are replicated up to ZeRO-2)."""
