@@ -35,6 +35,8 @@ def _run(tmp_path, name, staleness, iterations=3):
     ctl.setup()
     try:
         ctl.source = RecordingSource(ctl.source, ctl)
+        if ctl.ahead is not None:  # the batches ahead come from the same source
+            ctl.ahead.source = ctl.source
         logged = []
         log = ctl.tracker.log
         ctl.tracker.log = lambda metrics, step: (logged.append((step, dict(metrics))), log(metrics, step))
