@@ -179,11 +179,20 @@ class GeneratorActor:
     def join_weight_group(self, addr: str, port: int, first_rank: int, world_size: int, backend: str,
                           timeout_s: float) -> None:
         """Have every engine worker start joining learner rank 0's weight group (rlft.sync.transport.connect)."""
-        self.llm.collective_rpc("rlft_join_weight_group", args=(addr, port, first_rank, world_size, backend, timeout_s))
+        self._between_steps(lambda: self.llm.collective_rpc(
+            "rlft_join_weight_group", args=(addr, port, first_rank, world_size, backend, timeout_s)))
 
     def weight_group_ready(self) -> list[int]:
         """Wait until the workers are in the group; their ranks."""
-        return self.llm.collective_rpc("rlft_weight_group_ready")
+        return self._between_steps(lambda: self.llm.collective_rpc("rlft_weight_group_ready"))
+
+    def _between_steps(self, call):
+        """A call into the engine while another thread may be stepping it (in-flight updates): between two
+        steps (the engine's client is not safe for two threads at once)."""
+        if self.stepped is None:
+            return call()
+        with self.stepped.lock:
+            return call()
 
     def _request(self):
         return self.weights.request() if self.weights is not None else None
