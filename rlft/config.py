@@ -186,9 +186,18 @@ class RolloutConfig(Section):
     mini_batches: int = Field(1, ge=1, description="Optimizer steps per pass over a rollout batch.")
     epochs: int = Field(1, ge=1, description="Passes over each rollout batch (>1 or mini_batches>1: off-policy steps).")
     max_staleness: int = Field(
-        0, ge=0, le=1, description="0: generate, then train (synchronous). 1: generate the next batch while the "
-        "learners train on this one (one step off-policy: a batch is sampled by the policy one version behind the "
-        "one it trains). Only for algorithms with generators."
+        0, ge=0, description="0: generate, then train (synchronous). k >= 1: generators sample up to k batches "
+        "ahead while the learners train (asynchronous): batch i is started once the policy is at version i - 1 - k, "
+        "so it trains at most k versions after the one that began sampling it; a batch found staler is dropped and "
+        "counted (rollout/dropped_batches). 1: the next batch is generated while this one trains. Only for "
+        "algorithms with generators."
+    )
+    in_flight_updates: bool = Field(
+        False, description="With max_staleness >= 1: a weight update reaches the generators while they sample "
+        "(vLLM's scheduler paused between two steps, requests in flight kept, then resumed), so a response can span "
+        "versions, each token keeping the version and log-prob that sampled it. false: an update waits for the batch "
+        "in generation to finish (every response one version; exact resume). Needs weights written into the "
+        "engine (sync.weights=merged, or an adapter that is not a vLLM LoRA)."
     )
 
 

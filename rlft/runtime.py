@@ -152,6 +152,10 @@ def _where_am_i(_actor: Any = None) -> dict[str, Any]:
             "gpu_ids": [str(g) for g in ray.get_gpu_ids()]}
 
 
+# The concurrency group of calls that run beside a member's other calls (RoleGroup.call_beside).
+BESIDE = "beside"
+
+
 class RoleGroup:
     """N instances of one role; methods are called on all of them concurrently."""
 
@@ -174,18 +178,22 @@ class RoleGroup:
         name: str | None = None,
         log_dir: Path | None = None,
         log_level: str = "quiet",
+        beside: bool = False,
     ) -> "RoleGroup":
         """Member i is role_cls(**kwargs_per_member[i]): an object (inline) or a Ray actor, which with a
         placement group runs in its bundle i (the group is removed with the members). With `log_dir`
         (remote modes), each actor writes its stdout and stderr to <log_dir>/<name>-<i>.log
-        (rlft.logs.route_member_output, at `log_level`), a replacement appending to the same file."""
+        (rlft.logs.route_member_output, at `log_level`), a replacement appending to the same file. With
+        `beside`, each actor gets a second thread for calls that run beside its others (`call_beside`)."""
         name = name or role_cls.__name__
         if run_modes.one_process(mode):
             return cls(name, [role_cls(**kwargs) for kwargs in kwargs_per_member], remote=False)
         import ray
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        actor_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or None)(role_cls)
+        # with `beside`, the default group keeps one thread (calls in order) and BESIDE has one more
+        actor_cls = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources or None,
+                               **({"concurrency_groups": {BESIDE: 1}} if beside else {}))(role_cls)
         incarnation = iter(range(1 << 30))
 
         def spawn(i: int):
@@ -284,6 +292,15 @@ class RoleGroup:
         if not self.remote:
             return [getattr(m, method)(*a, **kwargs) for m, a in zip(self.members, args_per_member)]
         return self._gather([getattr(m, method).remote(*a, **kwargs) for m, a in zip(self.members, args_per_member)], method)
+
+    def call_beside(self, method: str, *args: Any) -> list[Any]:
+        """`call`, while the members may be running a long call (a generator sampling): remote members run it
+        in their BESIDE concurrency group (the group must have been created with `beside=True`), inline
+        members in the caller's thread. The member's method must be safe beside its others."""
+        if not self.remote:
+            return [getattr(m, method)(*args) for m in self.members]
+        return self._gather([getattr(m, method).options(concurrency_group=BESIDE).remote(*args) for m in self.members],
+                            method)
 
     def call_one(self, index: int, method: str, *args: Any, **kwargs: Any) -> Any:
         member = self.members[index]

@@ -63,14 +63,17 @@ class Rollout:
     group: int                  # explicit group id: rollouts of the same prompt share it
     prompt_ids: list[int]
     completion_ids: list[int]
-    logprobs: list[float]       # sampling log-probs of completion_ids under `version`
+    logprobs: list[float]       # sampling log-probs of completion_ids (of each token under the version that sampled it)
     text: str
-    version: int                # policy version that produced it
+    version: int                # policy version that began it (the oldest of its tokens' versions)
     finish_reason: str | None = None
     segments: list[Segment] = field(default_factory=list)
     score: Score | None = None
     temperature: float = 1.0    # sampling temperature: `logprobs` are of pi(.)^(1/T), renormalised
     info: dict = field(default_factory=dict)  # what an environment reported (e.g. documents retrieved per turn)
+    # the version of each completion token, where a weight update arrived while it was sampled
+    # (rollout.in_flight_updates); empty: every token is `version`'s
+    token_versions: list[int] = field(default_factory=list)
 
     @property
     def reward(self) -> float:

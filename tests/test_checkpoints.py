@@ -3,6 +3,7 @@ the recipe check, metrics set aside, the codec of batches generated ahead, skipp
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -12,7 +13,7 @@ import torch
 import yaml
 
 from rlft.config import dump_config
-from rlft.control.checkpoints import (COMPLETE, RESUME_DIR, commit, complete_checkpoints, find_resume_point,
+from rlft.control.checkpoints import (BATCH_FILE, COMPLETE, RESUME_DIR, commit, complete_checkpoints, find_resume_point,
                                       partial_dir, prune, read_state, rollout_from_json, rollout_to_json, write_state)
 from rlft.control.resume import RunFinished, StopOnSignal, config_differences, resume_point
 from rlft.control.run_dirs import FINISHED
@@ -114,11 +115,17 @@ def test_metrics_after_the_checkpoint_are_set_aside(tmp_path):
 def test_rollouts_generated_ahead_round_trip(tmp_path):
     rollout = Rollout(Example("1+1=", "2", "2", {"mode": "low", "operands": [1, 1]}), 3, [1, 2], [5, 6, 7],
                       [-0.5, -0.25, -1.0], "2", 7, "stop", [Segment(0, 2, "step", "2\n"), Segment(2, 3, "turn")],
-                      Score(1.0, True, {"answer": 1.0}, [0.5, 0.5]), temperature=0.7)
-    write_state(tmp_path, {"step": 1}, ([rollout], {"reward/mean": 1.0}))
-    state, (items, metrics) = read_state(tmp_path)
-    assert state == {"step": 1} and metrics == {"reward/mean": 1.0}
-    assert items == [rollout] and rollout_from_json(rollout_to_json(rollout)) == rollout
+                      Score(1.0, True, {"answer": 1.0}, [0.5, 0.5]), temperature=0.7, token_versions=[6, 7, 7])
+    later = dataclasses.replace(rollout, version=8, token_versions=[])
+    write_state(tmp_path, {"step": 1}, [([rollout], {"reward/mean": 1.0}), ([later], {"reward/mean": 0.5})])
+    state, batches = read_state(tmp_path)
+    assert state == {"step": 1} and batches == [([rollout], {"reward/mean": 1.0}), ([later], {"reward/mean": 0.5})]
+    assert rollout_from_json(rollout_to_json(rollout)) == rollout
+    # a checkpoint from before several batches could be ahead: one batch at the top level of the file
+    (tmp_path / BATCH_FILE).write_text(json.dumps({"items": [rollout_to_json(later)], "metrics": {"m": 2.0}}))
+    assert read_state(tmp_path)[1] == [([later], {"m": 2.0})]
+    write_state(tmp_path / "none", {"step": 2}, [])
+    assert read_state(tmp_path / "none") == ({"step": 2}, [])
 
 
 def test_sampler_state_continues_the_same_order():

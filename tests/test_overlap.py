@@ -1,5 +1,6 @@
 """One-step-off-policy overlap (rollout.max_staleness = 1): the next batch is generated while the
-learners train, by the policy one version behind, and recorded as such; 0 is the synchronous loop."""
+learners train, by the policy one version behind, and recorded as such; 0 is the synchronous loop.
+More batches ahead and weight updates in flight: tests/test_async.py."""
 
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ def _run(tmp_path, name, staleness, iterations=3):
     ctl.setup()
     try:
         ctl.source = RecordingSource(ctl.source, ctl)
+        if ctl.ahead is not None:  # the batches ahead come from the same source
+            ctl.ahead.source = ctl.source
         logged = []
         log = ctl.tracker.log
         ctl.tracker.log = lambda metrics, step: (logged.append((step, dict(metrics))), log(metrics, step))
@@ -44,7 +47,10 @@ def _run(tmp_path, name, staleness, iterations=3):
         ctl.close()
 
 
-def test_overlapped_batches_are_sampled_one_version_behind_and_logged_so(tmp_path):
+def test_overlapped_batches_are_sampled_one_version_behind_and_the_synchronous_loop_by_the_newest(tmp_path):
+    """max_staleness 1: batch i + 1 in the background while batch i trains, before its publish.
+    max_staleness 0: every batch in the main thread by the newest policy. The first batch, sampled by
+    version 0 in both loops from the same seed, is the same batch, so step 1 is the same step."""
     calls, trained, version = _run(tmp_path, "overlap", staleness=1)
     assert version == 3
     # batch 1 is generated up front; batch i + 1 in the background while batch i trains, before its publish
@@ -54,21 +60,17 @@ def test_overlapped_batches_are_sampled_one_version_behind_and_logged_so(tmp_pat
     assert [c["sampled_by"] for c in calls] == [{0}, {0}, {1}]
     assert [m["rollout/staleness"] for m in trained] == [0.0, 1.0, 1.0]
     assert [m["sync/version"] for m in trained] == [1, 2, 3]
+    assert [m["rollout/batches_ahead"] for m in trained] == [1.0, 1.0, 0.0]
     assert all(m["sync/parity_max_abs_diff"] < 1e-3 for m in trained)
     assert all("perf/time_wait_generation" in m for m in trained)
 
-
-def test_synchronous_loop_generates_with_the_latest_version_and_first_batches_match(tmp_path):
-    """max_staleness 0: every batch in the main thread by the newest policy. The first batch, sampled by
-    version 0 in both loops from the same seed, is the same batch, so step 1 is the same step."""
-    calls, trained, _ = _run(tmp_path, "sync", staleness=0)
-    assert [c["main_thread"] for c in calls] == [True] * 3
-    assert [c["sampled_by"] for c in calls] == [{0}, {1}, {2}]
-    assert [m["rollout/staleness"] for m in trained] == [0.0] * 3
-    assert not any("perf/time_wait_generation" in m for m in trained)
-    _, overlapped, _ = _run(tmp_path, "overlap", staleness=1, iterations=1)
+    sync_calls, sync_trained, _ = _run(tmp_path, "sync", staleness=0, iterations=2)
+    assert [c["main_thread"] for c in sync_calls] == [True] * 2
+    assert [c["sampled_by"] for c in sync_calls] == [{0}, {1}]
+    assert [m["rollout/staleness"] for m in sync_trained] == [0.0] * 2
+    assert not any("perf/time_wait_generation" in m for m in sync_trained)
     for key in ("reward/mean", "rollout/response_length", "train/loss", "train/grad_norm"):
-        assert overlapped[0][key] == pytest.approx(trained[0][key], abs=1e-6), key
+        assert trained[0][key] == pytest.approx(sync_trained[0][key], abs=1e-6), key
 
 
 def test_overlap_needs_generation(tmp_path):

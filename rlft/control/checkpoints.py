@@ -4,7 +4,7 @@
         resume/                     what exact resume needs: state.json (the controller's step,
                                     policy version, data order, eval base, wandb run id), the
                                     learner ranks' state (rlft.roles.learner_state) and, with
-                                    rollout.max_staleness = 1, the batch generated ahead
+                                    rollout.max_staleness >= 1, the batches generated ahead
         COMPLETE                    written last: a folder without it is not a checkpoint
 
 A checkpoint is written under `checkpoints/.partial-<tag>/` and renamed into place when complete,
@@ -88,21 +88,24 @@ def prune(run_dir: Path, keep_last: int | None) -> list[Path]:
 
 
 # ----------------------------------------------------------------- the controller's state
-def write_state(folder: Path, state: dict[str, Any], next_batch: tuple[list, dict] | None) -> None:
+def write_state(folder: Path, state: dict[str, Any], batches_ahead: list[tuple[list, dict]]) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     (folder / STATE_FILE).write_text(json.dumps(state, indent=1))
-    if next_batch is not None:
-        items, metrics = next_batch
-        (folder / BATCH_FILE).write_text(json.dumps({"items": [rollout_to_json(r) for r in items], "metrics": metrics}))
+    if batches_ahead:
+        (folder / BATCH_FILE).write_text(json.dumps({"batches": [
+            {"items": [rollout_to_json(r) for r in items], "metrics": metrics} for items, metrics in batches_ahead]}))
 
 
-def read_state(folder: Path) -> tuple[dict[str, Any], tuple[list, dict] | None]:
+def read_state(folder: Path) -> tuple[dict[str, Any], list[tuple[list, dict]]]:
+    """The controller's state and the batches generated ahead, oldest first (a checkpoint written before
+    rollout.max_staleness could exceed 1 holds one batch, at the top level of the file)."""
     state = json.loads((folder / STATE_FILE).read_text())
     batch_path = folder / BATCH_FILE
     if not batch_path.is_file():
-        return state, None
+        return state, []
     raw = json.loads(batch_path.read_text())
-    return state, ([rollout_from_json(r) for r in raw["items"]], raw["metrics"])
+    return state, [([rollout_from_json(r) for r in batch["items"]], batch["metrics"])
+                   for batch in raw.get("batches", [raw])]
 
 
 def rollout_to_json(rollout: Rollout) -> dict:

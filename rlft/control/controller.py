@@ -20,11 +20,12 @@ with `resume`, setup loads it into the freshly started roles, re-sends the polic
 generators (verified like any sync) and the loop continues at the next iteration. SIGTERM ends the
 current iteration, writes a step checkpoint and stops (rlft.control.resume).
 
-With rollout.max_staleness = 1, source.next_batch(i + 1) runs in a background thread while the
-learners train on batch i, under the policy version before batch i's update (one step
-off-policy; each rollout keeps the version and sampling log-probs that produced it). Every other
-use of the generators (publish, parity probe, evaluation) first waits for that batch, so a weight
-load never interleaves with sampling.
+With rollout.max_staleness = k >= 1, batches i + 1 .. i + k are generated in a background thread
+while the learners train on batch i (rlft.control.ahead: batch j is trained at most k versions after
+the policy that began it; each rollout keeps the version and sampling log-probs that produced it). A
+weight update waits for the batch in generation, or with rollout.in_flight_updates goes to the
+generators while they sample (paused between two engine steps). Evaluation and checkpoints first
+wait for every batch ahead.
 
 Roles come from the registry that `runtime.roles` names (rlft.roles.ROLES), so a test can run
 this loop with fake roles. The controller holds no model weights (only a tokenizer).
@@ -46,7 +47,7 @@ import math
 import os
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +56,7 @@ from rlft.algorithms import ALGORITHMS
 from rlft.algorithms.base import RowContext, StepCounts, combine_metric_sums
 from rlft.cluster import resolve_storage
 from rlft.config import RLFTConfig, dump_config
+from rlft.control.ahead import BatchesAhead
 from rlft.control.recovery import Recovery, explain_fault
 from rlft.control.resume import (ResumePoint, RunFinished, RunStopped, StopOnSignal, restore_roles, resume_point,
                                  save_checkpoint)
@@ -101,8 +103,7 @@ class Controller:
         self._owns_ray = False  # whether setup connected to Ray (then close disconnects)
         self.optimizer_steps_taken = 0  # StepCounts.step of the next learner step
         self.samples_seen = 0  # training rows built so far
-        self._prefetcher: ThreadPoolExecutor | None = None
-        self._next_batch: Future | None = None  # the source batch being generated while the learners train
+        self.ahead: BatchesAhead | None = None  # batches generated while the learners train (max_staleness >= 1)
         self.start_eval: dict[str, float] | None = None  # the first eval: the base of per-mode comparisons
         self.initial: dict[str, float] = {}  # what was logged at step 0
         self.resumed: ResumePoint | None = None
@@ -111,7 +112,6 @@ class Controller:
         self.stop = StopOnSignal()
         self.starter: RoleStarter | None = None  # set-up's: starts the roles, knows the learners' device
         self.recovery: Recovery | None = None  # set-up's, once the roles and the weight sync exist
-        self._next_batch_state: dict | None = None  # the source's state before the batch generated ahead
         self.samples: SampleLog | None = None  # rollouts a person can read (rlft.samples)
 
     @property
@@ -176,8 +176,12 @@ class Controller:
         self.starter.record_placement(self.roles)
         if "generator" in self.roles:
             self.sync = WeightSync(self.learners, self.roles["generator"], cfg.sync, self.family.probe(self),
-                                   self.starter.dtype())
+                                   self.starter.dtype(), beside_sampling=cfg.rollout.in_flight_updates)
         self.recovery = Recovery(cfg, self.roles, self.sync)
+        if cfg.rollout.max_staleness:
+            self.ahead = BatchesAhead(self.source, cfg.rollout.max_staleness,
+                                      last_iteration=cfg.train.steps // self.spec.optimizer_steps(cfg),
+                                      in_flight=cfg.rollout.in_flight_updates)
         self.row_ctx = RowContext(self.tokenizer, self.chat, cfg.train.max_length, cfg.algorithm)
         if self.resumed is not None:
             self.restore(self.resumed)
@@ -282,39 +286,26 @@ class Controller:
                             f"{companion.kind}/grad_norm": sums["grad_norm"], f"{companion.kind}/lr": sums["lr"]})
         return metrics
 
-    def next_batch(self, iteration: int, prefetch: bool) -> tuple[list, dict[str, float]]:
-        """Source batch `iteration` (generated during the previous iteration when it was prefetched);
-        with `prefetch`, start generating batch iteration + 1 in the background."""
-        if self._next_batch is not None:
-            try:
-                items, metrics = self._next_batch.result()
-            except Exception as err:  # generated again (now, by the current policy) once the dead actors are replaced
-                if not is_actor_death(err):
-                    raise
-                self.source.load_state(self._next_batch_state)
-                items, metrics = self.recovery.recovering(self.source.next_batch, iteration, self.policy_version,
-                                                          after=err, source=self.source)
-        else:
-            items, metrics = self.recovery.recovering(self.source.next_batch, iteration, self.policy_version,
-                                                      source=self.source)
-        self._next_batch = None
-        if prefetch:
-            if self._prefetcher is None:
-                self._prefetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rlft-prefetch")
-            # trained after this iteration's publish, so at version + 1: that is what staleness counts from
-            self._next_batch_state = self.source.state()
-            self._next_batch = self._prefetcher.submit(self.source.next_batch, iteration + 1, self.policy_version + 1)
-        return items, metrics
+    def next_batch(self, iteration: int) -> tuple[list, dict[str, float]]:
+        """Source batch `iteration`: generated now, or ahead (rollout.max_staleness >= 1; then the batches
+        after it are handed to the background thread)."""
+        def now(it: int, after: BaseException | None = None):
+            return self.recovery.recovering(self.source.next_batch, it, self.policy_version, after=after,
+                                            source=self.source)
+
+        if self.ahead is None:
+            return now(iteration)
+        return self.ahead.take(iteration, self.policy_version, now)
 
     def settle(self) -> None:
-        """Wait for the batch in generation (if any), so the generators are free for the caller."""
-        if self._next_batch is not None:
-            wait([self._next_batch])
+        """Wait for the batches in generation (if any), so the generators are free for the caller."""
+        if self.ahead is not None:
+            self.ahead.settle()
 
     def iteration(self, iteration: int, last: bool = False) -> dict[str, float]:
         """One source batch -> rows -> optimizer steps -> publish; returns the logged metrics."""
         t0 = time.time()
-        items, metrics = self.next_batch(iteration, prefetch=bool(self.cfg.rollout.max_staleness) and not last)
+        items, metrics = self.next_batch(iteration)
         t_batch = time.time()
         step = self.log_step(iteration, last)
         if step is not None:  # beside the step's metrics, some of the scored rollouts behind them
@@ -337,16 +328,18 @@ class Controller:
                             "train/lr": sums["lr"], **self.spec.log_metrics(sums, steps),
                             **{k: v for k, v in sums.items() if k.startswith("peft/")}})  # the PEFT method's own
         t_wait = time.time()
-        self.settle()
-        t3 = time.time()
-        if self.sync is not None:
-            metrics.update(self.recovery.recovering(self.sync.publish))
-            metrics["perf/time_sync"] = metrics["sync/seconds"]
+        with self.ahead.update_turn() if self.ahead is not None else nullcontext():  # the generators free for it
+            t3 = time.time()
+            if self.sync is not None:
+                metrics.update(self.recovery.recovering(self.sync.publish))
+                metrics["perf/time_sync"] = metrics["sync/seconds"]
         if self.recovery.restarts:
             metrics["faults/restarts"] = float(self.recovery.restarts)
         elapsed = time.time() - t0
-        if self.cfg.rollout.max_staleness:  # the learners' idle time: waiting for a batch, for generation to end
+        if self.ahead is not None:  # the learners' idle time: waiting for a batch, for generation to end
             metrics["perf/time_wait_generation"] = (t_batch - t0) + (t3 - t_wait)
+            metrics.update({"rollout/dropped_batches": float(self.ahead.dropped),
+                            "rollout/batches_ahead": float(len(self.ahead.pending))})
         metrics.update({"perf/time_train": t2 - t1,
                         "perf/train_tokens_per_s": sums.get("step_tokens", 0.0) / max(t2 - t1, 1e-9),
                         "perf/step_seconds": elapsed, "perf/samples_per_s": len(rows) / elapsed})
@@ -399,8 +392,8 @@ class Controller:
         """The policy as users load it (checkpoints/<tag>); with `iteration`, also everything exact
         resume needs (rlft.control.resume.save_checkpoint)."""
         def state_and_batch():  # asked for once the learner ranks wrote their state
-            return (self.resume_state(iteration),
-                    self._next_batch.result() if self._next_batch is not None else None)
+            ahead = self.ahead.finished() if self.ahead is not None else []  # before the source's state is read
+            return self.resume_state(iteration), ahead
 
         return save_checkpoint(self.run_dir, self.learners, tag, self.cfg.train.keep_checkpoints,
                                state_and_batch if iteration is not None else None, self.companion_groups())
@@ -418,14 +411,16 @@ class Controller:
 
     def restore(self, point: ResumePoint) -> None:
         """Continue from a step checkpoint: the freshly started roles get its state (the generators its
-        policy), the loop its counters and the batch generated ahead, if any."""
+        policy), the loop its counters and the batches generated ahead, if any."""
         restore_roles(point, self.learners, self.source, self.sync, self.companion_groups())
         state = point.state
         self.optimizer_steps_taken, self.samples_seen = state["step"], state["samples_seen"]
         self.start_eval, self.initial, self.skipped_steps = state["start_eval"], state["initial"], state["skipped_steps"]
-        if point.next_batch is not None:  # generated ahead before the stop: trained on next, as it would have been
-            self._next_batch = Future()
-            self._next_batch.set_result(point.next_batch)
+        if point.batches_ahead:  # generated ahead before the stop: trained on next, as they would have been
+            if self.ahead is None:
+                raise ValueError(f"{point.checkpoint} holds {len(point.batches_ahead)} batches generated ahead, and "
+                                 "this run has rollout.max_staleness=0; resume with the stopped run's max_staleness")
+            self.ahead.restore(state["iteration"] + 1, point.batches_ahead)
 
     # ----------------------------------------------------------------- the loop
     def run(self) -> dict[str, Any]:
@@ -502,9 +497,8 @@ class Controller:
         return summary
 
     def close(self) -> None:
-        if self._prefetcher is not None:  # a batch still in generation ends before its roles do
-            self._prefetcher.shutdown(wait=True, cancel_futures=True)
-            self._prefetcher, self._next_batch = None, None
+        if self.ahead is not None:  # a batch still in generation ends before its roles do
+            self.ahead.close()
         for kind in reversed(list(self.roles)):
             group = self.roles.pop(kind)
             try:

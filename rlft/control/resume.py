@@ -54,7 +54,7 @@ class ResumePoint:
     run_dir: Path
     checkpoint: Path
     state: dict[str, Any]           # the controller's state (rlft.control.checkpoints.write_state)
-    next_batch: tuple[list, dict] | None
+    batches_ahead: list[tuple[list, dict]]  # generated before the stop (rollout.max_staleness >= 1), oldest first
 
     @property
     def learner_state(self) -> Path:
@@ -105,10 +105,10 @@ def resume_point(cfg) -> ResumePoint | None:
             raise ResumeError(f"cannot resume {run_dir} with another recipe: {', '.join(differ[:8])}"
                               f"{' ...' if len(differ) > 8 else ''} differ from its config.yaml (only "
                               f"{', '.join(MAY_DIFFER)} may change)")
-    state, next_batch = read_state(checkpoint / RESUME_DIR)
+    state, batches_ahead = read_state(checkpoint / RESUME_DIR)
     log.info("resuming %s from %s (step %d, policy version %d)", run_dir, checkpoint.name, state["step"],
              state["policy_version"])
-    return ResumePoint(run_dir, checkpoint, state, next_batch)
+    return ResumePoint(run_dir, checkpoint, state, batches_ahead)
 
 
 class StopOnSignal:
@@ -146,11 +146,11 @@ class StopOnSignal:
 
 # ----------------------------------------------------------------- writing and loading step checkpoints
 def save_checkpoint(run_dir: Path, learners, tag: str, keep_last: int | None,
-                    resume_state: Callable[[], tuple[dict[str, Any], tuple[list, dict] | None]] | None = None,
+                    resume_state: Callable[[], tuple[dict[str, Any], list[tuple[list, dict]]]] | None = None,
                     companions: dict[str, Any] | None = None) -> Path:
     """The policy as users load it, in checkpoints/<tag>; with `resume_state`, also everything exact
     resume needs: each learner rank's state, then what `resume_state()` returns (the controller's
-    state, and the batch generated ahead or None), asked for once the ranks wrote theirs. Written
+    state, and the batches generated ahead), asked for once the ranks wrote theirs. Written
     aside and renamed into place when complete; step checkpoints beyond `keep_last` pruned.
     `companions` (kind -> learner group, AlgorithmSpec.companions: a critic): each saves its model in
     <tag>/<kind>/ and, with `resume_state`, its ranks' state in <tag>/resume/<kind>/."""

@@ -120,7 +120,8 @@ class RoleStarter:
         runtime.check_fits(self.bundles, ray.cluster_resources())
         log.info("role resources per member: %s", {kind: b[0] for kind, b in self.bundles.items()})
 
-    def create(self, kind: str, kwargs_per_member: list[dict], placement=None) -> tuple[runtime.RoleGroup, list]:
+    def create(self, kind: str, kwargs_per_member: list[dict], placement=None,
+               beside: bool = False) -> tuple[runtime.RoleGroup, list]:
         """The group of `kind` (its class from runtime.roles), set up: (group, each member's setup report)."""
         role_cls = ROLES[kind][getattr(self.cfg.runtime.roles, kind)]
         bundle = self.bundles[kind][0] if run_modes.uses_ray(self.cfg.runtime.mode) else {"CPU": 1.0}
@@ -129,7 +130,7 @@ class RoleStarter:
         group = runtime.RoleGroup.create(role_cls, self.cfg.runtime.mode, kwargs_per_member, num_cpus=bundle["CPU"],
                                          num_gpus=bundle.get("GPU", 0.0), resources=extra, placement=placement, name=kind,
                                          log_dir=self.run_dir / LOGS_FOLDER if plan(log_level).to_files else None,
-                                         log_level=log_level)
+                                         log_level=log_level, beside=beside)
         group.timeout_s = self.cfg.runtime.call_timeout_s
         try:
             arm_stack_dumps(group, self.run_dir / "stacks")
@@ -213,7 +214,8 @@ def start_generators(starter: RoleStarter) -> runtime.RoleGroup:
                    lora_rank=starter.peft(cfg.peft).generator_lora_rank() if cfg.sync.weights == "adapter" else None,
                    cpu_bind=engine_cpu_bind(i, gen.count, cores, gen.tensor_parallel_size) if bind else None)
               for i in range(gen.count)]
-    return starter.create("generator", kwargs)[0]
+    # in-flight updates: a weight load runs beside sampling (RoleGroup.call_beside)
+    return starter.create("generator", kwargs, beside=cfg.rollout.in_flight_updates)[0]
 
 
 def start_rewards(starter: RoleStarter) -> runtime.RoleGroup:

@@ -34,6 +34,8 @@ def check_config(cfg, spec, peft_cls) -> None:
     if cfg.rollout.max_staleness and "generator" not in spec.roles:
         raise ValueError(f"rollout.max_staleness={cfg.rollout.max_staleness}: algorithm {spec.name!r} generates "
                          "nothing, so there is no generation to overlap with training; set it to 0")
+    if cfg.rollout.in_flight_updates:
+        check_in_flight_updates(cfg, spec, peft_cls)
     peft_cls.validate(cfg)
     if spec.model_head not in peft_cls.heads:
         offer = ", ".join(name for name in PEFT_METHODS if spec.model_head in PEFT_METHODS[name].heads)
@@ -48,6 +50,22 @@ def check_config(cfg, spec, peft_cls) -> None:
         except UnknownName as err:
             raise RunError(f"runtime.roles.{kind}: {err}") from None
     spec.validate(cfg)
+
+
+def check_in_flight_updates(cfg, spec, peft_cls) -> None:
+    """rollout.in_flight_updates needs batches generated ahead, an engine that pauses between its steps, and
+    weights written into it (a vLLM LoRA binds each request to the adapter it started with)."""
+    if not cfg.rollout.max_staleness:
+        raise ValueError("rollout.in_flight_updates=true updates generators while they sample batches ahead, and "
+                         "rollout.max_staleness=0 samples none ahead; set rollout.max_staleness >= 1")
+    generator = ROLES["generator"].get(cfg.runtime.roles.generator)
+    if not getattr(generator, "pauses_for_updates", False):
+        raise ValueError(f"rollout.in_flight_updates=true: the generator role {cfg.runtime.roles.generator!r} "
+                         f"(algorithm {spec.name!r}) cannot load weights while it samples; set it to false")
+    if cfg.sync.weights == "adapter" and peft_cls.payload_kind == "lora":
+        raise ValueError(f"rollout.in_flight_updates=true: peft.method={cfg.peft.method} with sync.weights=adapter "
+                         "runs the policy as a vLLM LoRA, and a request keeps the adapter it started with; set "
+                         "sync.weights=merged (or rollout.in_flight_updates=false)")
 
 
 def _methods(attribute: str) -> str:

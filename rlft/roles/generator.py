@@ -14,6 +14,7 @@ from typing import Any
 
 from rlft import run_modes
 from rlft.logs import library_env
+from rlft.roles.engine_steps import SteppedEngine
 from rlft.sync.payload import EXTENSION
 
 log = logging.getLogger(__name__)
@@ -99,7 +100,14 @@ def vllm_lora_rank(rank: int | None) -> int | None:
 
 
 class GeneratorActor:
-    """Owns one vLLM engine. Construct cheaply; `setup` starts the engine."""
+    """Owns one vLLM engine. Construct cheaply; `setup` starts the engine.
+
+    With rollout.in_flight_updates the engine is driven step by step (rlft.roles.engine_steps): a weight
+    load arrives beside a running `generate` (the remote modes run it in the actor's `beside` concurrency
+    group) and lands between two engine steps, and each sampled token carries the version that sampled it."""
+
+    # the engine can take new weights while it samples (rlft.control.validation asks the generator role)
+    pauses_for_updates = True
 
     def __init__(self, cfg, index: int, model_path: str, dtype: str, lora_rank: int | None, seed: int,
                  cpu_bind: str | None = None):
@@ -115,6 +123,8 @@ class GeneratorActor:
         self.seed = seed
         self.weights = None   # the payload applied last (None: base weights, version 0)
         self.llm = None
+        self.in_flight = cfg.rollout.in_flight_updates
+        self.stepped: SteppedEngine | None = None
 
     @property
     def version(self) -> int:
@@ -139,8 +149,10 @@ class GeneratorActor:
 
         self.llm = LLM(**engine_kwargs(self.cfg, self.model_path, self.dtype, self.lora_rank, self.max_model_len,
                                        self.seed, in_actor=in_actor))
+        if self.in_flight:
+            self.stepped = SteppedEngine(self.llm, self.version)
         return {"index": self.index, "model": self.model_path, "lora": bool(self.lora_rank), "dtype": self.dtype,
-                "engine": "in_actor" if in_actor else "separate"}
+                "engine": "in_actor" if in_actor else "separate", "in_flight_updates": self.in_flight}
 
     # ----------------------------------------------------------------- weights
     def load_weights(self, payload) -> str:
@@ -150,6 +162,11 @@ class GeneratorActor:
             raise ValueError(f"generator {self.index}: version {payload.version} is older than {self.version}")
         if payload.kind == "lora" and not self.lora_rank:
             raise RuntimeError(f"generator {self.index} was started without LoRA support")
+        if self.stepped is not None:  # between two engine steps, requests in flight paused
+            return self.stepped.between_steps(lambda: self._apply(payload), new_version=payload.version)
+        return self._apply(payload)
+
+    def _apply(self, payload) -> str:
         seen = payload.apply(self.llm, self.weights)
         self.weights = payload.emptied()  # its version and adapter name; a whole model's bytes are not kept
         return seen
@@ -162,11 +179,20 @@ class GeneratorActor:
     def join_weight_group(self, addr: str, port: int, first_rank: int, world_size: int, backend: str,
                           timeout_s: float) -> None:
         """Have every engine worker start joining learner rank 0's weight group (rlft.sync.transport.connect)."""
-        self.llm.collective_rpc("rlft_join_weight_group", args=(addr, port, first_rank, world_size, backend, timeout_s))
+        self._between_steps(lambda: self.llm.collective_rpc(
+            "rlft_join_weight_group", args=(addr, port, first_rank, world_size, backend, timeout_s)))
 
     def weight_group_ready(self) -> list[int]:
         """Wait until the workers are in the group; their ranks."""
-        return self.llm.collective_rpc("rlft_weight_group_ready")
+        return self._between_steps(lambda: self.llm.collective_rpc("rlft_weight_group_ready"))
+
+    def _between_steps(self, call):
+        """A call into the engine while another thread may be stepping it (in-flight updates): between two
+        steps (the engine's client is not safe for two threads at once)."""
+        if self.stepped is None:
+            return call()
+        with self.stepped.lock:
+            return call()
 
     def _request(self):
         return self.weights.request() if self.weights is not None else None
@@ -184,6 +210,8 @@ class GeneratorActor:
 
         # vLLM draws the j-th of n samples with seed + j: prompts n seeds apart share no random stream.
         limits = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
+        if self.stepped is not None:
+            return self._generate_stepped(prompts, n, limits, temperature, top_p, seed, stop)
         params = [SamplingParams(n=n, max_tokens=limits[i], temperature=temperature, top_p=top_p,
                                  seed=seed + i * n, logprobs=0, stop=stop, include_stop_str_in_output=bool(stop))
                   for i in range(len(prompts))]
@@ -202,12 +230,33 @@ class GeneratorActor:
             results.append(samples)
         return results
 
+    def _generate_stepped(self, prompts, n, limits, temperature, top_p, seed, stop) -> list[list[dict[str, Any]]]:
+        """`generate` on the stepped engine: sample j of prompt i is its own request with seed + i * n + j
+        (the seed vLLM gives it in an n-sample request); each token keeps the version that sampled it."""
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        requests = [(TokensPrompt(prompt_token_ids=prompts[i]),
+                     SamplingParams(n=1, max_tokens=limits[i], temperature=temperature, top_p=top_p, seed=seed + i * n + j,
+                                    logprobs=0, stop=stop, include_stop_str_in_output=bool(stop)))
+                    for i in range(len(prompts)) for j in range(n)]
+        ids = self.stepped.submit([r[0] for r in requests], [r[1] for r in requests], self._request())
+        done = self.stepped.wait(ids)
+        return [[{"completion_ids": c.token_ids, "logprobs": c.logprobs, "text": c.text, "finish_reason": c.finish_reason,
+                  "version": min(c.versions, default=self.version), "versions": c.versions}
+                 for c in done[i * n:(i + 1) * n]] for i in range(len(prompts))]
+
     def prompt_logprobs(self, sequences: list[list[int]]) -> list[list[float]]:
         """log p(token_t | tokens_<t) for t >= 1 of each sequence (the parity probe)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
+        if self.stepped is not None:  # beside a running `generate`, on the same steps
+            done = self.stepped.wait(self.stepped.submit([TokensPrompt(prompt_token_ids=s) for s in sequences],
+                                                         [params.clone() for _ in sequences], self._request()))
+            return [[entry[tok].logprob for entry, tok in zip(c.prompt_logprobs[1:], seq[1:])]
+                    for c, seq in zip(done, sequences)]
         outputs = self.llm.generate(
             [TokensPrompt(prompt_token_ids=s) for s in sequences], params,
             lora_request=self._request(), use_tqdm=False,

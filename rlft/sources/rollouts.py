@@ -54,8 +54,14 @@ def generate(generators, tokenizer, chat: bool, examples: list, n: int, max_new_
     return [Rollout(examples[i], i, prompts[i], s["completion_ids"], s["logprobs"], s["text"], s["version"],
                     s["finish_reason"],
                     completion_steps(tokenizer, s["completion_ids"], step_delimiter) if step_delimiter else [],
-                    temperature=temperature)
+                    temperature=temperature, token_versions=spanning_versions(s))
             for i, samples in enumerate(per_prompt) for s in samples]
+
+
+def spanning_versions(sample: dict) -> list[int]:
+    """Each token's version when a weight update arrived while the sample was drawn; else [] (one version)."""
+    versions = sample.get("versions") or []
+    return list(versions) if len(set(versions)) > 1 else []
 
 
 def split_groups(rollouts: list[Rollout], parts: int) -> list[list[Rollout]]:
@@ -162,6 +168,7 @@ class RolloutSource(SampledSource):
             **reward_metrics(rollouts, ctx.task.name),
             "rollout/response_length": tokens / len(rollouts),
             "rollout/staleness": float(policy_version - min(r.version for r in rollouts)),
+            "rollout/spanning_versions": sum(bool(r.token_versions) for r in rollouts) / len(rollouts),
             "perf/time_generate": t1 - t0, "perf/time_reward": t2 - t1,
             "perf/gen_tokens_per_s": gen_tokens / max(t1 - t0, 1e-9),
             **self.extra_metrics(rollouts),

@@ -43,9 +43,12 @@ def parity_check(dtype: torch.dtype, statistic: str = "auto", tolerance: float |
 
 
 class WeightSync:
-    def __init__(self, learners, generators, sync_cfg, probe: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32):
+    def __init__(self, learners, generators, sync_cfg, probe: dict[str, torch.Tensor], dtype: torch.dtype = torch.float32,
+                 beside_sampling: bool = False):
         self.learners = learners
         self.generators = generators
+        # rollout.in_flight_updates: loads and probes reach the generators while they sample (RoleGroup.call_beside)
+        self._to_generators = generators.call_beside if beside_sampling else generators.call
         self.cfg = sync_cfg
         self.probe = probe
         self.statistic, self.tolerance = parity_check(dtype, sync_cfg.parity_statistic, sync_cfg.parity_tolerance)
@@ -75,7 +78,7 @@ class WeightSync:
             t0 = time.time()  # forming the group is set-up, not the sync
         # the generators start loading as soon as the export is done, the payload never passing the driver first
         exported = self.learners.submit_one(0, "export_weights", version, everything)
-        loaded = self.generators.call("load_weights", exported)
+        loaded = self._to_generators("load_weights", exported)
         del exported  # nobody holds the payload any more: Ray frees it
         payload = self.learners.call_one(0, "last_export")  # its record, not its bytes
         for index, seen in enumerate(loaded):
@@ -99,7 +102,7 @@ class WeightSync:
         scores belongs to the model family (rlft.families): both sides return one flat vector."""
         learner = self.learners.call_one(0, "probe_logprobs", self.probe)
         found = {"max": 0.0, "mean": 0.0}
-        for generator in self.generators.call("probe_logprobs", self.probe):
+        for generator in self._to_generators("probe_logprobs", self.probe):
             diff = (torch.as_tensor(generator, dtype=torch.float32) - learner.float()).abs()
             if diff.numel():
                 found = {"max": max(found["max"], float(diff.max())), "mean": max(found["mean"], float(diff.mean()))}
