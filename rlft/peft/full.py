@@ -31,6 +31,7 @@ class FullFineTuning(PeftMethod):
     has_reference = True
     produces_full_model = True
     heads = ("lm", "score", "value")  # a score or value model saves as its own HF folder like any other
+    zero3 = True
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -57,10 +58,11 @@ class FullFineTuning(PeftMethod):
             else:
                 model.forward = shadowed
 
-    def save(self, model, tokenizer, out_dir):
+    def save(self, model, tokenizer, out_dir, state_dict=None):
+        """state_dict: the weights to write when the model does not hold them whole (ZeRO-3 gathers them)."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(str(out_dir), safe_serialization=True)
+        model.save_pretrained(str(out_dir), state_dict=state_dict, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(out_dir))
         return out_dir

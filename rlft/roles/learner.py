@@ -23,6 +23,7 @@ from rlft.logs import set_library_loggers
 from rlft.ops.logprobs import token_logprobs
 from rlft.peft import PEFT_METHODS
 from rlft.peft.base import count_parameters
+from rlft.roles import zero3
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,8 @@ def deepspeed_config(cfg, world_size: int, grad_accum: int, dtype: torch.dtype) 
         "gradient_accumulation_steps": grad_accum,
         "train_batch_size": cfg.train.micro_batch_size * grad_accum * world_size,
         "gradient_clipping": cfg.train.grad_clip,
-        "zero_optimization": {"stage": cfg.learner.zero_stage},
+        "zero_optimization": {"stage": cfg.learner.zero_stage,
+                              **(zero3.zero3_options(cfg.learner) if cfg.learner.zero_stage == 3 else {})},
         "zero_allow_untested_optimizer": True,
         "bf16": {"enabled": dtype == torch.bfloat16},
         "fp16": {"enabled": dtype == torch.float16},
@@ -156,6 +158,7 @@ class LearnerActor:
         self.spec = spec  # the AlgorithmSpec itself: algorithms registered in the driver reach Ray workers
         self.peft = PEFT_METHODS[cfg.peft.method](cfg.peft)
         self.engine = None
+        self.partitioned = False  # ZeRO-3: each rank holds a slice of every parameter (rlft.roles.zero3)
         self.sender = None  # rank 0's end of the weight group (sync.transport: collective), once formed
 
     # ----------------------------------------------------------------- set-up
@@ -234,6 +237,7 @@ class LearnerActor:
             config=deepspeed_config(self.cfg, self.world_size, self.grad_accum, self.dtype),
         )
         self.policy = _Policy(self)
+        self.partitioned = zero3.is_partitioned(self.engine.module)
         trainable, total = count_parameters(model)
         return {"rank": self.rank, "device": self.device, "backend": backend, "dtype": str(self.dtype),
                 "trainable_params": trainable, "total_params": total}
@@ -318,24 +322,49 @@ class LearnerActor:
 
     def export_weights(self, version: int, everything: bool = False):
         """Rank 0: what generators need after an update, as a versioned payload (rlft.sync).
-        everything: every change since the base model (for generators that start from the base)."""
-        if self.rank != 0:
+        everything: every change since the base model (for generators that start from the base).
+        At ZeRO-3 every rank takes part (gathering is collective) and the others return None."""
+        if self.rank != 0 and not self.partitioned:
             return None
         if everything:
             self.peft.mark_all_changed(self.engine.module)
-        if self.cfg.sync.weights == "merged" and self.cfg.sync.transport == "collective":
-            payload = self.broadcast_weights(version)
-        elif self.cfg.sync.weights == "merged":
-            payload = self.peft.export_merged(self.engine.module, version, self._bucket_bytes())
+        if self.cfg.sync.weights == "merged":
+            payload = self._export_merged(version, self._effective_weights())
         else:
-            payload = self.peft.export(self.engine.module, version)
+            with zero3.gathered(self._trained_parameters(), enabled=self.partitioned):
+                payload = self.peft.export(self.engine.module, version) if self.rank == 0 else None
+        if payload is None:
+            return None
         self.exported = {"kind": payload.kind, "version": payload.version, "fingerprint": payload.fingerprint,
                          "num_bytes": payload.num_bytes}
         return payload
 
+    def _export_merged(self, version: int, tensors: dict[str, torch.Tensor]):
+        from rlft.sync.payload import DensePayload
+
+        if self.rank != 0:
+            return None
+        if self.cfg.sync.transport == "collective":
+            return self.broadcast_weights(version, tensors)
+        return DensePayload.build(version, tensors, self._bucket_bytes())
+
+    @torch.no_grad()
+    def _effective_weights(self) -> dict[str, torch.Tensor]:
+        """The policy's every weight as the base model holds it; at ZeRO-3 gathered in buckets, kept by rank 0."""
+        module = self.engine.module
+        if not self.partitioned:
+            return self.peft.effective_weights(module)
+        return zero3.gathered_weights(module, self.peft.effective_weights, self.peft.export_unit, self._bucket_bytes(),
+                                      keep=self.rank == 0)
+
+    def _trained_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.engine.module.parameters() if p.requires_grad]
+
     def last_export(self) -> dict:
         """Rank 0: kind, version, fingerprint and size of the payload exported last (the controller checks
-        the generators against it without fetching the payload's bytes)."""
+        the generators against it without fetching the payload's bytes; None on the other ranks)."""
+        if self.rank != 0:
+            return None
         if self.sender is not None and not self.exported["fingerprint"]:
             from rlft.sync.payload import combine_fingerprints
 
@@ -357,14 +386,12 @@ class LearnerActor:
     def weight_group_ready(self) -> None:
         self.sender.finish()
 
-    def broadcast_weights(self, version: int):
+    def broadcast_weights(self, version: int, tensors: dict[str, torch.Tensor]):
         """Rank 0: the merged weights broadcast over the weight group, in buckets; returns at once with their
         layout (what the generators receive into), the sending goes on until `last_export`."""
         if self.sender is None:
             raise RuntimeError("sync.transport=collective: learner rank 0 has no weight group yet (rlft.sync.transport."
                                "connect forms it before the first publish)")
-        with torch.no_grad():
-            tensors = self.peft.effective_weights(self.engine.module)
         return self.sender.start(version, tensors, self._bucket_bytes())
 
     def _bucket_bytes(self) -> int | None:
@@ -372,7 +399,10 @@ class LearnerActor:
         return self.cfg.sync.bucket_mb << 20 if self.cfg.sync.bucket_mb else None
 
     def save(self, out_dir: str) -> str | None:
-        """Rank 0 writes the checkpoint (params are replicated up to ZeRO-2)."""
+        """Rank 0 writes the checkpoint (params are replicated up to ZeRO-2; at ZeRO-3 every rank gathers)."""
+        if self.partitioned:
+            return zero3.save_policy(self.peft, self.engine.module, self.tokenizer, Path(out_dir), self.rank,
+                                     self._bucket_bytes())
         if self.rank != 0:
             return None
         self.peft.save(self.engine.module, self.tokenizer, Path(out_dir))
@@ -390,8 +420,10 @@ class LearnerActor:
         load_rank_state(self.engine, self.peft, self.rank, self.world_size, self.cfg.learner.zero_stage, Path(folder))
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """Copies of the trainable parameters (for invariance checks and tests)."""
-        return {n: p.detach().float().cpu().clone() for n, p in self.engine.module.named_parameters() if p.requires_grad}
+        """Copies of the trainable parameters (for invariance checks and tests; at ZeRO-3 every rank calls it)."""
+        with zero3.gathered(self._trained_parameters(), enabled=self.partitioned):
+            return {n: p.detach().float().cpu().clone() for n, p in self.engine.module.named_parameters()
+                    if p.requires_grad}
 
     def memory(self) -> dict[str, float]:
         from rlft.memory import process_memory
