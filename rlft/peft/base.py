@@ -94,6 +94,11 @@ class PeftMethod:
         """The model to train. with_reference: keep what `reference` needs (e.g. initial weights)."""
         raise NotImplementedError
 
+    def outside_modules(self) -> list[torch.nn.Module]:
+        """Modules the method keeps beside the trained model (full: its reference copy); at ZeRO-3 the
+        learner partitions them across ranks as it does the trained model."""
+        return []
+
     def reference(self, model: torch.nn.Module) -> AbstractContextManager:
         """Context in which model(...) computes the reference policy (call under no_grad)."""
         raise NotImplementedError(f"peft method {self.name!r} has no reference policy")

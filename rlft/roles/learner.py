@@ -230,14 +230,13 @@ class LearnerActor:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(train.warmup_steps, train.steps, train.schedule)
         )
-        self.engine, _, _, _ = deepspeed.initialize(
-            model=model,
-            optimizer=optimizer,
-            lr_scheduler=scheduler,
-            config=deepspeed_config(self.cfg, self.world_size, self.grad_accum, self.dtype),
-        )
+        ds_config = deepspeed_config(self.cfg, self.world_size, self.grad_accum, self.dtype)
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                    config=ds_config)
         self.policy = _Policy(self)
         self.partitioned = zero3.is_partitioned(self.engine.module)
+        if self.partitioned:
+            self.beside = zero3.partition_beside(self.peft.outside_modules(), ds_config)
         trainable, total = count_parameters(model)
         return {"rank": self.rank, "device": self.device, "backend": backend, "dtype": str(self.dtype),
                 "trainable_params": trainable, "total_params": total}

@@ -23,6 +23,15 @@ def zero3_options(learner_cfg) -> dict:
     return {"stage3_param_persistence_threshold": learner_cfg.zero3_persistence_threshold}
 
 
+def partition_beside(modules: list[torch.nn.Module], ds_config: dict) -> list:
+    """Partitions frozen modules kept beside the trained model (a reference copy) across the ranks: a
+    DeepSpeed engine without an optimizer each, whose hooks gather a layer at a time in the forward.
+    Returns the engines (they must outlive the modules' use)."""
+    import deepspeed
+
+    return [deepspeed.initialize(model=module, config=ds_config)[0] for module in modules]
+
+
 def is_partitioned(module: torch.nn.Module) -> bool:
     """Whether DeepSpeed ZeRO-3 has partitioned `module`'s parameters (they carry a ds_id)."""
     return any(hasattr(p, "ds_id") for p in module.parameters())
