@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from rlft.errors import ResumeError
 from rlft.peft.base import torch_optimizer
-from rlft.roles.zero3 import is_partitioned, refresh_from_masters
+from rlft.roles.zero3 import is_partitioned, master_partitions_attached, refresh_from_masters
 
 MODEL_FILE = "model_state.safetensors"
 
@@ -118,7 +118,8 @@ def save_rank_state(engine, peft, rank: int, world_size: int, zero_stage: int, f
     if rank == 0 and not is_partitioned(engine.module):  # at ZeRO-3 the master partitions hold the trained weights
         save_file({k: v.detach().cpu().contiguous() for k, v in peft.resume_tensors(engine.module).items()},
                   folder / MODEL_FILE)
-    opt_tensors, opt_meta = optimizer_state(engine)
+    with master_partitions_attached(engine.optimizer):
+        opt_tensors, opt_meta = optimizer_state(engine)
     rng_tensors, rng_meta = rng_state()
     tensors_path, meta_path = rank_files(folder, rank)
     save_file({k: v.detach().cpu().contiguous() for k, v in {**opt_tensors, **rng_tensors}.items()}, tensors_path)
@@ -143,7 +144,8 @@ def load_rank_state(engine, peft, rank: int, world_size: int, zero_stage: int, f
         device = next(engine.module.parameters()).device
         peft.load_resume_tensors(engine.module, {k: v.to(device) for k, v in load_file(folder / MODEL_FILE).items()})
     tensors = load_file(tensors_path)
-    load_optimizer_state(engine, tensors, meta["optimizer"])
+    with master_partitions_attached(engine.optimizer):
+        load_optimizer_state(engine, tensors, meta["optimizer"])
     if partitioned:
         refresh_from_masters(engine.optimizer)
     if meta["scheduler"] is not None and engine.lr_scheduler is not None:

@@ -110,6 +110,20 @@ def save_policy(peft, module: torch.nn.Module, tokenizer, out_dir: Path, rank: i
     return str(out_dir) if rank == 0 else None
 
 
+@contextmanager
+def master_partitions_attached(optimizer) -> Iterator[None]:
+    """Inside, the torch optimizer's groups list this rank's fp32 master partitions: DeepSpeed's ZeRO-3
+    optimizer puts them there only for the length of its step (a no-op at the other stages)."""
+    if not hasattr(optimizer, "_set_fp32_optimizer_param_groups"):
+        yield
+        return
+    optimizer._set_fp32_optimizer_param_groups()
+    try:
+        yield
+    finally:
+        optimizer._clear_fp32_optimizer_param_groups()
+
+
 def refresh_from_masters(optimizer) -> None:
     """After the fp32 master partitions were written (exact resume): each rank's partition of the model's
     parameters from its masters, then the parameters kept whole on every rank (below the persistence
