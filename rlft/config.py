@@ -105,6 +105,12 @@ class LearnerConfig(Section):
         100_000, ge=0, description="ZeRO-3: parameters with fewer elements stay whole on every rank (DeepSpeed's "
         "stage3_param_persistence_threshold; gathering small tensors costs more time than their memory is worth)."
     )
+    zero3_live_mb: int = Field(
+        128, ge=1, description="ZeRO-3: the most MiB of parameters a rank holds gathered at once in forward and "
+        "backward passes, and the size of its gradient reduce buckets (DeepSpeed's stage3_max_live_parameters, "
+        "stage3_max_reuse_distance, stage3_prefetch_bucket_size and reduce_bucket_size, whose defaults would "
+        "gather up to 10^9 parameters); a single larger tensor is still gathered whole."
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when a GPU is visible.")
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl on cuda, gloo on cpu.")
     cpus_per_rank: float = Field(1.0, gt=0, description="Ray CPUs reserved per learner rank.")

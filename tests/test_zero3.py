@@ -82,6 +82,24 @@ def test_the_partitioned_reference_is_the_original_model(two_zero3_ranks):
     assert (policy - original).abs().max() > 1e-4
 
 
+def test_the_lora_reference_at_zero3_is_the_base_model(tmp_path):
+    """LoRA's reference is the partitioned model with the adapter disabled (one rank, its parameters
+    partitioned all the same): after a step it still scores as the untouched model."""
+    ctl = Controller(zero3_config(tmp_path, "lora", 3, 1, {"method": "lora", "r": 4}), show_progress=False)
+    ctl.setup()
+    try:
+        ctl.optimize(synthetic_rollout_rows(ctl))
+        probe = held_out_probe(ctl)
+        reference = ctl.learners.call_lead("token_logprobs", probe, reference=True)
+        policy = ctl.learners.call_lead("token_logprobs", probe)
+        assert ctl.learners.members[0].partitioned
+    finally:
+        ctl.close()
+    original = original_model_logprobs(ctl.cfg, probe)
+    torch.testing.assert_close(reference, original, atol=1e-5, rtol=0)
+    assert (policy - original).abs().max() > 1e-5
+
+
 def test_the_zero3_checkpoint_holds_the_trained_weights(tmp_path, two_zero3_ranks):
     """Written by rank 0 from weights gathered bucket by bucket: the HF folder loads to exactly them."""
     from transformers import AutoModelForCausalLM

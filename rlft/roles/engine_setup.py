@@ -33,7 +33,7 @@ def deepspeed_config(cfg, world_size: int, grad_accum: int, dtype: torch.dtype) 
         "train_batch_size": cfg.train.micro_batch_size * grad_accum * world_size,
         "gradient_clipping": cfg.train.grad_clip,
         "zero_optimization": {"stage": cfg.learner.zero_stage,
-                              **(zero3.zero3_options(cfg.learner) if cfg.learner.zero_stage == 3 else {})},
+                              **(zero3.zero3_options(cfg.learner, dtype.itemsize) if cfg.learner.zero_stage == 3 else {})},
         "zero_allow_untested_optimizer": True,
         "bf16": {"enabled": dtype == torch.bfloat16},
         "fp16": {"enabled": dtype == torch.float16},

@@ -59,7 +59,7 @@ class _Policy:
         return out.logits, out.hidden_states[-1]
 
     def input_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
-        # Params are whole on every rank up to ZeRO-2; no_grad: the lookup is a constant (IFT's
+        # At ZeRO-3 the call gathers the table (DeepSpeed's hooks), as any forward does; no_grad: the lookup is a constant (IFT's
         # gradient-free embedding copy); a tied table still gets gradient through the LM head.
         with torch.no_grad():
             return self._learner.engine.module.get_input_embeddings()(input_ids)
@@ -99,6 +99,7 @@ class LearnerActor:
         self.peft = PEFT_METHODS[cfg.peft.method](cfg.peft)
         self.engine = None
         self.partitioned = False  # ZeRO-3: each rank holds a slice of every parameter (rlft.roles.zero3)
+        self.beside = []  # ZeRO-3: the engines partitioning the PEFT method's frozen modules (a reference copy)
         self.sender = None  # rank 0's end of the weight group (sync.transport: collective), once formed
 
     # ----------------------------------------------------------------- set-up

@@ -18,9 +18,13 @@ from typing import Callable, Iterable, Iterator
 import torch
 
 
-def zero3_options(learner_cfg) -> dict:
-    """DeepSpeed's zero_optimization keys for stage 3 beyond the stage itself."""
-    return {"stage3_param_persistence_threshold": learner_cfg.zero3_persistence_threshold}
+def zero3_options(learner_cfg, element_bytes: int) -> dict:
+    """DeepSpeed's zero_optimization keys for stage 3 beyond the stage itself: the gathered working set
+    and the reduce buckets bounded by learner.zero3_live_mb (in elements of the model's dtype)."""
+    live = (learner_cfg.zero3_live_mb << 20) // element_bytes
+    return {"stage3_param_persistence_threshold": learner_cfg.zero3_persistence_threshold,
+            "stage3_max_live_parameters": live, "stage3_max_reuse_distance": live,
+            "stage3_prefetch_bucket_size": live // 2, "reduce_bucket_size": live}
 
 
 def partition_beside(modules: list[torch.nn.Module], ds_config: dict) -> list:
