@@ -1,7 +1,7 @@
 """Memory per learner rank at ZeRO-2 and ZeRO-3: SmolLM2-135M full fine-tuning on 2 ranks.
 
-    .venv/bin/python bench/zero3_memory.py                 # stages 2 and 3, 3 steps each (~5 minutes on 2 cores)
-    .venv/bin/python bench/zero3_memory.py --steps 5 --stages 3
+    .venv/bin/python bench/zero3_memory.py                 # stages 2 and 3, two allocators, 3 steps (~8 min, 2 cores)
+    .venv/bin/python bench/zero3_memory.py --steps 5 --stages 3 --mmap-thresholds 0
 
 For each stage, one local-mode learner group (Ray actors, 2 ranks, float32 on CPU) runs GPPO's learner step
 (no generators: tests/helpers.py LEARNER_ONLY_GPPO) on fixed rows. After set-up each rank's resident size is
@@ -9,6 +9,10 @@ read and its peak reset (/proc/PID/clear_refs); then --steps optimizer steps run
 (VmHWM) is what training held. Loading is not measured: every rank loads the whole model before DeepSpeed
 partitions it. Beside each measurement: rlft.footprint's estimate of a rank. Prints a table; raw numbers to
 bench/results/zero3_memory.json.
+
+Each stage runs under glibc's default allocator (--mmap-thresholds 0) and with MALLOC_MMAP_THRESHOLD_ fixed
+(1 MiB): by default glibc raises its mmap threshold after each large free (up to 32 MiB), so the tensors that
+ZeRO-3 gathers and releases every layer come from the heap, whose freed pages a process keeps.
 """
 
 from __future__ import annotations
@@ -31,7 +35,13 @@ def status_kb(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
-def measure(stage: int, steps: int, out: Path) -> dict:
+def measure(stage: int, steps: int, mmap_threshold: int, out: Path) -> dict:
+    """One learner group; mmap_threshold: glibc's MALLOC_MMAP_THRESHOLD_ in its processes (0: glibc's own)."""
+    import os
+
+    os.environ.pop("MALLOC_MMAP_THRESHOLD_", None)
+    if mmap_threshold:  # the Ray processes this controller starts inherit it
+        os.environ["MALLOC_MMAP_THRESHOLD_"] = str(mmap_threshold)
     sys.path.insert(0, str(ROOT))
     from rlft.control import Controller
     from tests.helpers import rl_config, synthetic_rollout_rows
@@ -59,7 +69,7 @@ def measure(stage: int, steps: int, out: Path) -> dict:
         estimate = json.loads((ctl.run_dir / "memory_estimate.json").read_text())["learner"]
     finally:
         ctl.close()
-    return {"zero_stage": stage, "rss_after_setup_mib": after_setup, "peak_training_mib": peak,
+    return {"zero_stage": stage, "mmap_threshold": mmap_threshold, "rss_after_setup_mib": after_setup, "peak_training_mib": peak,
             "estimate_per_rank_mib": estimate["per_member_mib"], "setup_s": setup_s, "step_s": step_s}
 
 
@@ -67,6 +77,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stages", type=int, nargs="+", default=[2, 3])
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--mmap-thresholds", type=int, nargs="+", default=[0, 1 << 20])
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "runs" / "zero3_memory")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "zero3_memory.json")
     args = parser.parse_args()
@@ -75,12 +86,15 @@ def main() -> None:
     from tests.helpers import LEARNER_ONLY_GPPO
 
     ALGORITHMS.register(LEARNER_ONLY_GPPO.name, LEARNER_ONLY_GPPO, replace=True)
-    rows = [measure(stage, args.steps, args.out / time.strftime("%Y%m%d-%H%M%S")) for stage in args.stages]
+    rows = [measure(stage, args.steps, threshold, args.out / time.strftime("%Y%m%d-%H%M%S"))
+            for threshold in args.mmap_thresholds for stage in args.stages]
     print(f"\nSmolLM2-135M full fine-tuning, float32, 2 learner ranks, {args.steps} steps (MiB per rank)")
-    print(f"{'ZeRO':>5} {'rank':>5} {'RSS after set-up':>17} {'peak in training':>17} {'estimate':>9} {'s/step':>7}")
+    print(f"{'mmap threshold':>15} {'ZeRO':>5} {'rank':>5} {'RSS after set-up':>17} {'peak in training':>17} "
+          f"{'estimate':>9} {'s/step':>7}")
     for row in rows:
         for rank in range(2):
-            print(f"{row['zero_stage']:>5} {rank:>5} {row['rss_after_setup_mib'][rank]:>17.0f} "
+            threshold = f"{row['mmap_threshold'] >> 20} MiB" if row["mmap_threshold"] else "glibc's"
+            print(f"{threshold:>15} {row['zero_stage']:>5} {rank:>5} {row['rss_after_setup_mib'][rank]:>17.0f} "
                   f"{row['peak_training_mib'][rank]:>17.0f} {row['estimate_per_rank_mib']:>9.0f} "
                   f"{sum(row['step_s']) / len(row['step_s']):>7.1f}")
     print(f"wrote {write_results(args.json, {'steps': args.steps, 'model': 'smollm2-135m-instruct', 'runs': rows})}")

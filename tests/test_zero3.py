@@ -14,9 +14,10 @@ from tests.helpers import (LEARNER_ONLY_GPPO, held_out_probe, original_model_log
                            synthetic_rollout_rows)
 
 
-def zero3_config(tmp_path, name, stage, count, peft=None, **over):
-    """Learner-only GPPO with a KL to the reference (full fine-tuning keeps a reference copy, partitioned too)."""
-    return rl_config(tmp_path, name, algorithm={"name": LEARNER_ONLY_GPPO.name, "kl_coef": 0.1},
+def zero3_config(tmp_path, name, stage, count, peft=None, algorithm=LEARNER_ONLY_GPPO.name, **over):
+    """GPPO (by default its learner step alone) with a KL to the reference (full fine-tuning keeps a
+    reference copy, partitioned too)."""
+    return rl_config(tmp_path, name, algorithm={"name": algorithm, "kl_coef": 0.1},
                      train={"lr": 1e-3, "grad_clip": 0.0}, peft=peft or {"method": "full"},
                      learner={"zero_stage": stage, "count": count, "zero3_persistence_threshold": 1000},
                      runtime={"mode": "local" if count > 1 else "inline"}, **over)
@@ -43,9 +44,10 @@ def learner_only_gppo():
 
 @pytest.fixture(scope="module")
 def two_zero3_ranks(tmp_path_factory):
-    """One step of full fine-tuning on 2 learner ranks at ZeRO-3: (controller, metrics, trained weights)."""
-    ctl = Controller(zero3_config(tmp_path_factory.mktemp("z3"), "two", 3, 2, sync={"weights": "merged", "bucket_mb": 1}),
-                     show_progress=False)
+    """One step of full fine-tuning on 2 learner ranks at ZeRO-3, beside one vLLM generator that gets the
+    merged weights: (controller, metrics, trained weights)."""
+    ctl = Controller(zero3_config(tmp_path_factory.mktemp("z3"), "two", 3, 2, algorithm="gppo",
+                                  sync={"weights": "merged", "bucket_mb": 1}), show_progress=False)
     ctl.setup()
     try:
         out, _ = ctl.optimize(synthetic_rollout_rows(ctl))
@@ -68,6 +70,16 @@ def test_two_zero3_ranks_equal_one_rank_and_zero2(tmp_path, two_zero3_ranks):
         assert two_state[name].shape == one_state[name].shape  # gathered whole, not a rank's slice
         torch.testing.assert_close(two_state[name], one_state[name], atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(stage2_state[name], one_state[name], atol=1e-5, rtol=1e-4)
+
+
+def test_generators_load_the_zero3_export_and_the_parity_probe_agrees(two_zero3_ranks):
+    """A publish with every rank gathering: the generator's fingerprint is checked against rank 0's
+    export (publish raises otherwise) and its log-probs against the partitioned policy's, within the
+    probe's tolerance."""
+    ctl, _, _ = two_zero3_ranks
+    sync = ctl.sync.publish()
+    assert sync["sync/version"] == ctl.policy_version and sync["sync/bytes"] > 0
+    assert sync["sync/parity_max_abs_diff"] < ctl.sync.tolerance
 
 
 def test_the_partitioned_reference_is_the_original_model(two_zero3_ranks):

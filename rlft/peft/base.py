@@ -187,7 +187,11 @@ def torch_optimizer(optimizer) -> torch.optim.Optimizer | None:
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    """(trainable, total) parameter counts (of whole parameters: DeepSpeed ZeRO-3 leaves a partitioned one
+    an empty placeholder and records its size in ds_numel)."""
+    def numel(p):
+        return getattr(p, "ds_numel", p.numel())
+
+    trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
+    total = sum(numel(p) for p in model.parameters())
     return trainable, total
