@@ -2,7 +2,8 @@
 weights whole (the step, the export, the checkpoint, the reference, resume) gives what ZeRO-2 gives.
 
 The tiny model's matrices have 16384 elements and its norms 128: with learner.zero3_persistence_threshold
-1000 the matrices are partitioned and the norms stay whole on every rank, so both kinds are exercised.
+1000 the matrices are partitioned and the norms stay whole on every rank, so both kinds are exercised;
+with learner.zero3_live_mb 1 (the model is 1.7 MiB) exports and checkpoints gather it in several buckets.
 """
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from rlft.algorithms import ALGORITHMS
 from rlft.control import Controller
+from rlft.roles.zero3 import unit_buckets
 from tests.helpers import (LEARNER_ONLY_GPPO, held_out_probe, original_model_logprobs, rl_config,
                            synthetic_rollout_rows)
 
@@ -19,8 +21,17 @@ def zero3_config(tmp_path, name, stage, count, peft=None, algorithm=LEARNER_ONLY
     reference copy, partitioned too)."""
     return rl_config(tmp_path, name, algorithm={"name": algorithm, "kl_coef": 0.1},
                      train={"lr": 1e-3, "grad_clip": 0.0}, peft=peft or {"method": "full"},
-                     learner={"zero_stage": stage, "count": count, "zero3_persistence_threshold": 1000},
+                     learner={"zero_stage": stage, "count": count, "zero3_persistence_threshold": 1000,
+                              "zero3_live_mb": 1},
                      runtime={"mode": "local" if count > 1 else "inline"}, **over)
+
+
+def test_buckets_keep_each_unit_whole_and_close_before_overflowing():
+    """Sizes in bytes; units by the name's first letter (a LoRA layer's base weight, A and B share one)."""
+    sizes = [("a.w", 4), ("a.lora_A", 1), ("b.w", 4), ("c.w", 9), ("d.w", 2), ("d.b", 1)]
+    assert unit_buckets(sizes, lambda n: n[0], 6) == [["a.w", "a.lora_A"], ["b.w"], ["c.w"], ["d.w", "d.b"]]
+    assert unit_buckets(sizes, lambda n: n[0], 10) == [["a.w", "a.lora_A", "b.w"], ["c.w"], ["d.w", "d.b"]]
+    assert unit_buckets(sizes, lambda n: n[0], None) == [[n for n, _ in sizes]]
 
 
 def one_step(cfg):

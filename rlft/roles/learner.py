@@ -294,7 +294,7 @@ class LearnerActor:
         module = self.engine.module
         if not self.partitioned:
             return self.peft.effective_weights(module)
-        return zero3.gathered_weights(module, self.peft.effective_weights, self.peft.export_unit, self._bucket_bytes(),
+        return zero3.gathered_weights(module, self.peft.effective_weights, self.peft.export_unit, self._gather_bytes(),
                                       keep=self.rank == 0)
 
     def _trained_parameters(self) -> list[torch.nn.Parameter]:
@@ -338,11 +338,15 @@ class LearnerActor:
         """sync.bucket_mb in bytes (None: one bucket, the whole model)."""
         return self.cfg.sync.bucket_mb << 20 if self.cfg.sync.bucket_mb else None
 
+    def _gather_bytes(self) -> int:
+        """ZeRO-3: the most parameter bytes an export or checkpoint gathers at once (learner.zero3_live_mb)."""
+        return self.cfg.learner.zero3_live_mb << 20
+
     def save(self, out_dir: str) -> str | None:
         """Rank 0 writes the checkpoint (params are replicated up to ZeRO-2; at ZeRO-3 every rank gathers)."""
         if self.partitioned:
             return zero3.save_policy(self.peft, self.engine.module, self.tokenizer, Path(out_dir), self.rank,
-                                     self._bucket_bytes())
+                                     self._gather_bytes())
         if self.rank != 0:
             return None
         self.peft.save(self.engine.module, self.tokenizer, Path(out_dir))

@@ -49,8 +49,8 @@ def numel(param: torch.nn.Parameter) -> int:
 def unit_buckets(sizes: list[tuple[str, int]], unit_of: Callable[[str], str],
                  bucket_bytes: int | None) -> list[list[str]]:
     """Names (in order) packed into buckets of whole units: a unit is the names sharing `unit_of(name)`,
-    sizes in bytes; a bucket is closed once it reaches bucket_bytes (None: one bucket), so a unit
-    larger than bucket_bytes is a bucket alone. Units are never split between buckets."""
+    sizes in bytes. A bucket is closed before the unit that would take it past bucket_bytes (None: one
+    bucket); a unit larger than bucket_bytes is a bucket alone. Units are never split between buckets."""
     units: dict[str, list[tuple[str, int]]] = {}
     for name, size in sizes:
         units.setdefault(unit_of(name), []).append((name, size))
@@ -73,11 +73,10 @@ def gathered(params: Iterable[torch.nn.Parameter], enabled: bool = True) -> Iter
         yield
 
 
-def gathered_buckets(module: torch.nn.Module, unit_of: Callable[[str], str], bucket_bytes: int | None,
-                     params: Callable[[torch.nn.Parameter], bool] = lambda p: True) -> Iterator[set[int]]:
-    """Gathers `module`'s parameters (those `params` selects) bucket by bucket of whole units; yields
-    the ids of each gathered bucket's parameters while they are whole."""
-    named = {name: p for name, p in module.named_parameters() if params(p)}
+def gathered_buckets(module: torch.nn.Module, unit_of: Callable[[str], str], bucket_bytes: int) -> Iterator[set[int]]:
+    """Gathers `module`'s parameters bucket by bucket of whole units; yields the ids of each gathered
+    bucket's parameters while they are whole."""
+    named = dict(module.named_parameters())
     sizes = [(name, numel(p) * p.element_size()) for name, p in named.items()]
     for names in unit_buckets(sizes, unit_of, bucket_bytes):
         with gathered(named[n] for n in names):
@@ -86,22 +85,20 @@ def gathered_buckets(module: torch.nn.Module, unit_of: Callable[[str], str], buc
 
 @torch.no_grad()
 def gathered_weights(module: torch.nn.Module, weights_of: Callable[..., dict[str, torch.Tensor]],
-                     unit_of: Callable[[str], str], bucket_bytes: int | None, keep: bool,
-                     params: Callable[[torch.nn.Parameter], bool] = lambda p: True) -> dict[str, torch.Tensor]:
+                     unit_of: Callable[[str], str], bucket_bytes: int, keep: bool) -> dict[str, torch.Tensor]:
     """`weights_of(module, only=ids)` over every gathered bucket, as CPU copies where `keep` (rank 0;
     {} elsewhere): the whole model never sits gathered on any rank, only its weights on rank 0's CPU."""
     out = {}
-    for ids in gathered_buckets(module, unit_of, bucket_bytes, params):
+    for ids in gathered_buckets(module, unit_of, bucket_bytes):
         part = weights_of(module, only=ids)
         if keep:
             out.update({name: t.detach().cpu().clone() for name, t in part.items()})
     return out
 
 
-def save_policy(peft, module: torch.nn.Module, tokenizer, out_dir: Path, rank: int,
-                bucket_bytes: int | None) -> str | None:
+def save_policy(peft, module: torch.nn.Module, tokenizer, out_dir: Path, rank: int, bucket_bytes: int) -> str | None:
     """The policy checkpoint users load, written by rank 0 from gathered weights (every rank calls this).
-    A method that trains every weight saves its effective weights, gathered in buckets; an adapter method
+    A method that trains every weight saves its effective weights, gathered bucket_bytes at a time; an adapter method
     saves with its trained parameters gathered (the adapter, a small fraction of the model)."""
     if peft.produces_full_model:
         state = gathered_weights(module, peft.effective_weights, peft.export_unit, bucket_bytes, keep=rank == 0)
