@@ -124,10 +124,13 @@ def test_the_lora_reference_at_zero3_is_the_base_model(tmp_path):
 
 
 def test_the_zero3_checkpoint_holds_the_trained_weights(tmp_path, two_zero3_ranks):
-    """Written by rank 0 from weights gathered bucket by bucket: the HF folder loads to exactly them."""
+    """Written by rank 0 from weights gathered bucket by bucket: the HF folder loads to exactly them.
+    Saved right after a greedy generate on every rank (an evaluation on the learners)."""
     from transformers import AutoModelForCausalLM
 
     ctl, _, state = two_zero3_ranks
+    prompts = [ctl.tokenizer(ex.prompt)["input_ids"] for ex in ctl.eval_examples[:8]]
+    assert len(ctl.learners.call_lead("generate", prompts, 24, 8)) == 8
     written = ctl.learners.call("save", str(tmp_path / "ckpt"))
     assert written == [str(tmp_path / "ckpt"), None]
     loaded = dict(AutoModelForCausalLM.from_pretrained(tmp_path / "ckpt").named_parameters())

@@ -266,6 +266,7 @@ class LearnerActor:
         At ZeRO-3 every rank takes part (gathering is collective) and the others return None."""
         if self.rank != 0 and not self.partitioned:
             return None
+        self._settle()
         if everything:
             self.peft.mark_all_changed(self.engine.module)
         if self.cfg.sync.weights == "merged":
@@ -296,6 +297,10 @@ class LearnerActor:
             return self.peft.effective_weights(module)
         return zero3.gathered_weights(module, self.peft.effective_weights, self.peft.export_unit, self._gather_bytes(),
                                       keep=self.rank == 0)
+
+    def _settle(self) -> None:
+        if self.partitioned:
+            zero3.settle(self.engine)
 
     def _trained_parameters(self) -> list[torch.nn.Parameter]:
         return [p for p in self.engine.module.parameters() if p.requires_grad]
@@ -345,6 +350,7 @@ class LearnerActor:
     def save(self, out_dir: str) -> str | None:
         """Rank 0 writes the checkpoint (params are replicated up to ZeRO-2; at ZeRO-3 every rank gathers)."""
         if self.partitioned:
+            self._settle()
             return zero3.save_policy(self.peft, self.engine.module, self.tokenizer, Path(out_dir), self.rank,
                                      self._gather_bytes())
         if self.rank != 0:
@@ -365,6 +371,7 @@ class LearnerActor:
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """Copies of the trainable parameters (for invariance checks and tests; at ZeRO-3 every rank calls it)."""
+        self._settle()
         with zero3.gathered(self._trained_parameters(), enabled=self.partitioned):
             return {n: p.detach().float().cpu().clone() for n, p in self.engine.module.named_parameters()
                     if p.requires_grad}

@@ -64,6 +64,12 @@ def unit_buckets(sizes: list[tuple[str, int]], unit_of: Callable[[str], str],
     return buckets + ([current] if current else [])
 
 
+def settle(engine) -> None:
+    """Waits for the parameters DeepSpeed prefetched for a next pass and releases every gathered one: a
+    gather outside the passes (an export after an evaluation's generate) must not meet one in flight."""
+    engine.empty_partition_cache()
+
+
 @contextmanager
 def gathered(params: Iterable[torch.nn.Parameter], enabled: bool = True) -> Iterator[None]:
     """Inside, `params` are whole on every rank (read only; every rank must enter)."""
