@@ -12,8 +12,8 @@ import torch
 from rlft.algorithms import ALGORITHMS
 from rlft.control import Controller
 from rlft.roles.zero3 import unit_buckets
-from tests.helpers import (LEARNER_ONLY_GPPO, held_out_probe, original_model_logprobs, rl_config,
-                           synthetic_rollout_rows)
+from tests.helpers import (LEARNER_ONLY_GPPO, deterministic_rows, final_weights, held_out_probe,
+                           original_model_logprobs, rl_config, synthetic_rollout_rows, tiny_config)
 
 
 def zero3_config(tmp_path, name, stage, count, peft=None, algorithm=LEARNER_ONLY_GPPO.name, **over):
@@ -194,3 +194,24 @@ def test_zero3_export_equals_the_zero2_export_of_the_same_weights(tmp_path, peft
     ctl.close()
     assert stage3.kind == stage2.kind and stage3.num_bytes == stage2.num_bytes
     assert stage3.fingerprint == stage2.fingerprint != before
+
+
+def test_an_sft_run_at_zero3_evaluates_on_its_learner_and_saves_what_zero2_saves(tmp_path):
+    """SFT on one rank (no generators: the evaluations generate on the learner) at stages 2 and 3: the same
+    losses and, to float32 rounding, the same final checkpoint. The checkpoint is gathered right after the
+    final evaluation, whose forwards leave DeepSpeed's prefetched parameters in flight: the learner must
+    release them before it gathers (zero3.settle)."""
+    runs = {}
+    for stage in (2, 3):
+        cfg = tiny_config(tmp_path, f"sft{stage}", train={"steps": 4, "lr": 3e-3},
+                          learner={"zero_stage": stage, "zero3_persistence_threshold": 1000, "zero3_live_mb": 1})
+        Controller(cfg, show_progress=False).run()
+        runs[stage] = cfg.run_dir
+    rows = {stage: [r for r in deterministic_rows(run) if "train/loss" in r] for stage, run in runs.items()}
+    assert len(rows[3]) == 4 and any("eval/accuracy" in r for r in deterministic_rows(runs[3]))
+    for two, three in zip(rows[2], rows[3]):
+        assert three["train/loss"] == pytest.approx(two["train/loss"], rel=1e-5)
+    stage2, stage3 = final_weights(runs[2]), final_weights(runs[3])
+    assert stage2.keys() == stage3.keys() and stage3
+    for name in stage2:
+        torch.testing.assert_close(stage3[name], stage2[name], atol=1e-5, rtol=1e-4)
