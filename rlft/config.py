@@ -97,7 +97,20 @@ class RuntimeConfig(Section):
 
 class LearnerConfig(Section):
     count: int = Field(2, ge=1, description="Number of DeepSpeed learner ranks.")
-    zero_stage: Literal[0, 1, 2] = Field(2, description="DeepSpeed ZeRO stage.")
+    zero_stage: Literal[0, 1, 2, 3] = Field(
+        2, description="DeepSpeed ZeRO stage: 1 partitions the optimizer state across ranks, 2 also the gradients, "
+        "3 also the parameters (each rank holds 1/count of the model; forwards, exports and checkpoints gather "
+        "it layer group by layer group: peft.method full or lora, docs/design.md#zero-3).")
+    zero3_persistence_threshold: int = Field(
+        100_000, ge=0, description="ZeRO-3: parameters with fewer elements stay whole on every rank (DeepSpeed's "
+        "stage3_param_persistence_threshold; gathering small tensors costs more time than their memory is worth)."
+    )
+    zero3_live_mb: int = Field(
+        128, ge=1, description="ZeRO-3: the most MiB of parameters a rank holds gathered at once in forward and "
+        "backward passes, and the size of its gradient reduce buckets (DeepSpeed's stage3_max_live_parameters, "
+        "stage3_max_reuse_distance, stage3_prefetch_bucket_size and reduce_bucket_size, whose defaults would "
+        "gather up to 10^9 parameters); a single larger tensor is still gathered whole."
+    )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: cuda when a GPU is visible.")
     backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="auto: nccl on cuda, gloo on cpu.")
     cpus_per_rank: float = Field(1.0, gt=0, description="Ray CPUs reserved per learner rank.")

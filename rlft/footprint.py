@@ -208,9 +208,17 @@ def learner_process(cfg, shape: ModelShape, weight_bytes: int, payload: tuple[fl
                     ranks: int) -> Process:
     proc = Process("rank")
     proc.add("process", BASELINE_MIB["learner"] * MIB, "-")
-    proc.add("weights", shape.params * weight_bytes, "model.dtype")
-    trained = trainable_params(cfg, shape)
     stage = cfg.learner.zero_stage
+    weights = shape.params * weight_bytes
+    trained = trainable_params(cfg, shape)
+    if stage == 3:  # each rank holds 1/ranks of every weight, gathers up to zero3_live_mb of them at a time and
+        # reduces gradients through a bucket of that size (rlft.roles.zero3)
+        live = cfg.learner.zero3_live_mb * MIB
+        proc.add("weights", weights / ranks, "model.dtype or learner.zero_stage")
+        proc.add("gathered weights", min(weights, live), "learner.zero3_live_mb")
+        proc.add("reduce bucket", min(trained * weight_bytes, live), "learner.zero3_live_mb")
+    else:
+        proc.add("weights", weights, "model.dtype")
     master = 4 if weight_bytes < 4 else 0
     proc.add("gradients", trained * 4 / (ranks if stage >= 2 else 1), "peft.method or learner.zero_stage")
     proc.add("optimizer state", trained * (8 + master) / (ranks if stage >= 1 else 1),

@@ -219,6 +219,9 @@ class RoleGroup:
     processes: list | None = None
     logs: list | None = None  # rlft.logs: each member's log file (remote modes, runtime.log_level quiet)
     _spawn = None
+    # Whether reading member 0's state is a collective call of every member (learner ranks at ZeRO-3 hold a
+    # slice of each weight each: a read gathers them); `call_lead` and `submit_lead` follow it.
+    collective_reads = False
 
     def dead_members(self) -> list[int]:
         """Members whose actor process has died (remote modes; inline members cannot die alone)."""
@@ -307,6 +310,20 @@ class RoleGroup:
         if not self.remote:
             return getattr(member, method)(*args, **kwargs)
         return self._gather([getattr(member, method).remote(*args, **kwargs)], method)[0]
+
+    def call_lead(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Member 0's result of a call that reads its state; every member makes the call when the
+        group's reads are collective (`collective_reads`)."""
+        if not self.collective_reads:
+            return self.call_one(0, method, *args, **kwargs)
+        return self.call(method, *args, **kwargs)[0]
+
+    def submit_lead(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """`call_lead` without waiting (a handle, as `submit_one` gives). The other members' calls run
+        on: an actor runs its calls in order, so a later call to them waits for these."""
+        if not self.collective_reads:
+            return self.submit_one(0, method, *args, **kwargs)
+        return [self.submit_one(i, method, *args, **kwargs) for i in range(len(self.members))][0]
 
     def submit_one(self, index: int, method: str, *args: Any, **kwargs: Any) -> Any:
         """Start a call on one member without waiting for it. The handle can be an argument of another

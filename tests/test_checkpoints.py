@@ -19,7 +19,7 @@ from rlft.control.resume import RunFinished, StopOnSignal, config_differences, r
 from rlft.control.run_dirs import FINISHED
 from rlft.data.sampler import EpochSampler
 from rlft.errors import ResumeError
-from rlft.roles.learner import SkippingAdamW
+from rlft.roles.engine_setup import SkippingAdamW
 from rlft.tracking import set_aside_rows_after
 from rlft.types import Example, Rollout, Score, Segment
 from tests.helpers import tiny_config

@@ -109,6 +109,20 @@ def test_sixteen_bits_full_fine_tuning_keeps_float32_master_weights_split_by_zer
     assert rank0["sync payload"] == 5 * WEIGHTS / 2 + 2 * MIB
 
 
+def test_zero_3_splits_the_weights_too_and_gathers_up_to_its_live_size(tmp_path):
+    """SMALL is 4 MiB in float32: each of 2 ranks holds half of it, gathers 1 MiB of it at a time
+    (learner.zero3_live_mb) and reduces gradients through a bucket of that size."""
+    found = {stage: parts(estimate(small_run(tmp_path, peft={"method": "full"}, learner={"zero_stage": stage,
+                                                                                        "zero3_live_mb": 1}),
+                                   ALGORITHMS["gppo"], SMALL, "torch.float32", None), "learner")[1]["rank"]
+             for stage in (2, 3)}
+    assert found[2]["weights"] == WEIGHTS and "gathered weights" not in found[2]
+    assert found[3]["weights"] == WEIGHTS / 2
+    assert found[3]["gathered weights"] == found[3]["reduce bucket"] == MIB
+    for part in ("gradients", "optimizer state", "activations", "sync payload"):
+        assert found[3][part] == found[2][part], part
+
+
 def test_adapter_payloads_are_small_and_partial_sync_keeps_a_checkpoint_copy(tmp_path):
     lora = estimate(small_run(tmp_path, sync={"weights": "adapter"}), ALGORITHMS["gppo"], SMALL, "float32", "lora")
     assert parts(lora, "generator")[1]["engine core"]["sync payload"] == 3 * 112 * 4   # small, one "bucket"

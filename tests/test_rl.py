@@ -139,6 +139,9 @@ def test_rl_run_end_to_end(tmp_path, mode):
 @pytest.mark.parametrize("over, message", [
     ({"peft": {"method": "full"}}, "ships adapters"),
     ({"peft": {"method": "lift"}}, "set learner.zero_stage=0"),
+    ({"peft": {"method": "pissa"}, "learner": {"zero_stage": 3}},
+     "peft.method=pissa reads or rewrites its weights whole .* set learner.zero_stage to 2 or lower, or peft.method "
+     "to one that trains at stage 3 \\(full, lora\\)"),
     ({"train": {"batch_size": 10, "micro_batch_size": 5}}, "not a multiple of algorithm.group_size"),
     ({"rollout": {"mini_batches": 2}, "train": {"steps": 3}}, "not a multiple of the 2 optimizer steps"),
     ({"train": {"batch_size": 8, "micro_batch_size": 8}, "learner": {"count": 2}}, "smaller than learner.count x"),

@@ -161,6 +161,7 @@ class RoleStarter:
 def start_learners(starter: RoleStarter) -> runtime.RoleGroup:
     """Ranks in a placement group (learner.placement); the rendezvous is on rank 0's node."""
     group, info, starter.rendezvous = start_ranks(starter, "learner", starter.cfg, starter.spec)
+    group.collective_reads = starter.cfg.learner.zero_stage == 3  # each rank holds a slice of every weight
     starter.learner_info = info[0]
     return group
 

@@ -37,6 +37,11 @@ def check_config(cfg, spec, peft_cls) -> None:
     if cfg.rollout.in_flight_updates:
         check_in_flight_updates(cfg, spec, peft_cls)
     peft_cls.validate(cfg)
+    if cfg.learner.zero_stage == 3 and not peft_cls.zero3:
+        raise ValueError(f"learner.zero_stage=3 partitions every parameter across the learner ranks, and "
+                         f"peft.method={cfg.peft.method} reads or rewrites its weights whole outside the forward pass; "
+                         f"set learner.zero_stage to 2 or lower, or peft.method to one that trains at stage 3 "
+                         f"({_methods('zero3')})")
     if spec.model_head not in peft_cls.heads:
         offer = ", ".join(name for name in PEFT_METHODS if spec.model_head in PEFT_METHODS[name].heads)
         raise ValueError(f"algorithm {spec.name!r} trains a {spec.model_head!r}-head model, which "

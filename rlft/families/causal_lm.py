@@ -88,7 +88,7 @@ class CausalLM:
             return {}
         scores, lengths = score_greedy(
             task, tokenizer, examples, chat, cfg.eval,
-            lambda chunk: learners.call_one(0, "generate", chunk, cfg.eval.max_new_tokens, cfg.eval.batch_size),
+            lambda chunk: learners.call_lead("generate", chunk, cfg.eval.max_new_tokens, cfg.eval.batch_size),
             description=f"eval @ step {step}", show_progress=show_progress,
         )
         return eval_metrics(examples, scores, lengths)

@@ -127,8 +127,8 @@ class MaskedDiffusion:
         held_out = [ex.response for ex in examples[:NELBO_EVAL_SEQUENCES]]
         if not held_out:
             return {}
-        nelbo = learners.call_one(0, "family_call", "held_out_nelbo", encode(held_out), cfg.run.seed)
-        sequences = learners.call_one(0, "family_call", "sample_sequences", min(cfg.eval.num_examples, 256),
+        nelbo = learners.call_lead("family_call", "held_out_nelbo", encode(held_out), cfg.run.seed)
+        sequences = learners.call_lead("family_call", "sample_sequences", min(cfg.eval.num_examples, 256),
                                       cfg.diffusion.sample_steps, cfg.run.seed, cfg.diffusion.eval_batch)
         return {"eval/nelbo_per_token": nelbo, "eval/accuracy": statistics.fmean(task.classified_as_target(sequences)),
                 **self.sequence_statistics(task, cfg.diffusion.reference_fraction, sequences)}

@@ -72,6 +72,9 @@ class PeftMethod:
     # scalar head, trained along with the method's own weights) and "value" (a critic's per-token scalar
     # head) where `wrap` and `save` handle them.
     heads: tuple[str, ...] = ("lm",)
+    # Whether it trains at learner.zero_stage=3, where each rank holds a slice of every parameter: its
+    # `effective_weights` and `export` then run on gathered groups of parameters (rlft.roles.zero3).
+    zero3 = False
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -91,6 +94,11 @@ class PeftMethod:
         """The model to train. with_reference: keep what `reference` needs (e.g. initial weights)."""
         raise NotImplementedError
 
+    def outside_modules(self) -> list[torch.nn.Module]:
+        """Modules the method keeps beside the trained model (full: its reference copy); at ZeRO-3 the
+        learner partitions them across ranks as it does the trained model."""
+        return []
+
     def reference(self, model: torch.nn.Module) -> AbstractContextManager:
         """Context in which model(...) computes the reference policy (call under no_grad)."""
         raise NotImplementedError(f"peft method {self.name!r} has no reference policy")
@@ -107,15 +115,15 @@ class PeftMethod:
         """LoRA rank generators must accept to apply the payloads (None: not a LoRA payload)."""
         return None
 
-    def effective_weights(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
-        """Every weight of the policy as the base model would hold it (checkpoint naming)."""
-        return {name: p.detach() for name, p in model.named_parameters()}
+    def effective_weights(self, model: torch.nn.Module, only: set[int] | None = None) -> dict[str, torch.Tensor]:
+        """Every weight of the policy as the base model would hold it (checkpoint naming); `only`: those
+        computed from the parameters with these ids (a gathered group at ZeRO-3, rlft.roles.zero3)."""
+        return {name: p.detach() for name, p in model.named_parameters() if only is None or id(p) in only}
 
-    def export_merged(self, model: torch.nn.Module, version: int, bucket_bytes: int | None = None):
-        """The whole policy as a dense payload (sync.weights: merged), serialised in buckets of whole layers."""
-        from rlft.sync.payload import DensePayload
-
-        return DensePayload.build(version, self.effective_weights(model), bucket_bytes)
+    def export_unit(self, name: str) -> str:
+        """The group a parameter is gathered with at ZeRO-3: the parameters `effective_weights` needs
+        together (default: those of one module)."""
+        return name.rpartition(".")[0]
 
     def save(self, model: torch.nn.Module, tokenizer, out_dir: Path) -> Path:
         raise NotImplementedError
@@ -179,7 +187,11 @@ def torch_optimizer(optimizer) -> torch.optim.Optimizer | None:
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
+    """(trainable, total) parameter counts (of whole parameters: DeepSpeed ZeRO-3 leaves a partitioned one
+    an empty placeholder and records its size in ds_numel)."""
+    def numel(p):
+        return getattr(p, "ds_numel", p.numel())
+
+    trainable = sum(numel(p) for p in model.parameters() if p.requires_grad)
+    total = sum(numel(p) for p in model.parameters())
     return trainable, total

@@ -2,9 +2,9 @@
 
 Every weight moves, so the reference policy (DPO, a KL term) needs a second copy: with
 `with_reference`, `wrap` keeps a frozen deep copy of the initial model outside the trained
-module (DeepSpeed and checkpoints never see it), and inside `reference(model)` a call of the
-model runs the copy's forward instead (an instance attribute shadowing `forward`, which
-`nn.Module.__call__` looks up).
+module (checkpoints never see it; at ZeRO-3 the learner partitions it across ranks too:
+`outside_modules`), and inside `reference(model)` a call of the model runs the copy instead (an
+instance attribute shadowing `forward`, which `nn.Module.__call__` looks up).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class FullFineTuning(PeftMethod):
     has_reference = True
     produces_full_model = True
     heads = ("lm", "score", "value")  # a score or value model saves as its own HF folder like any other
+    zero3 = True
 
     def __init__(self, cfg):
         super().__init__(cfg)
@@ -41,6 +42,9 @@ class FullFineTuning(PeftMethod):
             self.frozen = copy.deepcopy(model).eval().requires_grad_(False)
         return model
 
+    def outside_modules(self):
+        return [] if self.frozen is None else [self.frozen]
+
     @contextmanager
     def reference(self, model):
         if self.frozen is None:
@@ -48,7 +52,7 @@ class FullFineTuning(PeftMethod):
         param = next(model.parameters())  # DeepSpeed may have moved or cast the model after wrap
         self.frozen.to(device=param.device, dtype=param.dtype)
         shadowed = model.__dict__.get("forward")
-        model.forward = self.frozen.forward
+        model.forward = self.frozen.__call__  # its own hooks run (ZeRO-3 gathers the copy's layers in them)
         try:
             yield
         finally:
@@ -57,10 +61,11 @@ class FullFineTuning(PeftMethod):
             else:
                 model.forward = shadowed
 
-    def save(self, model, tokenizer, out_dir):
+    def save(self, model, tokenizer, out_dir, state_dict=None):
+        """state_dict: the weights to write when the model does not hold them whole (ZeRO-3 gathers them)."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        model.save_pretrained(str(out_dir), safe_serialization=True)
+        model.save_pretrained(str(out_dir), state_dict=state_dict, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(str(out_dir))
         return out_dir

@@ -36,18 +36,20 @@ def adapter_tensors(model, adapter_name: str = "default") -> dict[str, torch.Ten
     return {k: v.detach().cpu().clone() for k, v in state.items()}
 
 
-def merged_weights(model, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+def merged_weights(model, adapter_name: str = "default", only: set[int] | None = None) -> dict[str, torch.Tensor]:
     """The base model's weights with the adapter merged in (W + scale B A), in checkpoint naming
-    (`...q_proj.base_layer.weight` -> `...q_proj.weight`); adapter tensors themselves are left out."""
+    (`...q_proj.base_layer.weight` -> `...q_proj.weight`); adapter tensors themselves are left out.
+    only: the weights of the base parameters with these ids (a gathered group at ZeRO-3)."""
     from peft.tuners.lora import LoraLayer
 
     base = model.get_base_model()
     deltas = {f"{name}.base_layer.weight": module.get_delta_weight(adapter_name)
               for name, module in base.named_modules()
-              if isinstance(module, LoraLayer) and adapter_name in module.lora_A}
+              if isinstance(module, LoraLayer) and adapter_name in module.lora_A
+              and (only is None or id(module.base_layer.weight) in only)}
     out = {}
     for name, param in base.named_parameters():
-        if ".lora_" in name:
+        if ".lora_" in name or (only is not None and id(param) not in only):
             continue
         weight = param.detach()
         if name in deltas:
@@ -62,6 +64,7 @@ class LoRA(PeftMethod):
     payload_kind = "lora"
     has_reference = True
     heads = ("lm", "score", "value")
+    zero3 = True
 
     @classmethod
     def trained_parameters(cls, cfg, shape):
@@ -95,8 +98,15 @@ class LoRA(PeftMethod):
     def generator_lora_rank(self) -> int:
         return self.cfg.r
 
-    def effective_weights(self, model):
-        return merged_weights(model)
+    def effective_weights(self, model, only=None):
+        return merged_weights(model, only=only)
+
+    def export_unit(self, name):
+        """A LoRA layer's base weight is merged with its A and B: the three are gathered together."""
+        for marker in (".base_layer.", ".lora_"):
+            if marker in name:
+                return name.split(marker)[0]
+        return super().export_unit(name)
 
     def export(self, model, version):
         tensors, rank, alpha = self.shipped_lora(model)

@@ -50,6 +50,7 @@ class PiSSA(LoRA):
     name = "pissa"
     config_cls = PiSSAConfig
     heads = ("lm",)  # its reference adapter and saved factors assume a causal LM
+    zero3 = False  # the SVD at wrap and the shipped factors read each base weight whole
 
     def wrap(self, model, seed, with_reference):
         from peft import get_peft_model, set_peft_model_state_dict

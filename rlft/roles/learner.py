@@ -10,7 +10,6 @@ micro-batches.
 from __future__ import annotations
 
 import logging
-import math
 import os
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,8 @@ from rlft.logs import set_library_loggers
 from rlft.ops.logprobs import token_logprobs
 from rlft.peft import PEFT_METHODS
 from rlft.peft.base import count_parameters
+from rlft.roles import zero3
+from rlft.roles.engine_setup import SkippingAdamW, deepspeed_config, lr_lambda, without_shared_memory_reduce
 
 log = logging.getLogger(__name__)
 
@@ -37,53 +38,6 @@ def detect_backend(requested: str, device: str) -> str:
     if requested != "auto":
         return requested
     return "nccl" if device == "cuda" else "gloo"
-
-
-def lr_lambda(warmup: int, total: int, schedule: str):
-    """Multiplier of the peak LR at optimizer step `step` (linear warm-up, then decay)."""
-
-    def factor(step: int) -> float:
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        if schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        if schedule == "linear":
-            return 1.0 - progress
-        return 1.0
-
-    return factor
-
-
-def deepspeed_config(cfg, world_size: int, grad_accum: int, dtype: torch.dtype) -> dict:
-    return {
-        "train_micro_batch_size_per_gpu": cfg.train.micro_batch_size,
-        "gradient_accumulation_steps": grad_accum,
-        "train_batch_size": cfg.train.micro_batch_size * grad_accum * world_size,
-        "gradient_clipping": cfg.train.grad_clip,
-        "zero_optimization": {"stage": cfg.learner.zero_stage},
-        "zero_allow_untested_optimizer": True,
-        "bf16": {"enabled": dtype == torch.bfloat16},
-        "fp16": {"enabled": dtype == torch.float16},
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
-
-
-class SkippingAdamW(torch.optim.AdamW):
-    """AdamW that skips a step whose gradients are not finite. DeepSpeed's ZeRO and 16-bit
-    optimizers skip such steps themselves; at ZeRO stage 0 in float32 the engine steps the torch
-    optimizer directly. `overflow` is what the engine reads: a skipped step leaves the LR schedule
-    where it is and counts in `engine.skipped_steps`."""
-
-    overflow = False
-
-    def step(self, closure=None):
-        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
-        self.overflow = bool(grads) and not bool(torch.stack([g.isfinite().all() for g in grads]).all())
-        if self.overflow:
-            return None
-        return super().step(closure)
 
 
 class _Policy:
@@ -105,7 +59,7 @@ class _Policy:
         return out.logits, out.hidden_states[-1]
 
     def input_embeddings(self, input_ids: torch.Tensor) -> torch.Tensor:
-        # Params are whole on every rank up to ZeRO-2; no_grad: the lookup is a constant (IFT's
+        # At ZeRO-3 the call gathers the table (DeepSpeed's hooks), as any forward does; no_grad: the lookup is a constant (IFT's
         # gradient-free embedding copy); a tied table still gets gradient through the LM head.
         with torch.no_grad():
             return self._learner.engine.module.get_input_embeddings()(input_ids)
@@ -129,18 +83,6 @@ class _Policy:
             return module(*args, **kwargs)
 
 
-def without_shared_memory_reduce() -> None:
-    """On DeepSpeed's CPU accelerator, mark its shared-memory all-reduce op unavailable before the
-    communication backend starts: the backend compiles it on first use on a machine (40-80 s on 2 cores)
-    and loads it in every rank, but only DeepSpeed's inference path calls it; training reduces through
-    the process group (gloo)."""
-    import deepspeed.ops
-    from deepspeed.accelerator import get_accelerator
-
-    if get_accelerator().device_name() == "cpu":
-        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-
-
 class LearnerActor:
     """One data-parallel rank. Construct cheaply; `setup` joins the group and loads the model."""
 
@@ -156,6 +98,8 @@ class LearnerActor:
         self.spec = spec  # the AlgorithmSpec itself: algorithms registered in the driver reach Ray workers
         self.peft = PEFT_METHODS[cfg.peft.method](cfg.peft)
         self.engine = None
+        self.partitioned = False  # ZeRO-3: each rank holds a slice of every parameter (rlft.roles.zero3)
+        self.beside = []  # ZeRO-3: the engines partitioning the PEFT method's frozen modules (a reference copy)
         self.sender = None  # rank 0's end of the weight group (sync.transport: collective), once formed
 
     # ----------------------------------------------------------------- set-up
@@ -227,13 +171,13 @@ class LearnerActor:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(train.warmup_steps, train.steps, train.schedule)
         )
-        self.engine, _, _, _ = deepspeed.initialize(
-            model=model,
-            optimizer=optimizer,
-            lr_scheduler=scheduler,
-            config=deepspeed_config(self.cfg, self.world_size, self.grad_accum, self.dtype),
-        )
+        ds_config = deepspeed_config(self.cfg, self.world_size, self.grad_accum, self.dtype)
+        self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
+                                                    config=ds_config)
         self.policy = _Policy(self)
+        self.partitioned = zero3.is_partitioned(self.engine.module)
+        if self.partitioned:
+            self.beside = zero3.partition_beside(self.peft.outside_modules(), ds_config)
         trainable, total = count_parameters(model)
         return {"rank": self.rank, "device": self.device, "backend": backend, "dtype": str(self.dtype),
                 "trainable_params": trainable, "total_params": total}
@@ -318,24 +262,54 @@ class LearnerActor:
 
     def export_weights(self, version: int, everything: bool = False):
         """Rank 0: what generators need after an update, as a versioned payload (rlft.sync).
-        everything: every change since the base model (for generators that start from the base)."""
-        if self.rank != 0:
+        everything: every change since the base model (for generators that start from the base).
+        At ZeRO-3 every rank takes part (gathering is collective) and the others return None."""
+        if self.rank != 0 and not self.partitioned:
             return None
+        self._settle()
         if everything:
             self.peft.mark_all_changed(self.engine.module)
-        if self.cfg.sync.weights == "merged" and self.cfg.sync.transport == "collective":
-            payload = self.broadcast_weights(version)
-        elif self.cfg.sync.weights == "merged":
-            payload = self.peft.export_merged(self.engine.module, version, self._bucket_bytes())
+        if self.cfg.sync.weights == "merged":
+            payload = self._export_merged(version, self._effective_weights())
         else:
-            payload = self.peft.export(self.engine.module, version)
+            with zero3.gathered(self._trained_parameters(), enabled=self.partitioned):
+                payload = self.peft.export(self.engine.module, version) if self.rank == 0 else None
+        if payload is None:
+            return None
         self.exported = {"kind": payload.kind, "version": payload.version, "fingerprint": payload.fingerprint,
                          "num_bytes": payload.num_bytes}
         return payload
 
+    def _export_merged(self, version: int, tensors: dict[str, torch.Tensor]):
+        from rlft.sync.payload import DensePayload
+
+        if self.rank != 0:
+            return None
+        if self.cfg.sync.transport == "collective":
+            return self.broadcast_weights(version, tensors)
+        return DensePayload.build(version, tensors, self._bucket_bytes())
+
+    @torch.no_grad()
+    def _effective_weights(self) -> dict[str, torch.Tensor]:
+        """The policy's every weight as the base model holds it; at ZeRO-3 gathered in buckets, kept by rank 0."""
+        module = self.engine.module
+        if not self.partitioned:
+            return self.peft.effective_weights(module)
+        return zero3.gathered_weights(module, self.peft.effective_weights, self.peft.export_unit, self._gather_bytes(),
+                                      keep=self.rank == 0)
+
+    def _settle(self) -> None:
+        if self.partitioned:
+            zero3.settle(self.engine)
+
+    def _trained_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.engine.module.parameters() if p.requires_grad]
+
     def last_export(self) -> dict:
         """Rank 0: kind, version, fingerprint and size of the payload exported last (the controller checks
-        the generators against it without fetching the payload's bytes)."""
+        the generators against it without fetching the payload's bytes; None on the other ranks)."""
+        if self.rank != 0:
+            return None
         if self.sender is not None and not self.exported["fingerprint"]:
             from rlft.sync.payload import combine_fingerprints
 
@@ -357,22 +331,28 @@ class LearnerActor:
     def weight_group_ready(self) -> None:
         self.sender.finish()
 
-    def broadcast_weights(self, version: int):
+    def broadcast_weights(self, version: int, tensors: dict[str, torch.Tensor]):
         """Rank 0: the merged weights broadcast over the weight group, in buckets; returns at once with their
         layout (what the generators receive into), the sending goes on until `last_export`."""
         if self.sender is None:
             raise RuntimeError("sync.transport=collective: learner rank 0 has no weight group yet (rlft.sync.transport."
                                "connect forms it before the first publish)")
-        with torch.no_grad():
-            tensors = self.peft.effective_weights(self.engine.module)
         return self.sender.start(version, tensors, self._bucket_bytes())
 
     def _bucket_bytes(self) -> int | None:
         """sync.bucket_mb in bytes (None: one bucket, the whole model)."""
         return self.cfg.sync.bucket_mb << 20 if self.cfg.sync.bucket_mb else None
 
+    def _gather_bytes(self) -> int:
+        """ZeRO-3: the most parameter bytes an export or checkpoint gathers at once (learner.zero3_live_mb)."""
+        return self.cfg.learner.zero3_live_mb << 20
+
     def save(self, out_dir: str) -> str | None:
-        """Rank 0 writes the checkpoint (params are replicated up to ZeRO-2)."""
+        """Rank 0 writes the checkpoint (params are replicated up to ZeRO-2; at ZeRO-3 every rank gathers)."""
+        if self.partitioned:
+            self._settle()
+            return zero3.save_policy(self.peft, self.engine.module, self.tokenizer, Path(out_dir), self.rank,
+                                     self._gather_bytes())
         if self.rank != 0:
             return None
         self.peft.save(self.engine.module, self.tokenizer, Path(out_dir))
@@ -390,8 +370,11 @@ class LearnerActor:
         load_rank_state(self.engine, self.peft, self.rank, self.world_size, self.cfg.learner.zero_stage, Path(folder))
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """Copies of the trainable parameters (for invariance checks and tests)."""
-        return {n: p.detach().float().cpu().clone() for n, p in self.engine.module.named_parameters() if p.requires_grad}
+        """Copies of the trainable parameters (for invariance checks and tests; at ZeRO-3 every rank calls it)."""
+        self._settle()
+        with zero3.gathered(self._trained_parameters(), enabled=self.partitioned):
+            return {n: p.detach().float().cpu().clone() for n, p in self.engine.module.named_parameters()
+                    if p.requires_grad}
 
     def memory(self) -> dict[str, float]:
         from rlft.memory import process_memory

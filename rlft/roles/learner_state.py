@@ -5,8 +5,10 @@ What a rank needs to continue as if it had never stopped:
 * the policy's tensors that training changes (the PEFT method says which: `resume_tensors`),
   written once by rank 0 (ranks are replicas up to ZeRO-2) and loaded by every rank;
 * its optimizer state: the torch optimizer's per-parameter tensors (Adam moments, step), keyed by
-  parameter name, or, under ZeRO-1/2, by the rank's flat fp32 partition (then with the partition's
-  values: ZeRO keeps the master weights there);
+  parameter name, or, under ZeRO-1/2/3, by the rank's flat fp32 partition (then with the partition's
+  values: ZeRO keeps the master weights there). At ZeRO-3 these masters are the only copy of the
+  trained weights written: a resumed rank rebuilds its slice of the parameters from them, and the
+  policy tensors above are not written;
 * the LR scheduler, the engine's step counters, and the torch and Python RNG states.
 
 Nothing here unpickles: tensors are read with safetensors, the rest is JSON. A checkpoint written
@@ -24,6 +26,7 @@ from safetensors.torch import load_file, save_file
 
 from rlft.errors import ResumeError
 from rlft.peft.base import torch_optimizer
+from rlft.roles.zero3 import is_partitioned, master_partitions_attached, refresh_from_masters
 
 MODEL_FILE = "model_state.safetensors"
 
@@ -43,7 +46,9 @@ def base_optimizer(optimizer) -> torch.optim.Optimizer:
 def _optimizer_keys(engine) -> dict[int, str]:
     """id(tensor the torch optimizer steps) -> stable name: the parameter's name, or ZeRO's partition."""
     keys = {id(p): f"param.{name}" for name, p in engine.module.named_parameters()}
-    for i, flat in enumerate(getattr(engine.optimizer, "single_partition_of_fp32_groups", None) or []):
+    zero = engine.optimizer
+    partitions = getattr(zero, "single_partition_of_fp32_groups", None) or getattr(zero, "fp32_partitioned_groups_flat", [])
+    for i, flat in enumerate(partitions):  # ZeRO-1/2, ZeRO-3
         keys[id(flat)] = f"fp32_partition.{i}"
     return keys
 
@@ -110,10 +115,11 @@ def save_rank_state(engine, peft, rank: int, world_size: int, zero_stage: int, f
     """This rank's files (and, on rank 0, the model's)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    if rank == 0:
+    if rank == 0 and not is_partitioned(engine.module):  # at ZeRO-3 the master partitions hold the trained weights
         save_file({k: v.detach().cpu().contiguous() for k, v in peft.resume_tensors(engine.module).items()},
                   folder / MODEL_FILE)
-    opt_tensors, opt_meta = optimizer_state(engine)
+    with master_partitions_attached(engine.optimizer):
+        opt_tensors, opt_meta = optimizer_state(engine)
     rng_tensors, rng_meta = rng_state()
     tensors_path, meta_path = rank_files(folder, rank)
     save_file({k: v.detach().cpu().contiguous() for k, v in {**opt_tensors, **rng_tensors}.items()}, tensors_path)
@@ -126,17 +132,22 @@ def save_rank_state(engine, peft, rank: int, world_size: int, zero_stage: int, f
 def load_rank_state(engine, peft, rank: int, world_size: int, zero_stage: int, folder: Path) -> None:
     folder = Path(folder)
     tensors_path, meta_path = rank_files(folder, rank)
-    for path in (folder / MODEL_FILE, tensors_path, meta_path):
+    partitioned = is_partitioned(engine.module)
+    for path in ([] if partitioned else [folder / MODEL_FILE]) + [tensors_path, meta_path]:
         if not path.is_file():
             raise ResumeError(f"{folder}: missing {path.name} (not a complete learner checkpoint for rank {rank})")
     meta = json.loads(meta_path.read_text())
     if (meta["world_size"], meta["zero_stage"]) != (world_size, zero_stage):
         raise ResumeError(f"{folder}: written by {meta['world_size']} learner ranks at ZeRO stage {meta['zero_stage']}; "
                           f"this run has {world_size} at stage {zero_stage} (set learner.count / learner.zero_stage to match)")
-    device = next(engine.module.parameters()).device
-    peft.load_resume_tensors(engine.module, {k: v.to(device) for k, v in load_file(folder / MODEL_FILE).items()})
+    if not partitioned:
+        device = next(engine.module.parameters()).device
+        peft.load_resume_tensors(engine.module, {k: v.to(device) for k, v in load_file(folder / MODEL_FILE).items()})
     tensors = load_file(tensors_path)
-    load_optimizer_state(engine, tensors, meta["optimizer"])
+    with master_partitions_attached(engine.optimizer):
+        load_optimizer_state(engine, tensors, meta["optimizer"])
+    if partitioned:
+        refresh_from_masters(engine.optimizer)
     if meta["scheduler"] is not None and engine.lr_scheduler is not None:
         engine.lr_scheduler.load_state_dict(meta["scheduler"])
         for group, lr in zip(base_optimizer(engine.optimizer).param_groups, engine.lr_scheduler.get_last_lr()):

@@ -92,6 +92,6 @@ class RewardPairSource(PairSource):
             rows = [encode_sft(tok, pair.prompt, response, ctx.cfg.train.max_length, ctx.chat)
                     for pair in self.held_out[start : start + ctx.cfg.eval.batch_size]
                     for response in (pair.chosen, pair.rejected)]
-            scores.append(roles["learner"].call_one(0, "family_call", "sequence_scores", pad_rows(rows, pad_id)))
+            scores.append(roles["learner"].call_lead("family_call", "sequence_scores", pad_rows(rows, pad_id)))
         scores = torch.cat(scores)
         return pair_accuracy(scores[0::2], scores[1::2])

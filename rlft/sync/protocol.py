@@ -77,10 +77,10 @@ class WeightSync:
             self.group = connect(self.learners, self.generators, self.cfg.group_timeout_s)
             t0 = time.time()  # forming the group is set-up, not the sync
         # the generators start loading as soon as the export is done, the payload never passing the driver first
-        exported = self.learners.submit_one(0, "export_weights", version, everything)
+        exported = self.learners.submit_lead("export_weights", version, everything)
         loaded = self._to_generators("load_weights", exported)
         del exported  # nobody holds the payload any more: Ray frees it
-        payload = self.learners.call_one(0, "last_export")  # its record, not its bytes
+        payload = self.learners.call_lead("last_export")  # its record, not its bytes
         for index, seen in enumerate(loaded):
             if seen != payload["fingerprint"]:
                 raise SyncError(
@@ -100,7 +100,7 @@ class WeightSync:
         """Max and mean |learner - generator| log-prob over the probe's scored positions (the worst
         generator); the configured statistic above tolerance is an error. What the probe is and
         scores belongs to the model family (rlft.families): both sides return one flat vector."""
-        learner = self.learners.call_one(0, "probe_logprobs", self.probe)
+        learner = self.learners.call_lead("probe_logprobs", self.probe)
         found = {"max": 0.0, "mean": 0.0}
         for generator in self._to_generators("probe_logprobs", self.probe):
             diff = (torch.as_tensor(generator, dtype=torch.float32) - learner.float()).abs()
