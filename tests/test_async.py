@@ -184,9 +184,9 @@ def test_weights_load_while_requests_are_in_flight_and_each_token_keeps_its_vers
     actor.setup()
     try:
         stepped, actor.stepped = actor.stepped, None  # LLM.generate on the same engine
-        reference = actor.generate(prompts, 2, 128, 1.0, 1.0, seed=7)
+        reference = actor.generate(prompts, 2, 96, 1.0, 1.0, seed=7)
         actor.stepped = stepped
-        same = actor.generate(prompts, 2, 128, 1.0, 1.0, seed=7)
+        same = actor.generate(prompts, 2, 96, 1.0, 1.0, seed=7)
         for ref, got in zip(reference, same):
             assert [s["completion_ids"] for s in got] == [s["completion_ids"] for s in ref]
             for s, r in zip(got, ref):
@@ -196,7 +196,7 @@ def test_weights_load_while_requests_are_in_flight_and_each_token_keeps_its_vers
         moved = {k: v + 0.05 * torch.randn_like(v) for k, v in load_file(str(Path(path) / "model.safetensors")).items()}
         payload = DensePayload.build(1, moved)
         out = {}
-        sampling = threading.Thread(target=lambda: out.update(r=actor.generate(prompts, 2, 128, 1.0, 1.0, seed=7)))
+        sampling = threading.Thread(target=lambda: out.update(r=actor.generate(prompts, 2, 96, 1.0, 1.0, seed=7)))
         sampling.start()
         time.sleep(0.3)
         assert actor.load_weights(payload) == payload.fingerprint
