@@ -198,7 +198,12 @@ def test_weights_load_while_requests_are_in_flight_and_each_token_keeps_its_vers
         out = {}
         sampling = threading.Thread(target=lambda: out.update(r=actor.generate(prompts, 2, 96, 1.0, 1.0, seed=7)))
         sampling.start()
-        time.sleep(0.3)
+        deadline = time.time() + 60
+        while time.time() < deadline:  # the update lands once sampling is under way
+            with actor.stepped.lock:
+                if any(len(r.token_ids) >= 8 for r in actor.stepped.requests.values()):
+                    break
+            time.sleep(0.002)
         assert actor.load_weights(payload) == payload.fingerprint
         sampling.join(120)
         samples = [s for per_prompt in out["r"] for s in per_prompt]
