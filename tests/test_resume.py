@@ -92,11 +92,13 @@ def test_rl_resume_is_exact_and_generators_run_the_resumed_policy(tmp_path):
     assert "generators run the resumed policy (version 2)" in log
 
 
-def test_local_mode_resume_with_two_zero2_ranks_is_exact(tmp_path):
-    """Ray actors, 2 learner ranks at ZeRO-2: each rank's flat fp32 partition (master weights and
-    Adam moments) is its own file, and the resumed ranks continue bit for bit."""
+def test_local_mode_resume_with_two_zero3_ranks_is_exact(tmp_path):
+    """Ray actors, 2 learner ranks at ZeRO-3 (LoRA, a vLLM generator): each rank's partition of the
+    parameters, fp32 master weights and Adam moments is its own file, the resumed ranks continue bit
+    for bit, and the generators get the gathered policy. (ZeRO-2's flat partitions, written the same way
+    per rank: the SFT resume above.)"""
     def make(name, **extra):
-        return rl_config(tmp_path, name, runtime={"mode": "local", "num_cpus": 4}, learner={"count": 2, "zero_stage": 2},
+        return rl_config(tmp_path, name, runtime={"mode": "local", "num_cpus": 4}, learner={"count": 2, "zero_stage": 3},
                          train={"steps": 4, "grad_clip": 1.0}, **extra)
 
     whole, resumed, summary = stop_and_resume(make, at=2)
