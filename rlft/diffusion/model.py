@@ -127,11 +127,13 @@ class MDLM(nn.Module):
         return subs_log_probs(self(x), x, self.mask_index)
 
     # ----------------------------------------------------------------------------- checkpoints
-    def save_pretrained(self, folder, safe_serialization: bool = True) -> None:
+    def save_pretrained(self, folder, state_dict: dict | None = None, safe_serialization: bool = True) -> None:
+        """As Hugging Face models do: `state_dict` is what to write when the module does not hold its weights
+        whole (gathered from ZeRO-3 partitions); else its own."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / CONFIG_NAME).write_text(json.dumps(self.config.to_dict(), indent=2) + "\n")
-        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        state = {k: v.detach().cpu().contiguous() for k, v in (state_dict or self.state_dict()).items()}
         if safe_serialization:
             from safetensors.torch import save_file
 
