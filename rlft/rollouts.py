@@ -120,3 +120,10 @@ def response_mask(rows: list[dict[str, Any]], width: int) -> torch.Tensor:
     """float64 [N, width]: 1.0 on the shifted positions whose next token is labelled (the trained response tokens)."""
     return torch.tensor([[float(t != IGNORE_INDEX) for t in r["labels"][1:]] + [0.0] * (width + 1 - len(r["labels"]))
                          for r in rows], dtype=torch.float64)
+
+
+def batch_staleness(items: list, trained_version: int) -> int | None:
+    """Versions between the one that began the batch's oldest sample and the one that trains it (None:
+    items without a version)."""
+    versions = [item.version for item in items if hasattr(item, "version")]
+    return trained_version - min(versions) if versions else None

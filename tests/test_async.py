@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlft.control.ahead import BatchesAhead, batch_staleness
+from rlft.control.ahead import BatchesAhead
+from rlft.rollouts import batch_staleness
 from rlft.types import Example, Rollout
 from tests.helpers import rl_config
 

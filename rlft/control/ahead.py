@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from rlft.faults import is_actor_death
+from rlft.rollouts import batch_staleness
 
 
 @dataclass
@@ -36,18 +37,11 @@ class Ahead:
     source_state: dict | None = None  # the source before it drew this batch's prompts (set when it starts)
 
 
-def batch_staleness(items: list, trained_version: int) -> int | None:
-    """Versions between the one that began the batch's oldest sample and the one that trains it (None:
-    items without a version)."""
-    versions = [item.version for item in items if hasattr(item, "version")]
-    return trained_version - min(versions) if versions else None
-
-
 class BatchesAhead:
     def __init__(self, source, staleness: int, last_iteration: int, in_flight: bool):
         self.source, self.staleness, self.last, self.in_flight = source, staleness, last_iteration, in_flight
         self.pending: deque[Ahead] = deque()
-        self.next_iteration: int | None = None  # the first iteration not handed out yet
+        self.next_iteration = 0  # the first iteration not handed out yet
         self.dropped = 0
         self._executor: ThreadPoolExecutor | None = None
         self._turn = threading.Condition()
@@ -78,7 +72,7 @@ class BatchesAhead:
                     self.pending.popleft()
         if items is None:
             items, metrics = generate_now(iteration, None)
-        self.next_iteration = max(self.next_iteration or 0, iteration + 1)
+        self.next_iteration = max(self.next_iteration, iteration + 1)
         for j in range(self.next_iteration, min(iteration + self.staleness, self.last) + 1):
             self._submit(j, trained_at=policy_version + (j - iteration))
         return items, metrics

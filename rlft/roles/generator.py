@@ -210,13 +210,15 @@ class GeneratorActor:
 
         # vLLM draws the j-th of n samples with seed + j: prompts n seeds apart share no random stream.
         limits = max_new_tokens if isinstance(max_new_tokens, list) else [max_new_tokens] * len(prompts)
+
+        def params(i: int, count: int, first_seed: int) -> SamplingParams:  # prompt i's samples
+            return SamplingParams(n=count, max_tokens=limits[i], temperature=temperature, top_p=top_p, seed=first_seed,
+                                  logprobs=0, stop=stop, include_stop_str_in_output=bool(stop))
+
         if self.stepped is not None:
-            return self._generate_stepped(prompts, n, limits, temperature, top_p, seed, stop)
-        params = [SamplingParams(n=n, max_tokens=limits[i], temperature=temperature, top_p=top_p,
-                                 seed=seed + i * n, logprobs=0, stop=stop, include_stop_str_in_output=bool(stop))
-                  for i in range(len(prompts))]
+            return self._generate_stepped(prompts, n, seed, params)
         outputs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=p) for p in prompts], params,
+            [TokensPrompt(prompt_token_ids=p) for p in prompts], [params(i, n, seed + i * n) for i in range(len(prompts))],
             lora_request=self._request(), use_tqdm=False,
         )
         results = []
@@ -230,15 +232,12 @@ class GeneratorActor:
             results.append(samples)
         return results
 
-    def _generate_stepped(self, prompts, n, limits, temperature, top_p, seed, stop) -> list[list[dict[str, Any]]]:
+    def _generate_stepped(self, prompts, n, seed, params) -> list[list[dict[str, Any]]]:
         """`generate` on the stepped engine: sample j of prompt i is its own request with seed + i * n + j
         (the seed vLLM gives it in an n-sample request); each token keeps the version that sampled it."""
-        from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        requests = [(TokensPrompt(prompt_token_ids=prompts[i]),
-                     SamplingParams(n=1, max_tokens=limits[i], temperature=temperature, top_p=top_p, seed=seed + i * n + j,
-                                    logprobs=0, stop=stop, include_stop_str_in_output=bool(stop)))
+        requests = [(TokensPrompt(prompt_token_ids=prompts[i]), params(i, 1, seed + i * n + j))
                     for i in range(len(prompts)) for j in range(n)]
         ids = self.stepped.submit([r[0] for r in requests], [r[1] for r in requests], self._request())
         done = self.stepped.wait(ids)
@@ -252,17 +251,15 @@ class GeneratorActor:
         from vllm.inputs import TokensPrompt
 
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0)
+        prompts = [TokensPrompt(prompt_token_ids=s) for s in sequences]
         if self.stepped is not None:  # beside a running `generate`, on the same steps
-            done = self.stepped.wait(self.stepped.submit([TokensPrompt(prompt_token_ids=s) for s in sequences],
-                                                         [params.clone() for _ in sequences], self._request()))
-            return [[entry[tok].logprob for entry, tok in zip(c.prompt_logprobs[1:], seq[1:])]
-                    for c, seq in zip(done, sequences)]
-        outputs = self.llm.generate(
-            [TokensPrompt(prompt_token_ids=s) for s in sequences], params,
-            lora_request=self._request(), use_tqdm=False,
-        )
-        return [[entry[tok].logprob for entry, tok in zip(out.prompt_logprobs[1:], seq[1:])]
-                for out, seq in zip(outputs, sequences)]
+            done = self.stepped.wait(self.stepped.submit(prompts, [params.clone() for _ in sequences], self._request()))
+            scored = [c.prompt_logprobs for c in done]
+        else:
+            scored = [out.prompt_logprobs for out in self.llm.generate(prompts, params, lora_request=self._request(),
+                                                                        use_tqdm=False)]
+        return [[entry[tok].logprob for entry, tok in zip(per_position[1:], seq[1:])]
+                for per_position, seq in zip(scored, sequences)]
 
     def probe_logprobs(self, probe) -> list[float]:
         """The parity probe's scored log-probs (rlft.families.causal_lm)."""

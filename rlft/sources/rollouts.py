@@ -14,7 +14,7 @@ from rlft.data.sampler import EpochSampler
 from rlft.data.steps import completion_steps
 from rlft.eval_scoring import eval_metrics
 from rlft.modes import mode_metrics
-from rlft.rollouts import observation_mask
+from rlft.rollouts import batch_staleness, observation_mask
 from rlft.sources import SampledSource, SourceContext
 from rlft.types import Rollout
 
@@ -167,7 +167,7 @@ class RolloutSource(SampledSource):
         return rollouts, {
             **reward_metrics(rollouts, ctx.task.name),
             "rollout/response_length": tokens / len(rollouts),
-            "rollout/staleness": float(policy_version - min(r.version for r in rollouts)),
+            "rollout/staleness": float(batch_staleness(rollouts, policy_version)),
             "rollout/spanning_versions": sum(bool(r.token_versions) for r in rollouts) / len(rollouts),
             "perf/time_generate": t1 - t0, "perf/time_reward": t2 - t1,
             "perf/gen_tokens_per_s": gen_tokens / max(t1 - t0, 1e-9),
