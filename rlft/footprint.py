@@ -39,7 +39,7 @@ GIB = 2**30
 
 # Resident MiB of each process with a negligible model (tiny-model runs on CPU, rounded up).
 BASELINE_MIB = {"driver": 500, "ray": 800, "learner": 700, "generator": 700, "engine_core": 650,
-                "engine_worker": 1100, "generator_with_engine": 900, "diffusion_generator": 700, "reward": 350,
+                "engine_worker": 1100, "generator_with_engine": 900, "diffusion_generator": 700, "reward": 400,
                 "environment": 450}
 # The peak each process adds while a sync is applied, as (whole payloads, buckets): merged tensors,
 # serialised bytes, Ray's pickling and unpickling, each hop of vLLM's collective_rpc, the deserialised
