@@ -6,10 +6,10 @@
 
 For each stage, one local-mode learner group (Ray actors, 2 ranks, float32 on CPU) runs GPPO's learner step
 (no generators: tests/helpers.py LEARNER_ONLY_GPPO) on fixed rows. After set-up each rank's resident size is
-read and its peak reset (/proc/PID/clear_refs); then --steps optimizer steps run, and each rank's new peak
-(VmHWM) is what training held. Loading is not measured: every rank loads the whole model before DeepSpeed
-partitions it. Beside each measurement: rlft.footprint's estimate of a rank. Prints a table; raw numbers to
-bench/results/zero3_memory.json.
+read with its peak so far (VmHWM: what loading the model and building DeepSpeed's engine held; at ZeRO-3 each
+rank loads only its slices, rlft.roles.zero3.loading_partitioned) and the peak is reset (/proc/PID/clear_refs);
+then --steps optimizer steps run, and each rank's new peak is what training held. Beside each measurement:
+rlft.footprint's estimate of a rank. Prints a table; raw numbers to bench/results/zero3_memory.json.
 
 ZeRO-3 runs at each --live-mb (learner.zero3_live_mb: what a rank holds gathered at once, and its reduce
 bucket). The processes run with MALLOC_MMAP_THRESHOLD_ fixed at 1 MiB (--mmap-thresholds; 0: glibc's own):
@@ -59,6 +59,7 @@ def measure(stage: int, live_mb: int | None, steps: int, mmap_threshold: int, ou
         setup_s = time.perf_counter() - started
         pids = [w["pid"] for w in ctl.learners.where()]
         after_setup = [status_kb(pid, "VmRSS") / 1024 for pid in pids]
+        setup_peak = [status_kb(pid, "VmHWM") / 1024 for pid in pids]
         for pid in pids:
             Path(f"/proc/{pid}/clear_refs").write_text("5")  # peak RSS := current RSS
         rows = synthetic_rollout_rows(ctl)
@@ -71,7 +72,8 @@ def measure(stage: int, live_mb: int | None, steps: int, mmap_threshold: int, ou
         estimate = json.loads((ctl.run_dir / "memory_estimate.json").read_text())["learner"]
     finally:
         ctl.close()
-    return {"zero_stage": stage, "zero3_live_mb": live_mb, "mmap_threshold": mmap_threshold, "rss_after_setup_mib": after_setup, "peak_training_mib": peak,
+    return {"zero_stage": stage, "zero3_live_mb": live_mb, "mmap_threshold": mmap_threshold, "rss_after_setup_mib": after_setup,
+            "peak_setup_mib": setup_peak, "peak_training_mib": peak,
             "estimate_per_rank_mib": estimate["per_member_mib"], "setup_s": setup_s, "step_s": step_s}
 
 
@@ -93,13 +95,14 @@ def main() -> None:
             for threshold in args.mmap_thresholds for stage in args.stages
             for live_mb in (args.live_mb if stage == 3 else [None])]
     print(f"\nSmolLM2-135M full fine-tuning, float32, 2 learner ranks, {args.steps} steps (MiB per rank)")
-    print(f"{'mmap threshold':>15} {'ZeRO':>5} {'live MiB':>9} {'rank':>5} {'RSS after set-up':>17} "
+    print(f"{'mmap threshold':>15} {'ZeRO':>5} {'live MiB':>9} {'rank':>5} {'peak in set-up':>15} {'RSS after set-up':>17} "
           f"{'peak in training':>17} {'estimate':>9} {'s/step':>7}")
     for row in rows:
         for rank in range(2):
             threshold = f"{row['mmap_threshold'] >> 20} MiB" if row["mmap_threshold"] else "glibc's"
             live = row["zero3_live_mb"] or "-"
-            print(f"{threshold:>15} {row['zero_stage']:>5} {live:>9} {rank:>5} {row['rss_after_setup_mib'][rank]:>17.0f} "
+            print(f"{threshold:>15} {row['zero_stage']:>5} {live:>9} {rank:>5} {row['peak_setup_mib'][rank]:>15.0f} "
+                  f"{row['rss_after_setup_mib'][rank]:>17.0f} "
                   f"{row['peak_training_mib'][rank]:>17.0f} {row['estimate_per_rank_mib']:>9.0f} "
                   f"{sum(row['step_s']) / len(row['step_s']):>7.1f}")
     print(f"wrote {write_results(args.json, {'steps': args.steps, 'model': 'smollm2-135m-instruct', 'runs': rows})}")

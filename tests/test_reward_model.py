@@ -211,8 +211,8 @@ def write_answer_pairs(path, n: int, seed: int) -> str:
 
 
 def test_reward_model_run_raises_held_out_pair_accuracy_and_saves_a_loadable_classifier(tmp_path):
-    """LoRA (the head trained whole beside the adapters) on 2 DeepSpeed learner actors (Ray, local mode),
-    from the untrained tiny model: held-out pair accuracy rises from under chance to over 0.9. The final checkpoint is the
+    """LoRA (the head trained whole beside the adapters) on 2 DeepSpeed learner actors (Ray, local mode) at
+    ZeRO-3 (the model loaded partitioned; the merged checkpoint gathered a bucket at a time), from the untrained tiny model: held-out pair accuracy rises from under chance to over 0.9. The final checkpoint is the
     merged classifier (AutoModelForSequenceClassification) with the adapter folder beside it, and it
     ranks the held-out pairs as the run's last evaluation did."""
     from transformers import AutoModelForSequenceClassification
@@ -222,7 +222,8 @@ def test_reward_model_run_raises_held_out_pair_accuracy_and_saves_a_loadable_cla
 
     train_path = write_answer_pairs(tmp_path / "train.jsonl", 256, seed=0)
     eval_path = write_answer_pairs(tmp_path / "eval.jsonl", 64, seed=1)
-    cfg = tiny_config(tmp_path, "rm", runtime={"mode": "local"}, learner={"count": 2},
+    cfg = tiny_config(tmp_path, "rm", runtime={"mode": "local"},
+                      learner={"count": 2, "zero_stage": 3, "zero3_persistence_threshold": 1000, "zero3_live_mb": 1},
                       algorithm={"name": "reward_model", "path": train_path, "eval_path": eval_path},
                       peft={"method": "lora", "r": 8, "alpha": 16},
                       train={"steps": 30, "batch_size": 16, "micro_batch_size": 4, "lr": 1e-2, "eval_every": 15},

@@ -8,6 +8,7 @@ with learner.zero3_live_mb 1 (the model is 1.7 MiB) exports and checkpoints gath
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from rlft.algorithms import ALGORITHMS
 from rlft.control import Controller
@@ -91,6 +92,17 @@ def test_generators_load_the_zero3_export_and_the_parity_probe_agrees(two_zero3_
     sync = ctl.sync.publish()
     assert sync["sync/version"] == ctl.policy_version and sync["sync/bytes"] > 0
     assert sync["sync/parity_max_abs_diff"] < ctl.sync.tolerance
+
+
+def test_each_rank_loads_its_slices_of_the_policy_and_the_reference_only(two_zero3_ranks):
+    """Loaded under deepspeed.zero.Init (rlft.roles.zero3.loading_partitioned): right after loading, rank 0
+    holds half of every parameter (rounded up) of the policy and of the reference copy loaded beside it,
+    never a whole model; the persistence threshold only applies once DeepSpeed's engine starts."""
+    ctl, _, _ = two_zero3_ranks
+    sizes = [p.numel() for p in AutoModelForCausalLM.from_pretrained(ctl.model_path).parameters()]
+    info = ctl.learner_info
+    assert info["total_params"] == sum(sizes)
+    assert info["loaded_params"] == 2 * sum((n + 1) // 2 for n in sizes)
 
 
 def test_the_partitioned_reference_is_the_original_model(two_zero3_ranks):

@@ -90,8 +90,11 @@ class PeftMethod:
         for the memory estimate (`shape`: an rlft.footprint.ModelShape). Default: every weight."""
         return shape.params
 
-    def wrap(self, model: torch.nn.Module, seed: int, with_reference: bool) -> torch.nn.Module:
-        """The model to train. with_reference: keep what `reference` needs (e.g. initial weights)."""
+    def wrap(self, model: torch.nn.Module, seed: int, with_reference: bool,
+             load_copy: Callable[[], torch.nn.Module] | None = None) -> torch.nn.Module:
+        """The model to train. with_reference: keep what `reference` needs (e.g. initial weights).
+        load_copy: loads the model again, for a method that keeps a copy where copying is not possible
+        (a model loaded partitioned at ZeRO-3)."""
         raise NotImplementedError
 
     def outside_modules(self) -> list[torch.nn.Module]:
@@ -127,6 +130,15 @@ class PeftMethod:
 
     def save(self, model: torch.nn.Module, tokenizer, out_dir: Path) -> Path:
         raise NotImplementedError
+
+    def saves_whole_weights(self, model: torch.nn.Module) -> bool:
+        """Whether `save` writes every weight of the model: at ZeRO-3 they are gathered a bucket at a time
+        (`saved_weights`) and passed to `save` as its state_dict (rlft.roles.zero3.save_policy)."""
+        return self.produces_full_model
+
+    def saved_weights(self, model: torch.nn.Module, only: set[int] | None = None) -> dict[str, torch.Tensor]:
+        """The weights a whole-weights checkpoint holds, in checkpoint naming (`only`: as in effective_weights)."""
+        return self.effective_weights(model, only=only)
 
     # ----------------------------------------------------------------- exact resume
     def resume_tensors(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:

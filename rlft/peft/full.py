@@ -37,9 +37,9 @@ class FullFineTuning(PeftMethod):
         super().__init__(cfg)
         self.frozen = None  # the reference copy, when wrap was asked to keep one
 
-    def wrap(self, model, seed, with_reference):
-        if with_reference:
-            self.frozen = copy.deepcopy(model).eval().requires_grad_(False)
+    def wrap(self, model, seed, with_reference, load_copy=None):
+        if with_reference:  # a partitioned model's parameters are bound to their partitions: load it again
+            self.frozen = (load_copy() if load_copy else copy.deepcopy(model)).eval().requires_grad_(False)
         return model
 
     def outside_modules(self):

@@ -92,7 +92,7 @@ class HFT(PeftMethod):
     def trained_parameters(cls, cfg, shape):
         return shape.params // 2
 
-    def wrap(self, model, seed, with_reference):
+    def wrap(self, model, seed, with_reference, load_copy=None):
         self.trainable = hft_trainable(model, seed, self.cfg.hft_round, self.cfg.hft_train_embeddings)
         params = dict(model.named_parameters())
         model.requires_grad_(False)

@@ -78,7 +78,7 @@ class LoRA(PeftMethod):
                           target_modules=list(cfg.target_modules), init_lora_weights=init_lora_weights,
                           task_type=task_type)
 
-    def wrap(self, model, seed, with_reference):
+    def wrap(self, model, seed, with_reference, load_copy=None):
         from peft import get_peft_model
 
         torch.manual_seed(seed)  # identical adapters on every rank
@@ -112,22 +112,35 @@ class LoRA(PeftMethod):
         tensors, rank, alpha = self.shipped_lora(model)
         return LoraPayload.build(version, tensors, adapter_config_dict(model.peft_config["default"], rank, alpha))
 
-    def save(self, model, tokenizer, out_dir):
-        if is_sequence_scorer(model.get_base_model()) or is_token_scorer(model.get_base_model()):
-            return save_merged_scorer(model, tokenizer, Path(out_dir))
+    def save(self, model, tokenizer, out_dir, state_dict=None):
+        """state_dict: a scorer's merged weights when the model does not hold them whole (ZeRO-3)."""
+        if self.saves_whole_weights(model):
+            return save_merged_scorer(model, tokenizer, Path(out_dir),
+                                      self.saved_weights(model) if state_dict is None else state_dict)
         return save_adapter_folder(self.export(model, version=0), tokenizer, out_dir)
 
+    def saves_whole_weights(self, model):
+        """A score or value model is saved merged, with the head PEFT trained whole under its own name."""
+        return is_sequence_scorer(model.get_base_model()) or is_token_scorer(model.get_base_model())
 
-def save_merged_scorer(model, tokenizer, out_dir: Path) -> Path:
-    """A LoRA sequence-score model as the merged HF folder `out_dir` (AutoModelForSequenceClassification
-    loads it) with its PEFT adapter folder (adapters and the trained head) in `out_dir/adapter`. The merge
-    runs on a copy (the trained model keeps its adapters), so saving briefly holds the model twice."""
-    import copy
+    def saved_weights(self, model, only=None):
+        return with_trained_heads(merged_weights(model, only=only))
 
+
+def with_trained_heads(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Weights of a model whose head PEFT trains whole beside the adapters (modules_to_save): the trained
+    copy under the head's own name, the untouched original left out."""
+    return {name.replace(".modules_to_save.default.", "."): t for name, t in weights.items()
+            if ".original_module." not in name}
+
+
+def save_merged_scorer(model, tokenizer, out_dir: Path, merged: dict[str, torch.Tensor]) -> Path:
+    """A LoRA score or value model as the merged HF folder `out_dir` (AutoModelForSequenceClassification
+    or AutoModelForTokenClassification loads it; `merged`: its weights, LoRA.saved_weights) with its
+    PEFT adapter folder (adapters and the trained head) in `out_dir/adapter`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(str(out_dir / "adapter"), safe_serialization=True)
-    merged = copy.deepcopy(model).merge_and_unload()
-    merged.save_pretrained(str(out_dir), safe_serialization=True)
+    model.get_base_model().save_pretrained(str(out_dir), state_dict=merged, safe_serialization=True)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out_dir))
     return out_dir

@@ -87,7 +87,7 @@ class PartialLinearMethod(PeftMethod):
         """The layer that replaces `linear` (`generator`: seeded alike on every rank)."""
         raise NotImplementedError
 
-    def wrap(self, model, seed, with_reference):
+    def wrap(self, model, seed, with_reference, load_copy=None):
         model.requires_grad_(False)
         generator = torch.Generator().manual_seed(seed)
         replace_linears(model, set(self.cfg.target_modules), lambda linear: self.make_layer(linear, generator))

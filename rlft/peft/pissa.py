@@ -52,7 +52,7 @@ class PiSSA(LoRA):
     heads = ("lm",)  # its reference adapter and saved factors assume a causal LM
     zero3 = False  # the SVD at wrap and the shipped factors read each base weight whole
 
-    def wrap(self, model, seed, with_reference):
+    def wrap(self, model, seed, with_reference, load_copy=None):
         from peft import get_peft_model, set_peft_model_state_dict
 
         niter = self.cfg.pissa_niter

@@ -145,14 +145,20 @@ class LearnerActor:
                              use_libuv=False)
 
     def _load_model(self) -> torch.nn.Module:
-        from rlft.data.models import resolve_dtype
+        """The model to train, wrapped by the PEFT method. At ZeRO-3 it is loaded partitioned
+        (rlft.roles.zero3.loading_partitioned), and a reference copy is loaded again, partitioned too."""
         from rlft.families import family_for
 
-        self.dtype = resolve_dtype(self.cfg.model.dtype, self.device)
         self.family = family_for(self.model_path)
         self.tokenizer = self.family.load_tokenizer(self.model_path)
-        model = self.family.load_model(self.model_path, self.dtype, head=self.spec.model_head)
-        return self.peft.wrap(model, self.cfg.run.seed, with_reference=self.spec.needs_reference(self.cfg))
+
+        def load() -> torch.nn.Module:
+            return self.family.load_model(self.model_path, self.dtype, head=self.spec.model_head)
+
+        at_stage3 = self.cfg.learner.zero_stage == 3
+        with zero3.loading_partitioned(self.ds_config, enabled=at_stage3):
+            return self.peft.wrap(load(), self.cfg.run.seed, with_reference=self.spec.needs_reference(self.cfg),
+                                  load_copy=load if at_stage3 else None)
 
     def setup(self) -> dict[str, Any]:
         import deepspeed
@@ -164,23 +170,27 @@ class LearnerActor:
         self.device = detect_device(self.cfg.learner.device)
         backend = detect_backend(self.cfg.learner.backend, self.device)
         self._init_distributed(backend)
+        from rlft.data.models import resolve_dtype
+
+        self.dtype = resolve_dtype(self.cfg.model.dtype, self.device)
+        self.ds_config = deepspeed_config(self.cfg, self.world_size, self.grad_accum, self.dtype)
         model = self._load_model()
+        loaded = zero3.held_elements([model, *self.peft.outside_modules()])  # at ZeRO-3 this rank's slices
         params = [p for p in model.parameters() if p.requires_grad]
         train = self.cfg.train
         optimizer = SkippingAdamW(params, lr=train.lr, betas=tuple(train.betas), weight_decay=train.weight_decay)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_lambda(train.warmup_steps, train.steps, train.schedule)
         )
-        ds_config = deepspeed_config(self.cfg, self.world_size, self.grad_accum, self.dtype)
         self.engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                                    config=ds_config)
+                                                    config=self.ds_config)
         self.policy = _Policy(self)
         self.partitioned = zero3.is_partitioned(self.engine.module)
         if self.partitioned:
-            self.beside = zero3.partition_beside(self.peft.outside_modules(), ds_config)
+            self.beside = zero3.partition_beside(self.peft.outside_modules(), self.ds_config)
         trainable, total = count_parameters(model)
         return {"rank": self.rank, "device": self.device, "backend": backend, "dtype": str(self.dtype),
-                "trainable_params": trainable, "total_params": total}
+                "trainable_params": trainable, "total_params": total, "loaded_params": loaded}
 
     # ----------------------------------------------------------------- training
     def reference_logits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:

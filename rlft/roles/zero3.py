@@ -27,6 +27,28 @@ def zero3_options(learner_cfg, element_bytes: int) -> dict:
             "stage3_prefetch_bucket_size": live // 2, "reduce_bucket_size": live}
 
 
+@contextmanager
+def loading_partitioned(ds_config: dict, enabled: bool = True) -> Iterator[None]:
+    """Inside, a Hugging Face model's `from_pretrained` builds it partitioned across the ranks
+    (deepspeed.zero.Init) and copies each weight from the memory-mapped checkpoint into the ranks' slices,
+    one module at a time: no rank holds the whole model, which is what lets a model larger than one
+    rank's memory start. Transformers reads the stage from a global it keeps a weak reference to, so the
+    config object lives for the block and is unset after it (later loads in this process, a reward model's
+    in inline mode, load whole). A model built outside transformers loads whole here and is partitioned by
+    deepspeed.initialize, as every model was before. Every rank enters (the weights are scattered)."""
+    if not enabled:
+        yield
+        return
+    from transformers.integrations.deepspeed import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    config = HfDeepSpeedConfig(ds_config)
+    try:
+        yield
+    finally:
+        unset_hf_deepspeed_config()
+        del config
+
+
 def partition_beside(modules: list[torch.nn.Module], ds_config: dict) -> list:
     """Partitions frozen modules kept beside the trained model (a reference copy) across the ranks: a
     DeepSpeed engine without an optimizer each, whose hooks gather a layer at a time in the forward.
@@ -44,6 +66,12 @@ def is_partitioned(module: torch.nn.Module) -> bool:
 def numel(param: torch.nn.Parameter) -> int:
     """Elements of the whole parameter (a partitioned one holds an empty placeholder)."""
     return getattr(param, "ds_numel", param.numel())
+
+
+def held_elements(modules: Iterable[torch.nn.Module]) -> int:
+    """Elements of `modules`' parameters this rank holds: a partitioned parameter's slice, else the whole."""
+    return sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()
+               for module in modules for p in module.parameters())
 
 
 def unit_buckets(sizes: list[tuple[str, int]], unit_of: Callable[[str], str],
@@ -104,16 +132,14 @@ def gathered_weights(module: torch.nn.Module, weights_of: Callable[..., dict[str
 
 def save_policy(peft, module: torch.nn.Module, tokenizer, out_dir: Path, rank: int, bucket_bytes: int) -> str | None:
     """The policy checkpoint users load, written by rank 0 from gathered weights (every rank calls this).
-    A method that trains every weight saves its effective weights, gathered bucket_bytes at a time; an adapter method
-    saves with its trained parameters gathered (the adapter, a small fraction of the model)."""
-    if peft.produces_full_model:
-        state = gathered_weights(module, peft.effective_weights, peft.export_unit, bucket_bytes, keep=rank == 0)
+    A checkpoint of every weight (full fine-tuning's, a LoRA score model's merged one) gets them gathered
+    bucket_bytes at a time (`saved_weights`) as `save`'s state_dict; an adapter method saves with its trained
+    parameters gathered (the adapter, a small fraction of the model)."""
+    whole = peft.saves_whole_weights(module)
+    state = gathered_weights(module, peft.saved_weights, peft.export_unit, bucket_bytes, keep=rank == 0) if whole else {}
+    with gathered((p for p in module.parameters() if p.requires_grad), enabled=not peft.produces_full_model):
         if rank == 0:
-            peft.save(module, tokenizer, out_dir, state_dict=state)
-    else:
-        with gathered(p for p in module.parameters() if p.requires_grad):
-            if rank == 0:
-                peft.save(module, tokenizer, out_dir)
+            peft.save(module, tokenizer, out_dir, **({"state_dict": state} if whole else {}))
     return str(out_dir) if rank == 0 else None
 
 
