@@ -25,6 +25,49 @@ def one_torch_thread():
     torch.set_num_threads(before)
 
 
+# Local-mode runs share one Ray instance: starting and stopping Ray costs ~7 s a run on 2 cores, and the
+# suite makes dozens of local-mode runs. rlft.runtime.start leaves a Ray it finds running alone (a notebook's
+# Ray is used the same way), so each run's controller uses this one and stops only its own actors and
+# placement groups. Tests marked `own_ray` (their own cluster, or Ray started under an environment of
+# their own) run with the shared instance stopped; the next local-mode run starts it again.
+SHARED_RAY_CPUS = 8  # logical CPUs: more than any test's runtime.num_cpus or role demands
+
+
+@pytest.fixture(autouse=True)
+def shared_ray(request, monkeypatch):
+    from rlft import runtime
+
+    if request.node.get_closest_marker("own_ray"):
+        _stop_ray()
+        yield
+        _stop_ray()
+        return
+    start = runtime.start
+
+    def start_shared(mode, *, address=None, num_cpus=None, log_level="info"):
+        if mode != "local":
+            return start(mode, address=address, num_cpus=num_cpus, log_level=log_level)
+        import ray
+
+        if not ray.is_initialized():
+            start(mode, num_cpus=SHARED_RAY_CPUS, log_level=log_level)
+        return False  # not the run's own: the controller leaves it running
+
+    monkeypatch.setattr(runtime, "start", start_shared)
+    yield
+
+
+def _stop_ray() -> None:
+    import sys
+
+    if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _stop_ray()
+
+
 def pytest_collection_modifyitems(config, items):
     """The `gpu` marker (pyproject.toml): such tests are collected everywhere and skipped, with the reason
     shown, where torch sees no CUDA GPU."""

@@ -72,6 +72,7 @@ def test_cluster_mode_puts_runs_and_the_model_cache_on_shared_storage(tmp_path, 
 
 
 # ----------------------------------------------------------------- two nodes (ray.cluster_utils)
+@pytest.mark.own_ray  # a two-node cluster of its own (ray.cluster_utils)
 def test_roles_are_placed_by_their_resources_and_learners_meet_on_rank_0s_node(tmp_path):
     """Two Ray nodes with distinct custom resources: learner ranks spread over both, the generator on
     node_b, the reward actor on node_a; the rendezvous is on the node of learner rank 0."""

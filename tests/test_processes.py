@@ -210,6 +210,7 @@ class KilledForMemoryThenFailed(Controller):
 
 
 @pytest.mark.long
+@pytest.mark.own_ray  # Ray started with its process-group clean-up off
 def test_no_vllm_process_outlives_a_generator_killed_for_memory_or_a_failed_run(tmp_path, monkeypatch):
     monkeypatch.setenv("RAY_process_group_cleanup_enabled", "0")  # Ray's own clean-up off: the guard's test
     # vLLM's engine core and worker in processes of their own (GPU engines' layout; CPU ones run in the actor)
