@@ -83,6 +83,9 @@ class _Policy:
             return module(*args, **kwargs)
 
 
+RENDEZVOUS_TIMEOUT_S = 600.0  # how long rank 0's store waits for the other ranks
+
+
 class LearnerActor:
     """One data-parallel rank. Construct cheaply; `setup` joins the group and loads the model."""
 
@@ -126,23 +129,13 @@ class LearnerActor:
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)  # adopts the group
 
     def _rendezvous_store(self):
-        """The ranks' key-value store. Rank 0 serves it on a socket bound to the rendezvous address
-        only (127.0.0.1 on one machine; torch's own server would listen on every interface)."""
-        import datetime
-        import socket
-
-        import torch.distributed as dist
+        """The ranks' key-value store, served by rank 0 on the rendezvous address only."""
+        from rlft.sync.transport import connect_store, serve_store
 
         addr, port = self.master
-        timeout = datetime.timedelta(minutes=10)
         if self.rank != 0:
-            return dist.TCPStore(addr, port, self.world_size, False, timeout)
-        self._store_socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self._store_socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._store_socket.bind((addr, port))
-        self._store_socket.listen(128)
-        return dist.TCPStore(addr, port, self.world_size, True, timeout, master_listen_fd=self._store_socket.fileno(),
-                             use_libuv=False)
+            return connect_store(addr, port, self.world_size, RENDEZVOUS_TIMEOUT_S)
+        return serve_store(addr, self.world_size, RENDEZVOUS_TIMEOUT_S, port=port)[0]
 
     def _load_model(self) -> torch.nn.Module:
         """The model to train, wrapped by the PEFT method. At ZeRO-3 it is loaded partitioned

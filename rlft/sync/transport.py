@@ -104,15 +104,17 @@ def open_group(backend: str, store, addr: str, rank: int, world_size: int, timeo
     raise ValueError(f"weight group backend {backend!r}: expected gloo or nccl")
 
 
-def serve_store(addr: str, world_size: int, timeout_s: float):
-    """Rank 0's store on a free port of `addr` (bound to that address only): (store, port)."""
+def serve_store(addr: str, world_size: int, timeout_s: float, port: int = 0):
+    """Rank 0's key-value store on `port` of `addr` (0: a free one), bound to that address only (torch's
+    own server would listen on every interface): (store, port). The weight group's, and the learner
+    ranks' rendezvous (rlft.roles.learner)."""
     import socket
 
     import torch.distributed as dist
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((addr, 0))
+    sock.bind((addr, port))
     sock.listen(128)
     port = sock.getsockname()[1]
     # not waiting for the others here: they join the group, and the group's set-up waits for them
