@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 from pathlib import Path
 from typing import Any, Sequence
@@ -62,8 +63,24 @@ def collective_group_size(mode: str, requested: int) -> int:
     return requested
 
 
+# Rendezvous ports are drawn below the kernel's ephemeral range (Linux: 32768-60999), from which every
+# outgoing connection takes its local port, and above Ray's worker ports (10002-19999): a port found free
+# here is not taken by some process's connection between this check and rank 0's bind.
+RENDEZVOUS_PORTS = range(20000, 32768)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    """A port of `host` free now, for a listener that binds it later (a rendezvous)."""
+    draw = random.SystemRandom()
+    for _ in range(200):
+        port = draw.randrange(RENDEZVOUS_PORTS.start, RENDEZVOUS_PORTS.stop)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, port))
+            except OSError:
+                continue
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # that range is full: the kernel's pick
         sock.bind((host, 0))
         return sock.getsockname()[1]
 
