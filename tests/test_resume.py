@@ -99,11 +99,11 @@ def test_local_mode_resume_with_two_zero3_ranks_is_exact(tmp_path):
     per rank: the SFT resume above.)"""
     def make(name, **extra):
         return rl_config(tmp_path, name, runtime={"mode": "local", "num_cpus": 4}, learner={"count": 2, "zero_stage": 3},
-                         train={"steps": 4, "grad_clip": 1.0}, **extra)
+                         train={"steps": 3, "grad_clip": 1.0}, **extra)
 
-    whole, resumed, summary = stop_and_resume(make, at=2)
+    whole, resumed, summary = stop_and_resume(make, at=1)
     assert summary["learner_ranks"] == 2
-    assert sorted(p.name for p in (resumed / "checkpoints" / "step_2" / "resume").glob("learner_rank*")) == [
+    assert sorted(p.name for p in (resumed / "checkpoints" / "step_1" / "resume").glob("learner_rank*")) == [
         "learner_rank0.json", "learner_rank0.safetensors", "learner_rank1.json", "learner_rank1.safetensors"]
     assert_same_run(whole, resumed)
 
