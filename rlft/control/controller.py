@@ -51,7 +51,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
-from rlft import runtime
+from rlft import run_modes, runtime
 from rlft.algorithms import ALGORITHMS
 from rlft.algorithms.base import RowContext, StepCounts, combine_metric_sums
 from rlft.cluster import resolve_storage
@@ -61,7 +61,8 @@ from rlft.control.recovery import Recovery, explain_fault
 from rlft.control.resume import (ResumePoint, RunFinished, RunStopped, StopOnSignal, restore_roles, resume_point,
                                  save_checkpoint)
 from rlft.control.run_dirs import FINISHED, prepare_run_dir
-from rlft.control.startup import STARTERS, RoleStarter, check_role_models, memory_check, required_cpus, role_models
+from rlft.control.startup import (STARTERS, RoleStarter, check_role_models, memory_check, required_cpus, role_models,
+                                  start_together)
 from rlft.control.validation import check_run
 from rlft.control.warm_start import base_model_path
 from rlft.data.collate import pad_token_id, shard_micro_batches
@@ -171,8 +172,12 @@ class Controller:
         self.stop.install()  # ray.init replaced the SIGTERM handler
         self.starter = RoleStarter(cfg, self.spec, self.peft, self.model_path, self.run_dir, self.role_models)
         self.starter.placement_check()
-        for kind in ("learner", *self.spec.roles):  # learners first: the others follow their device
-            self.roles[kind] = STARTERS[kind](self.starter)
+        kinds = ("learner", *self.spec.roles)
+        if run_modes.uses_ray(cfg.runtime.mode) and run_modes.on_this_machine(cfg.runtime.mode):
+            self.roles.update(start_together(self.starter, kinds))  # what started is closed if one failed
+        else:  # learners first: the others follow the device learner rank 0 reports
+            for kind in kinds:
+                self.roles[kind] = STARTERS[kind](self.starter)
         self.starter.record_placement(self.roles)
         if "generator" in self.roles:
             self.sync = WeightSync(self.learners, self.roles["generator"], cfg.sync, self.family.probe(self),
