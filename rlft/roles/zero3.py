@@ -135,11 +135,11 @@ def save_policy(peft, module: torch.nn.Module, tokenizer, out_dir: Path, rank: i
     A checkpoint of every weight (full fine-tuning's, a LoRA score model's merged one) gets them gathered
     bucket_bytes at a time (`saved_weights`) as `save`'s state_dict; an adapter method saves with its trained
     parameters gathered (the adapter, a small fraction of the model)."""
-    whole = peft.saves_whole_weights(module)
-    state = gathered_weights(module, peft.saved_weights, peft.export_unit, bucket_bytes, keep=rank == 0) if whole else {}
+    gathered_state = ({"state_dict": gathered_weights(module, peft.saved_weights, peft.export_unit, bucket_bytes,
+                                                      keep=rank == 0)} if peft.saves_whole_weights(module) else {})
     with gathered((p for p in module.parameters() if p.requires_grad), enabled=not peft.produces_full_model):
         if rank == 0:
-            peft.save(module, tokenizer, out_dir, **({"state_dict": state} if whole else {}))
+            peft.save(module, tokenizer, out_dir, **gathered_state)
     return str(out_dir) if rank == 0 else None
 
 
